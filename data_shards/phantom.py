@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from data_shards.record import INFARCT, LV, MYO, RV, Subject
+from data_shards.volumes import ejection_fraction, volumes_ml
 
 MODALITIES = ("cine", "lge")
 
@@ -59,23 +60,6 @@ class PhantomConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not np.isfinite(self.noise) or self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {self.noise!r}")
-
-
-def volumes_ml(label: np.ndarray, spacing: tuple[float, float, float], cls: int) -> np.ndarray:
-    """Volume in ml of class ``cls`` per frame: label (S, T, H, W), spacing (dz, dy, dx) mm -> (T,)."""
-    if label.ndim != 4:
-        raise ValueError(f"label must be (S, T, H, W), got shape {label.shape}")
-    voxel_ml = float(spacing[0]) * float(spacing[1]) * float(spacing[2]) / 1000.0
-    return (label == cls).sum(axis=(0, 2, 3)).astype(np.float64) * voxel_ml
-
-
-def ejection_fraction(volumes: np.ndarray) -> float:
-    """EF in percent from volumes (T,): (EDV - ESV) / EDV * 100, EDV = max, ESV = min; NaN if EDV = 0."""
-    v = np.asarray(volumes, dtype=np.float64).ravel()
-    if v.size == 0:
-        raise ValueError("volumes must not be empty")
-    edv, esv = float(v.max()), float(v.min())
-    return (edv - esv) / edv * 100.0 if edv > 0 else float("nan")
 
 
 def _contraction(phase: np.ndarray, systole: float) -> np.ndarray:
@@ -226,8 +210,8 @@ def make_subject(seed: int, index: int, config: PhantomConfig = PhantomConfig())
         meta.update(lv_esv_ml=None, lv_ef=None, rv_esv_ml=None, rv_ef=None)
         meta["infarct_ml"] = float(volumes_ml(label, spacing, INFARCT)[0])
     else:
-        meta.update(lv_esv_ml=float(lv_v[es]), lv_ef=ejection_fraction(lv_v))
-        meta.update(rv_esv_ml=float(rv_v.min()), rv_ef=ejection_fraction(rv_v))
+        meta.update(lv_esv_ml=float(lv_v[es]), lv_ef=ejection_fraction(lv_v.max(), lv_v.min()))
+        meta.update(rv_esv_ml=float(rv_v.min()), rv_ef=ejection_fraction(rv_v.max(), rv_v.min()))
     return Subject(f"phantom-{seed:04d}-{index:05d}", img.astype(np.float32), label, spacing, meta)
 
 

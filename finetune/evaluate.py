@@ -22,7 +22,7 @@ def predict_study(model: nn.Module, image: np.ndarray, frames: int, batch: int =
     """Label map (S, T, H, W) uint8 for a uint8 study (S, T, H, W).
 
     Each slice is cut into windows of `frames` frames (the last one wraps around the cycle) and
-    every frame takes its prediction from the window that holds it.
+    every frame takes its prediction from the first window that holds it.
     """
     s, t = image.shape[:2]
     starts = list(range(0, t, frames))
@@ -33,14 +33,15 @@ def predict_study(model: nn.Module, image: np.ndarray, frames: int, batch: int =
             clips.append(image[z, idx])
             where.append((z, idx))
     pred = np.zeros(image.shape, dtype=np.uint8)
+    done = np.zeros((s, t), dtype=bool)  # a frame keeps the prediction of its own window
     device = next(model.parameters()).device
     for b in range(0, len(clips), batch):
         x = torch.from_numpy(np.stack(clips[b : b + batch])).float().div(255)[:, None].to(device)
         labels = model(x).argmax(dim=1).cpu().numpy().astype(np.uint8)  # (B, frames, H, W)
         for (z, idx), lab in zip(where[b : b + batch], labels):
             for i, f in enumerate(idx):
-                if idx.index(f) == i:  # a frame repeated by the wrap takes its first prediction
-                    pred[z, f] = lab[i]
+                if not done[z, f]:
+                    pred[z, f], done[z, f] = lab[i], True
     return pred
 
 

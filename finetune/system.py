@@ -18,7 +18,7 @@ from foundation.registry import create_backbone
 class SegFinetuner(L.LightningModule):
     """Per-frame segmentation; batches are dicts with "clip" (B, 1, T, H, W), "label" (B, T, H, W).
 
-    Frames whose label is all IGNORE (no ground truth) are left out of the loss.
+    Frames holding any IGNORE pixel (no or partial ground truth) are left out of the loss.
 
     Args:
         backbone, patch_size, tubelet: registered backbone and its tubelet size.
@@ -79,7 +79,7 @@ def frame_loss(loss_fn: DiceCELoss, logits: torch.Tensor, label: torch.Tensor) -
     k = logits.shape[1]
     per_frame = logits.permute(0, 2, 1, 3, 4).reshape(-1, k, *logits.shape[-2:])  # (B*T, K, H, W)
     target = label.reshape(-1, 1, *label.shape[-2:]).long()  # (B*T, 1, H, W)
-    labelled = (target != IGNORE).flatten(1).all(dim=1)  # (B*T,)
+    labelled = (target != IGNORE).flatten(1).all(dim=1)  # (B*T,) a stray 255 would break one-hot
     if not labelled.any():
         return logits.sum() * 0.0  # keeps the graph; nothing to learn from this batch
     return loss_fn(per_frame[labelled], target[labelled])

@@ -15,7 +15,8 @@ def tube_mask(
     """One random spatial mask per sample, repeated over every time step.
 
     Returns mask (B, L) bool, True = masked, and keep (B, L_keep) sorted indices of visible tokens,
-    with L = t*h*w in t-major order and exactly round(ratio*h*w) masked positions per time step.
+    with L = t*h*w in t-major order and round(ratio*h*w) masked positions per time step (at most
+    h*w - 1, so every time step keeps a visible patch).
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio={ratio} must be in [0, 1)")

@@ -1,0 +1,67 @@
+"""The whole chain at tiny size: phantom -> shards -> MAE -> few-shot fine-tuning -> report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmrfm.demo import run_demo
+from data_shards.writer import read_manifest, verify_manifest
+from foundation.checkpoint import backbone_state_dict, read_checkpoint
+
+SHARED_ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc" / "training"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, quick=True, labels=2, seed=0)
+
+
+def test_chain_writes_verified_shards_and_a_report(demo: tuple[Path, dict]) -> None:
+    out, report = demo
+    assert verify_manifest(out / "shards") == []
+    manifest = read_manifest(out / "shards")
+    test_keys = set(manifest["splits"]["test"])
+    assert {r["subject"] for r in report["subjects"]} == test_keys
+    summary = report["summary"]
+    for key in ("dice_lv", "dice_myo", "dice_rv", "dice_mean"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert math.isfinite(summary["lv_ef_mae"])
+    text = (out / "report.md").read_text()
+    assert f"{summary['dice_mean']:.3f}" in text and "LV ejection fraction" in text
+    for picture in ("mae.png", "segmentation.png"):
+        assert (out / picture).stat().st_size > 1000
+    assert json.loads((out / "report.json").read_text())["summary"] == summary
+
+
+def test_finetuning_starts_from_the_pretrained_backbone_and_changes_it(demo: tuple[Path, dict]) -> None:
+    out, _ = demo
+    pretrained = backbone_state_dict(out / "pretrain" / "last.ckpt")
+    finetuned = backbone_state_dict(out / "finetune" / "last.ckpt")
+    assert pretrained.keys() == finetuned.keys()
+    assert any(not torch.equal(pretrained[k], finetuned[k]) for k in pretrained)
+    hparams = read_checkpoint(out / "finetune" / "last.ckpt")["hyper_parameters"]
+    assert hparams["pretrained"] == str(out / "pretrain" / "last.ckpt")
+
+
+def test_finetuning_draw_is_disjoint_from_the_evaluated_subjects(demo: tuple[Path, dict]) -> None:
+    out, report = demo
+    manifest = read_manifest(out / "shards")
+    ckpt = read_checkpoint(out / "finetune" / "last.ckpt")
+    assert ckpt["datamodule_hyper_parameters"]["labels"] == 2
+    evaluated = {r["subject"] for r in report["subjects"]}
+    assert evaluated.isdisjoint(manifest["splits"]["train"])
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.skipif(not SHARED_ACDC.is_dir(), reason=f"ACDC not found at {SHARED_ACDC}")
+def test_chain_runs_on_real_acdc(tmp_path: Path) -> None:
+    report = run_demo(tmp_path, data=SHARED_ACDC, quick=True, labels=2)
+    assert report["summary"]["n_subjects"] >= 1
+    assert 0.0 <= report["summary"]["dice_mean"] <= 1.0

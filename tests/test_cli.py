@@ -1,0 +1,46 @@
+"""The `cmrfm` command line: subcommands, LightningCLI shortcuts, and a shard run end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cmrfm.cli import build_parser, main
+from cmrfm.train import ALIASES, expand_aliases
+
+
+def test_parser_has_the_spine_subcommands() -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"shard", "pretrain", "finetune", "evaluate", "demo"} <= set(sub.choices)
+
+
+def test_shortcuts_expand_to_lightningcli_keys() -> None:
+    argv = ["--config", "c.yaml", "--labels", "5", "--seed=3", "--trainer.max_steps", "7"]
+    assert expand_aliases(argv, ALIASES) == [
+        "--config", "c.yaml",
+        "--data.init_args.labels", "5",
+        "--data.init_args.seed", "3", "--seed_everything", "3",
+        "--trainer.max_steps", "7",
+    ]  # fmt: skip
+
+
+def test_shortcut_without_value_is_an_error() -> None:
+    with pytest.raises(SystemExit, match="--labels needs a value"):
+        expand_aliases(["--labels"], ALIASES)
+
+
+def test_shard_command_writes_manifest_and_empty_quarantine(tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    main(["shard", "--source", "phantom", "--n", "3", "--size", "48", "--spacing", "3.0",
+          "--options", '{"slices": 2, "frames": 4, "size": 48}', "--out", str(out)])  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(s["count"] for s in manifest["shards"]) == 3
+    assert manifest["preprocess"]["size"] == 48
+    assert json.loads((out / "quarantine.json").read_text()) == []
+
+
+def test_evaluate_names_a_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
+        main(["evaluate", "--checkpoint", str(tmp_path / "missing.ckpt"), "--shards", str(tmp_path)])
