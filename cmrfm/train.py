@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     """Fit the model and data named by the config; returns the last checkpoint's path."""
     os.environ.setdefault("WANDB_MODE", "offline")  # never phone home unless the user asks
     args = expand_aliases(argv, ALIASES if aliases is None else aliases)
+    # `cmrfm demo` calls this in-process; LightningCLI would warn that sys.argv differs from args.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     cli = LightningCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -53,5 +56,5 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     root = Path(cli.trainer.default_root_dir)
     last = root / "last.ckpt"
-    cli.trainer.save_checkpoint(last)
+    cli.trainer.save_checkpoint(last, weights_only=False)  # full state, so a run can resume
     return last

@@ -1,0 +1,1 @@
+"""Sources, preprocessing, shard writing and streaming; the synthetic phantom."""

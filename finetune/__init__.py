@@ -1,0 +1,1 @@
+"""Heads, fine-tuning systems, few-shot data, metrics and evaluation."""

@@ -1,0 +1,1 @@
+"""Self-supervised objectives (one per file) and the Lightning systems that train them."""

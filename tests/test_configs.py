@@ -1,0 +1,40 @@
+"""Every YAML in configs/ instantiates and trains one step on CPU (the configs are the fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmrfm.train import run_training
+from data_shards.convert import convert
+from data_shards.preprocess import PreprocessConfig
+from foundation.checkpoint import read_checkpoint
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    options = {"n": 8, "slices": 2, "frames": 4, "size": 48}
+    convert("phantom", None, out, preprocess_config=PreprocessConfig(spacing=3.0, size=48),
+            source_options=options)  # fmt: skip
+    return out
+
+
+def test_there_are_configs_for_pretraining_and_finetuning() -> None:
+    names = {p.name for p in CONFIGS}
+    assert {"pretrain_mae_phantom.yaml", "finetune_seg_phantom.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_config_trains_one_step(config: Path, shards: Path, tmp_path: Path) -> None:
+    args = ["--config", str(config), "--shards", str(shards), "--out", str(tmp_path),
+            "--model.init_args.backbone", "cmr_vit_test", "--trainer.fast_dev_run", "1",
+            "--data.init_args.batch_size", "2"]  # fmt: skip
+    if "finetune" in config.name:
+        args += ["--labels", "1"]
+    ckpt = read_checkpoint(run_training(args))
+    assert ckpt["global_step"] == 1
+    assert ckpt["hyper_parameters"]["backbone"] == "cmr_vit_test"
