@@ -60,7 +60,7 @@ def make_plan(data: Path | None, quick: bool) -> DemoPlan:
             plan.source_options |= {"n": 10, "slices": 3, "frames": 8, "size": 48}
             plan.preprocess = PreprocessConfig(spacing=3.0, size=48)
         else:
-            plan.source_options |= {"limit": 12}
+            plan.source_options |= {"limit": 20}
     return plan
 
 
