@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # torch/torchvision pinned here (wheels on local disk); pyproject keeps loose ranges for users.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?=
+# The phantom demo writes to runs/demo, a real-data demo beside it.
+OUT ?= $(if $(DATA),runs/demo_real,runs/demo)
 
 .PHONY: install test test-slow demo lint clean
 
@@ -28,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 demo: $(STAMP)
-	$(BIN)/cmrfm demo --out runs/demo $(if $(DATA),--data $(DATA),)
+	$(BIN)/cmrfm demo --out $(OUT) $(if $(DATA),--data $(DATA),)
 
 clean:
 	rm -rf runs .cache .pytest_cache
