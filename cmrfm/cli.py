@@ -82,16 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--shards", required=True, help="shard folder with manifest.json")
     p.add_argument("--split", default="test", help="which split to score (default: test)")
-    p.add_argument("--frames", type=int, default=None, help="clip length; default from the checkpoint")
+    p.add_argument(
+        "--frames", type=int, default=None, help="clip length; default from the checkpoint"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/report.json"))
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("demo", help="phantom -> shards -> pretrain -> fine-tune -> evaluate -> report")
+    p = sub.add_parser(
+        "demo", help="phantom -> shards -> pretrain -> fine-tune -> evaluate -> report"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--data", type=Path, default=None, help="an ACDC training folder instead of the phantom")
+    p.add_argument(
+        "--data", type=Path, default=None, help="an ACDC training folder instead of the phantom"
+    )
     p.add_argument("--labels", type=int, default=4, help="labelled subjects for fine-tuning")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny model and few steps (tests, smoke runs)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny model and few steps (tests, smoke runs)"
+    )
     p.set_defaults(func=_demo)
     return parser
 
@@ -103,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from cmrfm.train import run_training
 
         rest = argv[1:]
-        if not any(a == "--config" or a.startswith("--config=") for a in rest) and "--help" not in rest:
+        if (
+            not any(a == "--config" or a.startswith("--config=") for a in rest)
+            and "--help" not in rest
+        ):
             rest = ["--config", str(parser.parse_args([argv[0]]).default_config), *rest]
         path = run_training(rest)
         print(f"checkpoint: {path}")

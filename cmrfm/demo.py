@@ -43,14 +43,21 @@ def make_plan(data: Path | None, quick: bool) -> DemoPlan:
     """Phantom by default, an ACDC folder with data; quick shrinks model and steps for tests."""
     if data is None:
         plan = DemoPlan(
-            "phantom", None, {"n": 40, "seed": 0, "size": 80, "spacing": 2.0},
+            "phantom",
+            None,
+            {"n": 40, "seed": 0, "size": 80, "spacing": 2.0},
             PreprocessConfig(spacing=2.0, size=80),
-            CONFIGS / "pretrain_mae_phantom.yaml", CONFIGS / "finetune_seg_phantom.yaml",
+            CONFIGS / "pretrain_mae_phantom.yaml",
+            CONFIGS / "finetune_seg_phantom.yaml",
         )
     else:
         plan = DemoPlan(
-            "acdc", Path(data), {}, PreprocessConfig(spacing=1.5, size=128),
-            CONFIGS / "pretrain_mae_acdc.yaml", CONFIGS / "finetune_seg_acdc.yaml",
+            "acdc",
+            Path(data),
+            {},
+            PreprocessConfig(spacing=1.5, size=128),
+            CONFIGS / "pretrain_mae_acdc.yaml",
+            CONFIGS / "finetune_seg_acdc.yaml",
         )
     if quick:
         tiny = ["--model.init_args.backbone", "cmr_vit_test", "--trainer.max_steps", "3"]
@@ -64,7 +71,9 @@ def make_plan(data: Path | None, quick: bool) -> DemoPlan:
     return plan
 
 
-def run_demo(out: Path, data: Path | None = None, quick: bool = False, labels: int = 4, seed: int = 0) -> dict:
+def run_demo(
+    out: Path, data: Path | None = None, quick: bool = False, labels: int = 4, seed: int = 0
+) -> dict:
     """Run the whole chain into out/ and write out/report.md; returns the evaluation report."""
     console = Console()
     out = Path(out)
@@ -78,16 +87,46 @@ def run_demo(out: Path, data: Path | None = None, quick: bool = False, labels: i
         console.rule(f"[bold]{name}")
 
     stage("shard")
-    convert(plan.source, plan.root, shards, preprocess_config=plan.preprocess,
-            source_options=plan.source_options, overwrite=True, console=console)
+    convert(
+        plan.source,
+        plan.root,
+        shards,
+        preprocess_config=plan.preprocess,
+        source_options=plan.source_options,
+        overwrite=True,
+        console=console,
+    )
     stage("pretrain")
     common = ["--shards", str(shards), "--seed", str(seed)]
-    pre_ckpt = run_training(["--config", str(plan.pretrain_config), *common, "--out", str(out / "pretrain"),
-                             "--trainer.logger.init_args.save_dir", str(out / "pretrain"), *plan.pretrain_args])
+    pre_ckpt = run_training(
+        [
+            "--config",
+            str(plan.pretrain_config),
+            *common,
+            "--out",
+            str(out / "pretrain"),
+            "--trainer.logger.init_args.save_dir",
+            str(out / "pretrain"),
+            *plan.pretrain_args,
+        ]
+    )
     stage("finetune")
-    ft_ckpt = run_training(["--config", str(plan.finetune_config), *common, "--out", str(out / "finetune"),
-                            "--trainer.logger.init_args.save_dir", str(out / "finetune"),
-                            "--pretrained", str(pre_ckpt), "--labels", str(labels), *plan.finetune_args])
+    ft_ckpt = run_training(
+        [
+            "--config",
+            str(plan.finetune_config),
+            *common,
+            "--out",
+            str(out / "finetune"),
+            "--trainer.logger.init_args.save_dir",
+            str(out / "finetune"),
+            "--pretrained",
+            str(pre_ckpt),
+            "--labels",
+            str(labels),
+            *plan.finetune_args,
+        ]
+    )
     stage("evaluate")
     report = evaluate_checkpoint(ft_ckpt, str(shards), split="test")
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -110,25 +149,40 @@ def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: in
     frames = 2 * mae.encoder.tubelet
     z = subject["image"].shape[0] // 2
     idx = [f % subject["image"].shape[1] for f in range(frames)]
-    clip = torch.from_numpy(subject["image"][z, idx]).float().div(255)[None, None]  # (1, 1, T, H, W)
+    clip = (
+        torch.from_numpy(subject["image"][z, idx]).float().div(255)[None, None]
+    )  # (1, 1, T, H, W)
     with torch.no_grad():
         _, pred, mask = mae(clip, generator=torch.Generator().manual_seed(seed))
         recon = mae.reconstruct(clip, pred, mask)
     enc = mae.encoder
     mask_px = mask.float().reshape(1, *enc.grid(clip.shape), 1).repeat_interleave(enc.tubelet, 1)
     mask_px = mask_px.repeat_interleave(enc.patch_size, 2).repeat_interleave(enc.patch_size, 3)
-    mae_figure(clip[0, 0].numpy(), mask_px[0, ..., 0].numpy(), recon[0, 0].clamp(0, 1).numpy(), out / "mae.png")
+    mae_figure(
+        clip[0, 0].numpy(),
+        mask_px[0, ..., 0].numpy(),
+        recon[0, 0].clamp(0, 1).numpy(),
+        out / "mae.png",
+    )
 
     model, ckpt = restore(SegFinetuner, ft_ckpt, pretrained=None)
     frames = int(ckpt.get("datamodule_hyper_parameters", {}).get("frames", model.hparams.tubelet))
     pred = predict_study(model.eval(), subject["image"], frames)
     s = subject["image"].shape[0]
     slices = sorted({max(0, s // 4), s // 2, min(s - 1, 3 * s // 4)})
-    overlay_figure(subject["image"], subject["label"], pred, [int(meta["ed"]), int(meta["es"])], slices,
-                   out / "segmentation.png")
+    overlay_figure(
+        subject["image"],
+        subject["label"],
+        pred,
+        [int(meta["ed"]), int(meta["es"])],
+        slices,
+        out / "segmentation.png",
+    )
 
 
-def write_markdown(path: Path, report: dict, plan: DemoPlan, labels: int, seed: int, seconds: dict) -> None:
+def write_markdown(
+    path: Path, report: dict, plan: DemoPlan, labels: int, seed: int, seconds: dict
+) -> None:
     s = report["summary"]
     lines = [
         "# cmrfm demo report",

@@ -12,7 +12,9 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 
 # background transparent, LV red, myocardium green, RV blue
-LABEL_COLOURS = ListedColormap([(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.45), (0.2, 0.8, 0.3, 0.45), (0.2, 0.4, 1.0, 0.45)])
+LABEL_COLOURS = ListedColormap(
+    [(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.45), (0.2, 0.8, 0.3, 0.45), (0.2, 0.4, 1.0, 0.45)]
+)
 
 
 def mae_figure(clip: np.ndarray, mask: np.ndarray, recon: np.ndarray, path: Path) -> None:
@@ -20,7 +22,9 @@ def mae_figure(clip: np.ndarray, mask: np.ndarray, recon: np.ndarray, path: Path
     t = clip.shape[0]
     fig, axes = plt.subplots(3, t, figsize=(2 * t, 6.2), squeeze=False)
     masked = np.where(mask > 0, 0.5 * clip.max(), clip) * (1 - 0.6 * mask)
-    for row, (title, frames) in enumerate((("input", clip), ("masked", masked), ("reconstruction", recon))):
+    for row, (title, frames) in enumerate(
+        (("input", clip), ("masked", masked), ("reconstruction", recon))
+    ):
         for f in range(t):
             ax = axes[row, f]
             ax.imshow(frames[f], cmap="gray", vmin=0, vmax=1)
@@ -35,14 +39,21 @@ def mae_figure(clip: np.ndarray, mask: np.ndarray, recon: np.ndarray, path: Path
 
 
 def overlay_figure(
-    image: np.ndarray, truth: np.ndarray, pred: np.ndarray, frames: list[int], slices: list[int], path: Path
+    image: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    frames: list[int],
+    slices: list[int],
+    path: Path,
 ) -> None:
     """Grid of (slice, frame) panels: ground truth and prediction overlays side by side.
 
     image, truth, pred (S, T, H, W); image uint8.
     """
     rows = len(slices)
-    fig, axes = plt.subplots(rows, 2 * len(frames), figsize=(4 * len(frames), 2.1 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, 2 * len(frames), figsize=(4 * len(frames), 2.1 * rows), squeeze=False
+    )
     for r, z in enumerate(slices):
         for c, f in enumerate(frames):
             for k, (what, lab) in enumerate((("truth", truth), ("prediction", pred))):

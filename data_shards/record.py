@@ -9,7 +9,14 @@ import numpy as np
 
 # One label convention for every source. Sources map theirs onto it.
 BACKGROUND, LV, MYO, RV, INFARCT, MVO = 0, 1, 2, 3, 4, 5
-LABEL_NAMES = {BACKGROUND: "background", LV: "lv", MYO: "myo", RV: "rv", INFARCT: "infarct", MVO: "mvo"}
+LABEL_NAMES = {
+    BACKGROUND: "background",
+    LV: "lv",
+    MYO: "myo",
+    RV: "rv",
+    INFARCT: "infarct",
+    MVO: "mvo",
+}
 IGNORE = 255  # label value of pixels/frames without ground truth
 
 
@@ -32,7 +39,9 @@ class Subject:
 
     def __post_init__(self) -> None:
         if self.image.ndim != 4:
-            raise ValueError(f"{self.subject}: image must be (S, T, H, W), got shape {self.image.shape}")
+            raise ValueError(
+                f"{self.subject}: image must be (S, T, H, W), got shape {self.image.shape}"
+            )
         if self.label is not None and self.label.shape != self.image.shape:
             raise ValueError(
                 f"{self.subject}: label shape {self.label.shape} != image shape {self.image.shape}"

@@ -66,8 +66,13 @@ def augmentation() -> mt.Compose:
     return mt.Compose(
         [
             mt.RandAffined(
-                keys, prob=0.8, rotate_range=np.pi / 6, scale_range=0.15, translate_range=6,
-                mode=("bilinear", "nearest"), padding_mode="zeros",
+                keys,
+                prob=0.8,
+                rotate_range=np.pi / 6,
+                scale_range=0.15,
+                translate_range=6,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
             ),
             mt.RandAdjustContrastd("clip", prob=0.5, gamma=(0.7, 1.5)),
             mt.RandScaleIntensityd("clip", prob=0.5, factors=0.15),
@@ -143,8 +148,14 @@ class FewShotSegData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = LabelledClips(self.subjects, self.frames, self.augment)
         generator = torch.Generator().manual_seed(self.seed)
-        sampler = RandomSampler(dataset, replacement=True, num_samples=self.epoch_length, generator=generator)
+        sampler = RandomSampler(
+            dataset, replacement=True, num_samples=self.epoch_length, generator=generator
+        )
         return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, drop_last=True,
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=True,
         )

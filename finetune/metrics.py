@@ -26,7 +26,9 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dic
     }
 
 
-def lv_ef(label: np.ndarray, spacing: tuple[float, float, float], ed: int, es: int) -> dict[str, float]:
+def lv_ef(
+    label: np.ndarray, spacing: tuple[float, float, float], ed: int, es: int
+) -> dict[str, float]:
     """LV EDV, ESV (ml) and EF (%) from a label map (S, T, H, W) at frames ed and es."""
     vols = volumes_ml(label, spacing, cls=1)
     return {"edv": vols[ed], "esv": vols[es], "ef": ejection_fraction(vols[ed], vols[es])}

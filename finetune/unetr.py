@@ -31,20 +31,31 @@ class UNETRSegmenter(nn.Module):
         self.taps = backbone.default_taps(max(levels, 1))
         dim, tub, fs = backbone.embed_dim, backbone.tubelet, feature_size
         kw = {"spatial_dims": 2, "norm_name": "instance"}
-        self.stem = UnetrBasicBlock(in_channels=tub, out_channels=fs, kernel_size=3, stride=1, res_block=True, **kw)
+        self.stem = UnetrBasicBlock(
+            in_channels=tub, out_channels=fs, kernel_size=3, stride=1, res_block=True, **kw
+        )
         # encoders[k-1] lifts tap k-1 from H/2^levels to H/2^k with fs*2^k channels.
         self.encoders = nn.ModuleList(
             UnetrPrUpBlock(
-                in_channels=dim, out_channels=fs * 2**k, num_layer=levels - k - 1, kernel_size=3,
-                stride=1, upsample_kernel_size=2, **kw,
+                in_channels=dim,
+                out_channels=fs * 2**k,
+                num_layer=levels - k - 1,
+                kernel_size=3,
+                stride=1,
+                upsample_kernel_size=2,
+                **kw,
             )
             for k in range(1, levels)
         )
         # decoders[k] goes from H/2^(k+1) to H/2^k and fuses that stage's skip.
         self.decoders = nn.ModuleList(
             UnetrUpBlock(
-                in_channels=dim if k == levels - 1 else fs * 2 ** (k + 1), out_channels=fs * 2**k,
-                kernel_size=3, upsample_kernel_size=2, res_block=True, **kw,
+                in_channels=dim if k == levels - 1 else fs * 2 ** (k + 1),
+                out_channels=fs * 2**k,
+                kernel_size=3,
+                upsample_kernel_size=2,
+                res_block=True,
+                **kw,
             )
             for k in range(levels)
         )
@@ -60,7 +71,9 @@ class UNETRSegmenter(nn.Module):
         def to_maps(tokens: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B*t, D, h, w)
             return tokens.reshape(b, t, h, w, -1).permute(0, 1, 4, 2, 3).reshape(b * t, -1, h, w)
 
-        frames = x.reshape(b, t, tub, h_in, w_in).reshape(b * t, tub, h_in, w_in)  # (B*t, tub, H, W)
+        frames = x.reshape(b, t, tub, h_in, w_in).reshape(
+            b * t, tub, h_in, w_in
+        )  # (B*t, tub, H, W)
         skips = [self.stem(frames)] + [enc(to_maps(f)) for enc, f in zip(self.encoders, feats[:-1])]
         y = to_maps(feats[-1])  # (B*t, D, h, w)
         for k in reversed(range(len(self.decoders))):

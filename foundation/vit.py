@@ -33,7 +33,11 @@ def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     if min(d_t, d_h, d_w) <= 0 or d_w % 2:
         raise ValueError(f"embed_dim={dim} too small or odd for factorised 3D sin-cos positions")
     tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
-    parts = [sincos_1d(d_t, tt.flatten()), sincos_1d(d_h, hh.flatten()), sincos_1d(d_w, ww.flatten())]
+    parts = [
+        sincos_1d(d_t, tt.flatten()),
+        sincos_1d(d_h, hh.flatten()),
+        sincos_1d(d_w, ww.flatten()),
+    ]
     return torch.cat(parts, dim=1)  # (L, dim)
 
 

@@ -43,7 +43,9 @@ class MAEPretrainer(L.LightningModule):
         encoder = create_backbone(
             backbone, patch_size=patch_size, tubelet=tubelet, drop_path_rate=drop_path_rate
         )
-        self.mae = MAE(encoder, mask_ratio, decoder_dim, decoder_depth, decoder_heads, norm_pix_loss)
+        self.mae = MAE(
+            encoder, mask_ratio, decoder_dim, decoder_depth, decoder_heads, norm_pix_loss
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         clip = batch["clip"]  # (B, 1, T, H, W)

@@ -39,7 +39,9 @@ def test_chain_writes_verified_shards_and_a_report(demo: tuple[Path, dict]) -> N
     assert json.loads((out / "report.json").read_text())["summary"] == summary
 
 
-def test_finetuning_starts_from_the_pretrained_backbone_and_changes_it(demo: tuple[Path, dict]) -> None:
+def test_finetuning_starts_from_the_pretrained_backbone_and_changes_it(
+    demo: tuple[Path, dict],
+) -> None:
     out, _ = demo
     pretrained = backbone_state_dict(out / "pretrain" / "last.ckpt")
     finetuned = backbone_state_dict(out / "finetune" / "last.ckpt")

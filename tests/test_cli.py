@@ -43,4 +43,6 @@ def test_shard_command_writes_manifest_and_empty_quarantine(tmp_path: Path) -> N
 
 def test_evaluate_names_a_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
-        main(["evaluate", "--checkpoint", str(tmp_path / "missing.ckpt"), "--shards", str(tmp_path)])
+        main(
+            ["evaluate", "--checkpoint", str(tmp_path / "missing.ckpt"), "--shards", str(tmp_path)]
+        )

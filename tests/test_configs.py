@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cmrfm.train import run_training
-from data_shards.convert import convert
-from data_shards.preprocess import PreprocessConfig
 from foundation.checkpoint import read_checkpoint
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shards")
-    options = {"n": 8, "slices": 2, "frames": 4, "size": 48}
-    convert("phantom", None, out, preprocess_config=PreprocessConfig(spacing=3.0, size=48),
-            source_options=options)  # fmt: skip
-    return out
+def shards(make_phantom_shards: Callable[[int, int], Path]) -> Path:
+    return make_phantom_shards(8, 2)
 
 
 def test_there_are_configs_for_pretraining_and_finetuning() -> None:

@@ -22,15 +22,6 @@ from foundation import create_backbone
 from foundation.checkpoint import load_backbone_weights, read_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core machine they oversubscribe.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def segmenter(patch: int, tubelet: int, seed: int = 0) -> UNETRSegmenter:
     torch.manual_seed(seed)
     backbone = create_backbone("cmr_vit_test", patch_size=patch, tubelet=tubelet)

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cmrfm.train import run_training
-from data_shards.convert import convert
-from data_shards.preprocess import PreprocessConfig
 from finetune.evaluate import evaluate_checkpoint
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune_seg_phantom.yaml"
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shards")
-    options = {"n": 12, "slices": 4, "frames": 4, "size": 48}
-    convert("phantom", None, out, preprocess_config=PreprocessConfig(spacing=3.0, size=48),
-            source_options=options)  # fmt: skip
-    return out
+def shards(make_phantom_shards: Callable[[int, int], Path]) -> Path:
+    return make_phantom_shards(12, 4)
 
 
 def finetune(shards: Path, out: Path, steps: int) -> dict:
@@ -31,7 +26,9 @@ def finetune(shards: Path, out: Path, steps: int) -> dict:
     return evaluate_checkpoint(run_training(args), str(shards), split="test")["summary"]
 
 
-def test_finetuning_beats_the_untrained_network_on_held_out_subjects(shards: Path, tmp_path: Path) -> None:
+def test_finetuning_beats_the_untrained_network_on_held_out_subjects(
+    shards: Path, tmp_path: Path
+) -> None:
     untrained = finetune(shards, tmp_path / "untrained", steps=0)
     trained = finetune(shards, tmp_path / "trained", steps=80)
     assert trained["dice_mean"] > untrained["dice_mean"] + 0.2

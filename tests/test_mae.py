@@ -10,15 +10,6 @@ from foundation import create_backbone
 from pretext.mae import MAE, masked_patch_loss, patchify, tube_mask, unpatchify
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core machine they oversubscribe.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_mae(norm_pix_loss: bool = True, mask_ratio: float = 0.75) -> MAE:
     torch.manual_seed(0)
     encoder = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)

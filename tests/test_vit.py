@@ -13,15 +13,6 @@ TINY_INPUT = (1, 1, 2, 32, 32)  # (B, C, T, H, W): a 1x2x2 token grid at tubelet
 NAMES = sorted(BACKBONES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core machine they oversubscribe.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def models() -> dict[str, CardiacViT]:
     torch.manual_seed(0)
