@@ -33,3 +33,16 @@ def test_config_trains_one_step(config: Path, shards: Path, tmp_path: Path) -> N
     ckpt = read_checkpoint(run_training(args))
     assert ckpt["global_step"] == 1
     assert ckpt["hyper_parameters"]["backbone"] == "cmr_vit_test"
+
+
+def test_wandb_logs_offline_when_chosen(shards: Path, tmp_path: Path) -> None:
+    config = next(p for p in CONFIGS if p.name == "pretrain_mae_phantom.yaml")
+    args = ["--config", str(config), "--shards", str(shards), "--out", str(tmp_path),
+            "--model.init_args.backbone", "cmr_vit_test", "--max-steps", "2",
+            "--data.init_args.batch_size", "2", "--data.init_args.epoch_length", "4",
+            "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+            "--trainer.logger.init_args.offline", "true",
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]  # fmt: skip
+    run_training(args)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
