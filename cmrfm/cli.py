@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from cmrfm import CONFIGS
 
 
 def _shard(args: argparse.Namespace) -> None:

@@ -12,17 +12,15 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from cmrfm import CONFIGS
 from cmrfm.figures import mae_figure, overlay_figure
 from cmrfm.train import run_training
 from data_shards.convert import convert
 from data_shards.preprocess import PreprocessConfig
 from data_shards.stream import load_subjects
-from finetune.evaluate import evaluate_checkpoint, predict_study
-from finetune.system import SegFinetuner
+from finetune.evaluate import evaluate_checkpoint, load_finetuned, predict_study
 from foundation.checkpoint import restore
 from pretext.system import MAEPretrainer
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
@@ -97,36 +95,10 @@ def run_demo(
         console=console,
     )
     stage("pretrain")
-    common = ["--shards", str(shards), "--seed", str(seed)]
-    pre_ckpt = run_training(
-        [
-            "--config",
-            str(plan.pretrain_config),
-            *common,
-            "--out",
-            str(out / "pretrain"),
-            "--trainer.logger.init_args.save_dir",
-            str(out / "pretrain"),
-            *plan.pretrain_args,
-        ]
-    )
+    pre_ckpt = train_stage(plan.pretrain_config, shards, out / "pretrain", seed, plan.pretrain_args)
     stage("finetune")
-    ft_ckpt = run_training(
-        [
-            "--config",
-            str(plan.finetune_config),
-            *common,
-            "--out",
-            str(out / "finetune"),
-            "--trainer.logger.init_args.save_dir",
-            str(out / "finetune"),
-            "--pretrained",
-            str(pre_ckpt),
-            "--labels",
-            str(labels),
-            *plan.finetune_args,
-        ]
-    )
+    finetune_args = ["--pretrained", str(pre_ckpt), "--labels", str(labels), *plan.finetune_args]
+    ft_ckpt = train_stage(plan.finetune_config, shards, out / "finetune", seed, finetune_args)
     stage("evaluate")
     report = evaluate_checkpoint(ft_ckpt, str(shards), split="test")
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -138,6 +110,21 @@ def run_demo(
     write_markdown(out / "report.md", report, plan, labels, seed, seconds)
     console.print(f"report: {out / 'report.md'}")
     return report
+
+
+def train_stage(config: Path, shards: Path, out: Path, seed: int, extra: list[str]) -> Path:
+    """One LightningCLI run of config on the shards, logging and checkpointing into out."""
+    args = [
+        "--config",
+        str(config),
+        "--shards",
+        str(shards),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
+    return run_training([*args, "--trainer.logger.init_args.save_dir", str(out), *extra])
 
 
 def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: int) -> None:
@@ -165,9 +152,8 @@ def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: in
         out / "mae.png",
     )
 
-    model, ckpt = restore(SegFinetuner, ft_ckpt, pretrained=None)
-    frames = int(ckpt.get("datamodule_hyper_parameters", {}).get("frames", model.hparams.tubelet))
-    pred = predict_study(model.eval(), subject["image"], frames)
+    model, frames, _ = load_finetuned(ft_ckpt)
+    pred = predict_study(model, subject["image"], frames)
     s = subject["image"].shape[0]
     slices = sorted({max(0, s // 4), s // 2, min(s - 1, 3 * s // 4)})
     overlay_figure(

@@ -90,18 +90,23 @@ def evaluate(model: nn.Module, subjects: Sequence[dict], frames: int, num_classe
     return {"summary": summarise(rows, structures), "subjects": rows}
 
 
+def load_finetuned(checkpoint: Path) -> tuple[SegFinetuner, int, dict]:
+    """A fine-tuned segmenter, the clip length it was trained on, and its data hparams."""
+    # pretrained=None: the weights come from this checkpoint, not from the pretraining one.
+    model, ckpt = restore(SegFinetuner, Path(checkpoint), pretrained=None)
+    data_hparams = ckpt.get("datamodule_hyper_parameters", {})
+    return model.eval(), int(data_hparams.get("frames", model.hparams.tubelet)), data_hparams
+
+
 def evaluate_checkpoint(
     checkpoint: Path, shards: str, split: str = "test", frames: int | None = None
 ) -> dict:
     """Score a fine-tuned checkpoint on every labelled subject of one split of the shards."""
-    # pretrained=None: the weights come from this checkpoint, not from the pretraining one.
-    model, ckpt = restore(SegFinetuner, Path(checkpoint), pretrained=None)
-    data_hparams = ckpt.get("datamodule_hyper_parameters", {})
-    frames = frames or int(data_hparams.get("frames", model.hparams.tubelet))
+    model, trained_frames, data_hparams = load_finetuned(checkpoint)
     subjects = load_subjects(shard_urls(shards), splits=[split])
     if not any(s["label"] is not None for s in subjects):
         raise ValueError(f"{shards}: no labelled subjects in split {split!r} to evaluate on")
-    report = evaluate(model, subjects, frames, model.hparams.num_classes)
+    report = evaluate(model, subjects, frames or trained_frames, model.hparams.num_classes)
     report["checkpoint"] = str(checkpoint)
     report["split"] = split
     report["train_subjects"] = data_hparams.get("labels")
