@@ -10,6 +10,12 @@ from pathlib import Path
 
 from cmrfm import CONFIGS
 
+# Training subcommands -> (default config in configs/, what they do).
+TRAINING = {
+    "pretrain": ("pretrain_mae_phantom.yaml", "MAE pretraining"),
+    "finetune": ("finetune_seg_phantom.yaml", "few-shot segmentation fine-tuning"),
+}
+
 
 def _shard(args: argparse.Namespace) -> None:
     from data_shards.convert import convert
@@ -67,16 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace shards of another source")
     p.set_defaults(func=_shard)
 
-    for name, config, what in (
-        ("pretrain", "pretrain_mae_phantom.yaml", "MAE pretraining"),
-        ("finetune", "finetune_seg_phantom.yaml", "few-shot segmentation fine-tuning"),
-    ):
-        p = sub.add_parser(
+    for name, (config, what) in TRAINING.items():
+        # Parsed by LightningCLI in main(); listed here so `cmrfm --help` shows them.
+        sub.add_parser(
             name,
-            help=f"{what} (LightningCLI: --config FILE, --key.sub value; `cmrfm {name} --help`)",
+            help=f"{what} (LightningCLI: --config FILE, --key.sub value; default {config})",
             add_help=False,
         )
-        p.set_defaults(func=None, default_config=CONFIGS / config)
 
     p = sub.add_parser("evaluate", help="score a fine-tuned checkpoint on held-out subjects")
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -106,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if argv and argv[0] in ("pretrain", "finetune"):
+    if argv and argv[0] in TRAINING:
         from cmrfm.train import run_training
 
         rest = argv[1:]
@@ -115,11 +117,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             not any(a == "--config" or a.startswith("--config=") for a in rest)
             and "--help" not in rest
         ):
-            rest = ["--config", str(parser.parse_args([argv[0]]).default_config), *rest]
+            rest = ["--config", str(CONFIGS / TRAINING[argv[0]][0]), *rest]
         path = run_training(rest)
         print(f"checkpoint: {path}")
         return
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 
