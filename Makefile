@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

@@ -18,6 +18,7 @@ from cmrfm.train import run_training
 from data_shards.convert import convert
 from data_shards.preprocess import PreprocessConfig
 from data_shards.stream import load_subjects
+from finetune.data import take_window
 from finetune.evaluate import evaluate_checkpoint, load_finetuned, predict_study
 from foundation.checkpoint import restore
 from pretext.system import MAEPretrainer
@@ -135,9 +136,8 @@ def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: in
     mae = pretrainer.mae.eval()
     frames = 2 * mae.encoder.tubelet
     z = subject["image"].shape[0] // 2
-    idx = [f % subject["image"].shape[1] for f in range(frames)]
     clip = (
-        torch.from_numpy(subject["image"][z, idx]).float().div(255)[None, None]
+        torch.from_numpy(take_window(subject["image"], z, 0, frames)).float().div(255)[None, None]
     )  # (1, 1, T, H, W)
     with torch.no_grad():
         _, pred, mask = mae(clip, generator=torch.Generator().manual_seed(seed))

@@ -85,6 +85,11 @@ def _in_splits(sample: dict[str, Any], splits: frozenset[str]) -> bool:
     return json.loads(sample["meta.json"]).get("split") in splits
 
 
+def cyclic_window(start: int, frames: int, n_frames: int) -> np.ndarray:
+    """Frame indices (frames,) from start, wrapping past the last frame (cine is periodic)."""
+    return (start + np.arange(frames)) % n_frames
+
+
 def slice_clips(
     subjects: Iterator[dict[str, Any]], frames: int, rng: np.random.Generator
 ) -> Iterator[dict[str, Any]]:
@@ -102,7 +107,7 @@ def slice_clips(
         modality = str(subject["meta"].get("modality", "unknown"))
         for index in range(image.shape[0]):
             start = int(rng.integers(n_frames))
-            window = (start + np.arange(frames)) % n_frames  # (frames,)
+            window = cyclic_window(start, frames, n_frames)  # (frames,)
             yield {
                 "clip": image[index, window],  # (frames, H, W), a copy
                 "modality": modality,

@@ -12,7 +12,7 @@ from monai import transforms as mt
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from data_shards.record import IGNORE
-from data_shards.stream import load_subjects, shard_urls
+from data_shards.stream import cyclic_window, load_subjects, shard_urls
 
 
 def draw_labelled(subjects: Sequence[dict], n: int, seed: int) -> list[dict]:
@@ -46,14 +46,13 @@ def clip_windows(label: np.ndarray, frames: int) -> list[tuple[int, int]]:
         (z, start)
         for z in range(s)
         for start in range(t)
-        if any(known[(start + i) % t] for i in range(frames))
+        if any(known[f] for f in cyclic_window(start, frames, t))
     ]
 
 
 def take_window(array: np.ndarray, z: int, start: int, frames: int) -> np.ndarray:
     """(S, T, H, W) -> (frames, H, W) from slice z, wrapping around the cycle."""
-    idx = [(start + i) % array.shape[1] for i in range(frames)]
-    return array[z, idx]
+    return array[z, cyclic_window(start, frames, array.shape[1])]
 
 
 def augmentation() -> mt.Compose:

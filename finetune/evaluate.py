@@ -11,7 +11,7 @@ from rich.progress import track
 from torch import nn
 
 from data_shards.record import IGNORE
-from data_shards.stream import load_subjects, shard_urls
+from data_shards.stream import cyclic_window, load_subjects, shard_urls
 from finetune.metrics import dice_per_class, lv_ef
 from finetune.system import SegFinetuner
 from foundation.checkpoint import restore
@@ -29,7 +29,7 @@ def predict_study(model: nn.Module, image: np.ndarray, frames: int, batch: int =
     clips, where = [], []
     for z in range(s):
         for start in starts:
-            idx = [(start + i) % t for i in range(frames)]
+            idx = cyclic_window(start, frames, t)
             clips.append(image[z, idx])
             where.append((z, idx))
     pred = np.zeros(image.shape, dtype=np.uint8)
