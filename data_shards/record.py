@@ -26,9 +26,13 @@ class Subject:
 
     image: (S, T, H, W) any real dtype, S slices (base to apex), T frames (1 for LGE).
     label: (S, T, H, W) uint8 in our convention, IGNORE for unlabelled frames; None if unlabelled.
-    spacing: (dz, dy, dx) in mm; dz is slice spacing, NaN where unknown.
-    meta: source, modality ("cine"/"lge"), ed, es, group, height, weight and anything else
-      JSON-serialisable; never a patient identifier.
+    spacing: (dz, dy, dx) in mm; dz is slice spacing; any of them NaN where unknown (EMIDEC
+      PNGs carry none: preprocessing then keeps the native pixel grid rather than invent one).
+    meta: source, modality ("cine"/"lge"), ed, es (0-based frame indices on the T axis), group,
+      height, weight and anything else JSON-serialisable; never a patient identifier. Sources
+      that know the geometry add ``direction`` ([[S], [H], [W]]: unit vectors in patient LPS
+      coordinates along increasing slice, row and column index) and ``origin`` (LPS mm of
+      voxel [0, 0, 0, 0]); preprocessing uses them for canonical orientation.
     """
 
     subject: str

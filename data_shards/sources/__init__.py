@@ -66,6 +66,18 @@ def get_source(name: str) -> SourceFn:
 
 
 # Imported for their registration side effect; keep at the bottom, after the registry exists.
-from data_shards.sources import acdc, phantom  # noqa: E402
+from data_shards.sources import acdc, dicom, lge_slices, nifti, npz, phantom  # noqa: E402
 
-__all__ = ["SOURCES", "SourceError", "SourceFn", "acdc", "get_source", "phantom", "register_source"]
+__all__ = [
+    "SOURCES",
+    "SourceError",
+    "SourceFn",
+    "acdc",
+    "dicom",
+    "get_source",
+    "lge_slices",
+    "nifti",
+    "npz",
+    "phantom",
+    "register_source",
+]

@@ -1,0 +1,1 @@
+"""Folders of single-frame DICOM files (e.g. Sunnybrook) -> cine Subjects; work in progress."""

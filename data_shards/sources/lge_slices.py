@@ -1,0 +1,1 @@
+"""2D LGE slices with masks grouped into subjects by case id (EMIDEC); work in progress."""

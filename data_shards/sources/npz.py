@@ -1,0 +1,1 @@
+"""Cine arrays saved with numpy (``cine`` as (Z, T, H, W)); work in progress."""
