@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice
 
-from data_shards.record import LABEL_NAMES
+from data_shards.record import IGNORE, LABEL_NAMES
 from data_shards.volumes import ejection_fraction, volumes_ml
 
 
@@ -14,7 +14,10 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dic
     """Dice of each foreground class over one volume: pred, truth (S, H, W) integer labels.
 
     0 for a class predicted where the truth has none; NaN only for a class absent from both.
+    Pixels whose truth is IGNORE (e.g. outside a contour-only label) are left out of both.
     """
+    unknown = truth == IGNORE
+    pred, truth = np.where(unknown, 0, pred), np.where(unknown, 0, truth)
     p = torch.as_tensor(pred, dtype=torch.long)[None]  # (1, S, H, W)
     t = torch.as_tensor(truth, dtype=torch.long)[None]
     one_hot = lambda x: torch.nn.functional.one_hot(x, num_classes).permute(0, 4, 1, 2, 3)  # noqa: E731

@@ -300,6 +300,20 @@ def test_dice_is_zero_for_a_class_only_in_the_prediction() -> None:
     assert dice_per_class(pred, truth, num_classes=4)["rv"] == 0.0
 
 
+def test_dice_leaves_out_pixels_whose_truth_is_unknown() -> None:
+    # Contour-only labels (Sunnybrook ES): LV known, everything outside it IGNORE.
+    truth = np.full((1, 8, 8), IGNORE, np.uint8)
+    truth[0, 2:5, 2:5] = 1
+    pred = np.zeros((1, 8, 8), np.uint8)
+    pred[0, 2:5, 2:5] = 1
+    pred[0, 6:8, 6:8] = 2  # lands on unknown truth: neither right nor wrong
+    scores = dice_per_class(pred, truth, num_classes=4)
+    assert scores["lv"] == pytest.approx(1.0)
+    assert np.isnan(scores["myo"])
+    pred[0, 2, 2] = 0  # a real miss inside the known LV still counts
+    assert dice_per_class(pred, truth, num_classes=4)["lv"] == pytest.approx(16 / 17)
+
+
 def test_lv_ef_against_hand_computed_volumes() -> None:
     label = np.zeros((2, 3, 10, 10), np.uint8)
     label[:, 0, 0:5, 0:8] = 1  # ED: 2 slices * 40 pixels
