@@ -2,6 +2,16 @@
 
 A subject the source cannot read (a yielded ``SourceError``) or that preprocessing rejects is
 recorded in ``quarantine.json`` and the conversion goes on; the work lives in writer and split.
+
+Resume: every shard, once closed, is appended to the journal ``progress.json`` (with the
+quarantine so far and a fingerprint of source, root, source options, preprocessing and prefix).
+A re-run with the same fingerprint keeps the journaled shards whose sha256 still verifies,
+deletes the rest, skips the subjects those shards hold (without preprocessing them) and goes on
+numbering shards after the last kept one. Quarantined subjects are retried on every re-run,
+even of a finished conversion (the source is read again, only they are preprocessed): they are
+in no shard, and a file fixed in between should be picked up; the quarantine is rebuilt. So a
+re-run of a finished conversion is a no-op (the source is not even opened) only when its shards
+all verify and its quarantine is empty. ``manifest.json`` is written once the source is done.
 """
 
 from __future__ import annotations
@@ -21,9 +31,12 @@ from data_shards.preprocess import PreprocessConfig, preprocess
 from data_shards.record import Subject
 from data_shards.sources import SourceError, get_source
 from data_shards.split import SPLITS, subject_split
-from data_shards.writer import MANIFEST, write_manifest, write_shards
+from data_shards.writer import MANIFEST, sha256_file, write_manifest, write_shards
 
 QUARANTINE = "quarantine.json"
+SECRET_OPTIONS = frozenset({"salt"})
+PROGRESS = "progress.json"
+JOURNAL_VERSION = 1
 
 
 def convert(
@@ -36,33 +49,94 @@ def convert(
     maxcount: int = 32,
     console: Console | None = None,
     overwrite: bool = False,
+    resume: bool = True,
     prefix: str = "shard",
 ) -> dict:
-    """Convert one source into webdataset shards under ``out_dir``.
+    """Convert one source into webdataset shards under ``out_dir``, resuming an earlier run.
 
     Args:
         source: registered source name (see ``data_shards.sources``).
         root: the dataset folder as released, or None for sources that need none.
-        out_dir: output folder; shards, ``manifest.json`` and ``quarantine.json`` go here.
+        out_dir: output folder; shards, ``manifest.json``, ``quarantine.json`` and the journal
+            ``progress.json`` go here.
         preprocess_config: target grid and intensity window.
         source_options: keyword arguments for the source function.
         maxcount: most subjects per shard.
         console: where the progress bar and summary go (default: a new stdout console).
-        overwrite: replace shards of a different source already in ``out_dir``.
+        overwrite: replace what ``out_dir`` holds when it comes from different settings.
+        resume: with the same settings, keep the verified shards of an earlier run (a finished
+            run is then a no-op); False starts over.
         prefix: shard file name prefix.
 
     Returns:
         The manifest written to ``out_dir/manifest.json``.
 
     Raises:
-        FileExistsError: ``out_dir`` holds a manifest of another source and not ``overwrite``.
+        FileExistsError: ``out_dir`` holds shards of different settings and not ``overwrite``.
     """
     options = dict(source_options or {})
+    recorded = redact(options)  # what manifest and journal may show of the options
     source_fn = get_source(source)  # fail on an unknown name before touching out_dir
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, source, prefix, overwrite)
     console = console or Console()
-    quarantine: list[dict[str, str]] = []
+    fingerprint = _fingerprint(source, root, recorded, preprocess_config, prefix)
+    previous = _previous_run(out_dir, fingerprint, overwrite=overwrite, resume=resume)
+    kept = _keep_verified(out_dir, previous, prefix, console)
+    journal = {
+        "version": JOURNAL_VERSION,
+        "fingerprint": fingerprint,
+        "shards": kept,
+        "quarantine": [],
+        "complete": False,
+    }
+    finished = previous and previous.get("complete") and not previous.get("quarantine")
+    if finished and len(kept) == len(previous["shards"]):
+        console.print(f"nothing to do: {out_dir} is complete and its {len(kept)} shards verify")
+    else:
+        items = source_fn(root, **options)
+        _run(items, journal, out_dir, source, preprocess_config, maxcount, console)
+    journal["complete"] = True
+    _write_json(out_dir / PROGRESS, journal)
+
+    quarantine = journal["quarantine"]
+    _write_json(out_dir / QUARANTINE, quarantine)
+    shards = journal["shards"]
+    manifest = write_manifest(
+        out_dir,
+        [shard["name"] for shard in shards],
+        [sample for shard in shards for sample in shard["samples"]],
+        preprocess=dataclasses.asdict(preprocess_config),
+        extra={
+            "source": source,
+            "root": None if root is None else str(root),
+            "source_options": recorded,
+            "quarantined": len(quarantine),
+        },
+        checksums={shard["name"]: (shard["sha256"], shard["bytes"]) for shard in shards},
+    )
+    console.print(summary_table(manifest, out_dir))
+    return manifest
+
+
+def _run(
+    items: Iterator[Subject | SourceError],
+    journal: dict,
+    out_dir: Path,
+    source: str,
+    config: PreprocessConfig,
+    maxcount: int,
+    console: Console,
+) -> None:
+    """Preprocess and write every subject not in a kept shard; the journal follows each shard."""
+    kept = [sample for shard in journal["shards"] for sample in shard["samples"]]
+    done = {sample["subject"] for sample in kept}
+    quarantine: list[dict[str, str]] = journal["quarantine"]
+    prefix = journal["fingerprint"]["prefix"]
+    _write_json(out_dir / PROGRESS, journal)  # a run killed before its first shard resumes too
+
+    def shard_closed(entry: dict) -> None:
+        journal["shards"].append(entry)
+        _write_json(out_dir / PROGRESS, journal)
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -70,33 +144,30 @@ def convert(
 
         def subjects() -> Iterator[Subject]:
             seen: set[str] = set()
-            written = 0
-            for item in source_fn(root, **options):
-                subject = _prepare(item, source, preprocess_config, seen, quarantine)
+            written = skipped = 0
+            for item in items:
+                if isinstance(item, Subject) and item.subject in done and item.subject not in seen:
+                    seen.add(item.subject)  # already in a kept shard: not even preprocessed
+                    skipped += 1
+                    continue
+                subject = _prepare(item, source, config, seen, quarantine)
                 if subject is not None:
                     yield subject
                     written += 1
-                skipped = f", {len(quarantine)} quarantined" if quarantine else ""
-                progress.update(task, description=f"{source}: {written} written{skipped}")
+                status = f"{source}: {written} written, {skipped} kept"
+                status += f", {len(quarantine)} quarantined" if quarantine else ""
+                progress.update(task, description=status)
 
-        samples = write_shards(subjects(), out_dir, prefix=prefix, maxcount=maxcount)
-
-    _write_json(out_dir / QUARANTINE, quarantine)
-    shards = list(dict.fromkeys(sample["shard"] for sample in samples))  # in writing order
-    manifest = write_manifest(
-        out_dir,
-        shards,
-        samples,
-        preprocess=dataclasses.asdict(preprocess_config),
-        extra={
-            "source": source,
-            "root": None if root is None else str(root),
-            "source_options": options,
-            "quarantined": len(quarantine),
-        },
-    )
-    console.print(summary_table(manifest, out_dir))
-    return manifest
+        numbers = [_shard_number(shard["name"], prefix) for shard in journal["shards"]]
+        write_shards(
+            subjects(),
+            out_dir,
+            prefix=prefix,
+            maxcount=maxcount,
+            start_shard=1 + max(numbers, default=-1),
+            taken_keys=[sample["key"] for sample in kept],
+            on_shard=shard_closed,
+        )
 
 
 def _prepare(
@@ -124,28 +195,106 @@ def _prepare(
     return subject
 
 
-def _prepare_out_dir(out_dir: Path, source: str, prefix: str, overwrite: bool) -> None:
-    """Refuse to mix sources in one folder; clear our own files from an earlier run."""
-    manifest_path = out_dir / MANIFEST
-    if manifest_path.is_file() and not overwrite:
-        try:
-            previous = json.loads(manifest_path.read_text()).get("source")
-        except (json.JSONDecodeError, AttributeError):
-            previous = "<unreadable manifest>"
-        if previous != source:
-            raise FileExistsError(
-                f"{out_dir} already holds shards of source {previous!r}; converting {source!r} "
-                "there would mix them. Choose another out_dir, or pass overwrite=True "
-                "(--overwrite) to replace them."
-            )
+def redact(options: dict[str, Any]) -> dict[str, Any]:
+    """Source options with secrets (the id salt) replaced, so no output ever holds them.
+
+    A salt on disk beside hashed ids would let anyone recover short PatientIDs by trying them.
+    """
+    return {key: "<redacted>" if key in SECRET_OPTIONS else value for key, value in options.items()}
+
+
+def _fingerprint(
+    source: str, root: Path | None, options: dict, config: PreprocessConfig, prefix: str
+) -> dict[str, Any]:
+    """What decides the content of the shards; JSON-normalised so it compares equal after a load."""
+    value = {
+        "source": source,
+        "root": None if root is None else str(Path(root).resolve()),
+        "source_options": options,
+        "preprocess": dataclasses.asdict(config),
+        "prefix": prefix,
+    }
+    return json.loads(json.dumps(value, default=str))
+
+
+def _previous_run(
+    out_dir: Path, fingerprint: dict, *, overwrite: bool, resume: bool
+) -> dict | None:
+    """The journal to resume from, or None to start over; refuses to mix different settings."""
+    journal_path, manifest_path = out_dir / PROGRESS, out_dir / MANIFEST
+    if not journal_path.is_file() and not manifest_path.is_file():
+        return None
+    try:
+        journal = json.loads(journal_path.read_text()) if journal_path.is_file() else None
+    except json.JSONDecodeError:
+        journal = None
+    if not isinstance(journal, dict) or journal.get("version") != JOURNAL_VERSION:
+        journal = None
+    previous = None if journal is None else journal.get("fingerprint")
+    if previous == fingerprint:
+        return journal if resume else None
+    if overwrite:
+        return None
+    if previous is None:
+        what = f"shards without a readable {PROGRESS} (an interrupted or older conversion)"
+    else:
+        changed = _differences(previous, fingerprint)
+        what = "shards converted with a different " + ", ".join(
+            f"{key} ({old!r}, now {new!r})" for key, old, new in changed
+        )
+    raise FileExistsError(
+        f"{out_dir} already holds {what}; converting here would mix them. Choose another "
+        "out_dir, or pass overwrite=True (--overwrite) to replace them."
+    )
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs between two dicts."""
+    found = []
+    for key in sorted({*old, *new}):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
+
+
+def _keep_verified(
+    out_dir: Path, journal: dict | None, prefix: str, console: Console
+) -> list[dict]:
+    """Journaled shards whose sha256 verifies; every other shard file of ours is deleted."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Only files this job writes: stale shards would otherwise outlive a smaller re-run.
-    for stale in [manifest_path, out_dir / QUARANTINE, *out_dir.glob(f"{prefix}-*.tar")]:
-        stale.unlink(missing_ok=True)
+    kept = []
+    for shard in [] if journal is None else journal.get("shards", []):
+        path = out_dir / shard["name"]
+        size_ok = path.is_file() and path.stat().st_size == shard["bytes"]
+        if size_ok and sha256_file(path) == shard["sha256"]:
+            kept.append(shard)
+            continue
+        console.print(f"{path}: missing or corrupt (sha256 differs); re-converting its subjects")
+    names = {shard["name"] for shard in kept}
+    # The manifest is rewritten at the end; until then it must not describe deleted shards.
+    stale = [out_dir / MANIFEST, out_dir / QUARANTINE, *out_dir.glob(f"{prefix}-*.tar")]
+    for path in stale:
+        if path.name not in names:
+            path.unlink(missing_ok=True)
+    if kept:
+        count = sum(shard["count"] for shard in kept)
+        console.print(f"resuming {out_dir}: kept {len(kept)} verified shards, {count} subjects")
+    return kept
+
+
+def _shard_number(name: str, prefix: str) -> int:
+    """3 for ``shard-000003.tar``."""
+    return int(name.removeprefix(f"{prefix}-").removesuffix(".tar"))
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=1) + "\n")
+    """Write then rename, so a job killed mid-write leaves the previous file whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str) + "\n")
+    tmp.replace(path)
 
 
 def summary_table(manifest: dict, out_dir: Path) -> Table:

@@ -1,7 +1,8 @@
-"""Bring every subject onto one grid: in-plane spacing, field of view and uint8 intensities.
+"""Bring every subject onto one grid: orientation, in-plane spacing, field of view, uint8.
 
 Slices and frames are never resampled: only (H, W) changes. The (S, T) axes are folded into the
-channel axis of MONAI's 2D transforms, so one call handles a whole 4D study.
+channel axis of MONAI's 2D transforms, so one call handles a whole 4D study. One (H, W) crop
+window serves the whole study, centred on the image or on the labelled heart.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from monai.transforms import Resize, ResizeWithPadOrCrop
+from monai.transforms import Resize
 
+from data_shards.orientation import reorient
 from data_shards.record import BACKGROUND, IGNORE, Subject
+
+ORIENTATIONS = ("canonical", "none")
+CROPS = ("centre", "label")
 
 
 @dataclass(frozen=True)
@@ -22,13 +27,19 @@ class PreprocessConfig:
 
     Args:
         spacing: target in-plane pixel size in mm (dy = dx).
-        size: output height and width in pixels, after a centred crop or pad.
+        size: output height and width in pixels, after a crop or pad.
         percentiles: (low, high) percentiles of the resampled 4D image that map to 0 and 255.
+        orientation: "canonical" reorients using meta["direction"] (see data_shards.orientation);
+            "none" keeps the source's voxel order.
+        crop: "centre" centres the window on the image; "label" on the centroid of the labelled
+            heart (falling back to the centre for unlabelled subjects).
     """
 
     spacing: float = 1.5
     size: int = 128
     percentiles: tuple[float, float] = (0.5, 99.5)
+    orientation: str = "canonical"
+    crop: str = "centre"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.spacing) and self.spacing > 0):
@@ -40,92 +51,201 @@ class PreprocessConfig:
             raise ValueError(
                 f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}"
             )
+        if self.orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
 
 
 def preprocess(subject: Subject, config: PreprocessConfig) -> Subject:
-    """In-plane resample to config.spacing, centre crop/pad to size, robust uint8 intensities.
+    """Orient, resample in-plane to config.spacing, crop/pad to size, robust uint8 intensities.
 
     Args:
         subject: image (S, T, H, W) of any real dtype, label (S, T, H, W) uint8 or None,
-            spacing (dz, dy, dx) mm with finite positive dy and dx (dz may be NaN).
+            spacing (dz, dy, dx) mm; dz may be NaN, and NaN dy/dx (unknown, e.g. PNG slices)
+            keeps the native pixel grid: crop/pad only.
         config: the target grid and intensity window.
 
     Returns:
         A new Subject with image uint8 (S, T, size, size), label uint8 (S, T, size, size) or None,
-        spacing (dz, config.spacing, config.spacing) and meta extended by ``preprocess``,
-        ``original_spacing`` (None where unknown) and ``original_shape``.
+        spacing (dz, config.spacing, config.spacing) (the input's where dy/dx are unknown) and
+        meta extended by ``preprocess``, ``original_spacing`` (None where unknown),
+        ``original_shape``, ``orientation`` and ``crop``; ``direction`` and ``origin``, where
+        known, describe the output grid.
 
     Raises:
-        ValueError: the in-plane spacing is missing, zero or NaN, or the image holds NaN/Inf.
+        ValueError: in-plane spacing zero, negative or infinite; the image holds NaN/Inf; or a
+            malformed meta["direction"].
     """
     name = subject.subject
-    if len(subject.spacing) != 3:
-        raise ValueError(f"{name}: spacing must be (dz, dy, dx) in mm, got {subject.spacing}")
-    dz, dy, dx = (float(s) for s in subject.spacing)
-    if not all(math.isfinite(s) and s > 0 for s in (dy, dx)):
-        raise ValueError(
-            f"{name}: in-plane spacing (dy, dx) = ({dy}, {dx}) mm must be finite and positive; "
-            "preprocessing needs it to resample to a common grid"
-        )
+    dz, dy, dx = _check_spacing(subject)
     image = np.asarray(subject.image)
     n_bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
     if n_bad:
         raise ValueError(f"{name}: image holds {n_bad} non-finite voxels (NaN/Inf)")
-
-    s, t, h, w = image.shape
-    # Same float32 values whatever the input dtype, so int16/uint8/float32 inputs agree.
-    channels = torch.from_numpy(np.ascontiguousarray(image.reshape(s * t, h, w), dtype=np.float32))
-    out_hw = (max(1, round(h * dy / config.spacing)), max(1, round(w * dx / config.spacing)))
-    # "area" averages the pixels a target pixel covers, which anti-aliases downsampling without
-    # the zero-padded border that MONAI's Gaussian anti-aliasing leaves.
-    downsampling = out_hw[0] <= h and out_hw[1] <= w
-    resize_image = Resize(out_hw, mode="area" if downsampling else "bilinear")
-    crop_or_pad = ResizeWithPadOrCrop((config.size, config.size), mode="constant", value=0)
-    resampled = _to_numpy(resize_image(channels))  # (S*T, h', w') float32
-    cropped = _to_numpy(crop_or_pad(torch.from_numpy(resampled)))  # (S*T, size, size)
-    image_out = _to_uint8(cropped, resampled, config.percentiles)
-    image_out = image_out.reshape(s, t, config.size, config.size)
-
-    label_out = None
-    if subject.label is not None:
-        label_out = _resample_label(subject.label, out_hw, config.size)
-
     meta = dict(subject.meta)
-    meta["preprocess"] = _json_config(config)
     meta["original_spacing"] = [v if math.isfinite(v) else None for v in (dz, dy, dx)]
     meta["original_shape"] = [int(n) for n in image.shape]
+    label = None if subject.label is None else np.asarray(subject.label)
+    image, label, (dz, dy, dx) = _orient(name, image, label, (dz, dy, dx), meta, config)
+
+    s, t, h, w = image.shape
+    known = math.isfinite(dy) and math.isfinite(dx)
+    out_hw = (h, w)
+    if known:
+        out_hw = (max(1, round(h * dy / config.spacing)), max(1, round(w * dx / config.spacing)))
+    # Same float32 values whatever the input dtype, so int16/uint8/float32 inputs agree.
+    flat = np.ascontiguousarray(image.reshape(s * t, h, w), dtype=np.float32)
+    resampled = _resample_image(flat, out_hw)  # (S*T, h', w') float32
+    label_rs = None if label is None else _resample_label(label.reshape(s * t, h, w), out_hw)
+
+    start, crop = _crop_window(label_rs, out_hw, config)
+    # Window after the intensity mapping, so padding is black whatever the source's values.
+    image_out = _window(_to_uint8(resampled, config.percentiles), start, config.size, 0)
+    label_out = None
+    if label_rs is not None:
+        label_out = _window(label_rs, start, config.size, BACKGROUND)
+        # A frame without ground truth must stay without ground truth, padding included.
+        label_out[(label_rs == IGNORE).all(axis=(1, 2))] = IGNORE
+        label_out = label_out.reshape(s, t, config.size, config.size)
+
+    scale = (h / out_hw[0], w / out_hw[1])  # native pixels per output pixel
+    _shift_origin(meta, start, scale, (dy, dx))
+    meta["crop"] = crop
+    meta["preprocess"] = _json_config(config)
+    out_spacing = (dz, float(config.spacing), float(config.spacing)) if known else (dz, dy, dx)
     return replace(
         subject,
-        image=image_out,
+        image=image_out.reshape(s, t, config.size, config.size),
         label=label_out,
-        spacing=(dz, float(config.spacing), float(config.spacing)),
+        spacing=out_spacing,
         meta=meta,
     )
 
 
-def _resample_label(label: np.ndarray, out_hw: tuple[int, int], size: int) -> np.ndarray:
-    """Nearest-neighbour resample and crop/pad, keeping every label value exactly."""
-    s, t, h, w = label.shape
-    flat = np.asarray(label).reshape(s * t, h, w)
-    # A frame without ground truth must stay without ground truth, padding included.
-    unlabelled = (flat == IGNORE).all(axis=(1, 2))  # (S*T,)
+def _check_spacing(subject: Subject) -> tuple[float, float, float]:
+    """(dz, dy, dx); NaN is unknown, but zero, negative or infinite means a broken header."""
+    name = subject.subject
+    if len(subject.spacing) != 3:
+        raise ValueError(f"{name}: spacing must be (dz, dy, dx) in mm, got {subject.spacing}")
+    dz, dy, dx = (float(v) for v in subject.spacing)
+    if any(not math.isnan(v) and not (math.isfinite(v) and v > 0) for v in (dy, dx)):
+        raise ValueError(
+            f"{name}: in-plane spacing (dy, dx) = ({dy}, {dx}) mm must be positive and finite, "
+            "or NaN where unknown; zero, negative or infinite spacing means a broken header"
+        )
+    return dz, dy, dx
+
+
+def _orient(
+    name: str,
+    image: np.ndarray,
+    label: np.ndarray | None,
+    spacing: tuple[float, float, float],
+    meta: dict,
+    config: PreprocessConfig,
+) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float]]:
+    """Canonical orientation from meta["direction"], recorded in meta; unknown geometry: as is."""
+    direction = meta.get("direction")
+    if config.orientation == "none":
+        meta["orientation"] = "none"
+        return image, label, spacing
+    if direction is None:
+        meta["orientation"] = "unknown"
+        return image, label, spacing
+    try:
+        out = reorient(image, label, spacing, direction, meta.get("origin"))
+    except ValueError as err:
+        raise ValueError(f"{name}: meta {err}") from None
+    meta["orientation"] = out.info
+    meta["direction"] = out.direction.tolist()
+    if out.origin is None:
+        meta.pop("origin", None)
+    else:
+        meta["origin"] = out.origin.tolist()
+    return out.image, out.label, out.spacing
+
+
+def _resample_image(flat: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) float32 -> (N, h', w'); "area" anti-aliases downsampling without a dark rim."""
+    if out_hw == flat.shape[1:]:
+        return flat
+    downsampling = out_hw[0] <= flat.shape[1] and out_hw[1] <= flat.shape[2]
+    resize = Resize(out_hw, mode="area" if downsampling else "bilinear")
+    return _to_numpy(resize(torch.from_numpy(flat)))
+
+
+def _resample_label(flat: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) uint8 -> (N, h', w') nearest neighbour, keeping every label value exactly."""
+    if out_hw == flat.shape[1:]:
+        return np.ascontiguousarray(flat, dtype=np.uint8)
     resize = Resize(out_hw, mode="nearest-exact")
-    crop_or_pad = ResizeWithPadOrCrop((size, size), mode="constant", value=BACKGROUND)
-    out = _to_numpy(crop_or_pad(resize(torch.from_numpy(np.ascontiguousarray(flat, np.float32)))))
-    out = np.rint(out).astype(np.uint8)  # (S*T, size, size)
-    out[unlabelled] = IGNORE
-    return out.reshape(s, t, size, size)
+    out = _to_numpy(resize(torch.from_numpy(np.ascontiguousarray(flat, np.float32))))
+    return np.rint(out).astype(np.uint8)
 
 
-def _to_uint8(
-    image: np.ndarray, reference: np.ndarray, percentiles: tuple[float, float]
-) -> np.ndarray:
-    """Clip ``image`` to the percentiles of ``reference`` and scale linearly to 0..255."""
-    lo, hi = (float(v) for v in np.percentile(reference, percentiles))
+def _crop_window(
+    label: np.ndarray | None, hw: tuple[int, int], config: PreprocessConfig
+) -> tuple[tuple[int, int], dict]:
+    """Top-left (y0, x0) of the size x size window in resampled pixels, and its meta record."""
+    size = config.size
+    crop: dict = {"mode": "centre"}
+    center = ((hw[0] - 1) / 2, (hw[1] - 1) / 2)
+    if config.crop == "label":
+        foreground = None
+        if label is not None:
+            foreground = ((label != BACKGROUND) & (label != IGNORE)).any(axis=0)  # (h', w')
+        if foreground is not None and foreground.any():
+            ys, xs = np.nonzero(foreground)
+            center = (float(ys.mean()), float(xs.mean()))
+            crop["mode"] = "label"
+        else:
+            crop["note"] = "crop=label but no foreground labels: centred on the image"
+    start = (math.floor(center[0] - (size - 1) / 2), math.floor(center[1] - (size - 1) / 2))
+    crop.update(
+        center=[round(c, 2) for c in center],
+        box=[start[0], start[1], start[0] + size, start[1] + size],  # y0, x0, y1, x1
+        resampled_shape=list(hw),
+        pad=[[max(0, -a), max(0, a + size - n)] for a, n in zip(start, hw, strict=True)],
+    )
+    return start, crop
+
+
+def _window(flat: np.ndarray, start: tuple[int, int], size: int, fill: float) -> np.ndarray:
+    """(N, h, w) -> (N, size, size) window at ``start``; outside the image is ``fill``."""
+    n, h, w = flat.shape
+    out = np.full((n, size, size), fill, dtype=flat.dtype)
+    y0, x0 = start
+    ys, xs = slice(max(0, y0), min(h, y0 + size)), slice(max(0, x0), min(w, x0 + size))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        out[:, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = flat[:, ys, xs]
+    return out
+
+
+def _shift_origin(
+    meta: dict, start: tuple[int, int], scale: tuple[float, float], dyx: tuple[float, float]
+) -> None:
+    """Move meta["origin"] to output voxel [0, 0]: resampled pixel ``start`` in native pixels."""
+    if meta.get("origin") is None or meta.get("direction") is None:
+        return
+    direction = np.asarray(meta["direction"], dtype=np.float64)
+    origin = np.asarray(meta["origin"], dtype=np.float64)
+    for row, (a, k, d) in enumerate(zip(start, scale, dyx, strict=True), start=1):
+        # Resampled pixel i is centred on native pixel (i + 0.5) * k - 0.5 (MONAI's convention).
+        origin = origin + ((a + 0.5) * k - 0.5) * d * direction[row]
+    if np.isfinite(origin).all():
+        meta["origin"] = origin.tolist()
+    else:
+        meta.pop("origin")  # unknown spacing: no honest origin for the output grid
+
+
+def _to_uint8(image: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Clip ``image`` to its own percentiles and scale linearly to 0..255."""
+    lo, hi = (float(v) for v in np.percentile(image, percentiles))
     if hi <= lo:
         # Mostly-constant images (e.g. a few bright voxels on zeros) collapse the percentile
         # window; fall back to the full range rather than dividing by zero.
-        lo, hi = float(reference.min()), float(reference.max())
+        lo, hi = float(image.min()), float(image.max())
     if hi <= lo:
         return np.zeros(image.shape, dtype=np.uint8)
     scaled = (np.clip(image, lo, hi) - lo) * (255.0 / (hi - lo))

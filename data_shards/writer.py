@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,14 @@ def sanitise_key(subject: str) -> str:
 
 
 def write_shards(
-    subjects: Iterable[Subject], out_dir: Path, *, prefix: str = "shard", maxcount: int = 32
+    subjects: Iterable[Subject],
+    out_dir: Path,
+    *,
+    prefix: str = "shard",
+    maxcount: int = 32,
+    start_shard: int = 0,
+    taken_keys: Iterable[str] = (),
+    on_shard: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Write one webdataset sample per subject into ``out_dir/prefix-000000.tar``, ...
 
@@ -51,6 +58,11 @@ def write_shards(
         out_dir: folder for the shards; created if missing.
         prefix: shard file name prefix.
         maxcount: most samples per shard.
+        start_shard: number of the first shard written (resuming after kept shards).
+        taken_keys: sample keys already used by kept shards; a colliding key gets a hash suffix.
+        on_shard: called with {name, sha256, bytes, count, samples} as soon as a shard is
+            complete and closed. A shard open when an exception escapes is not reported: it
+            may hold half a sample.
 
     Returns:
         One record per sample, in writing order: key, shard (file name), subject, split,
@@ -65,10 +77,28 @@ def write_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     ids: set[str] = set()
-    keys: set[str] = set()
+    keys: set[str] = set(taken_keys)
+
+    def closed(fname: str) -> None:
+        path = Path(fname)
+        samples = [r for r in records if r["shard"] == path.name]
+        if not samples:  # ShardWriter opens a shard eagerly; drop it when nothing went in
+            path.unlink(missing_ok=True)
+        elif on_shard is not None:
+            on_shard(shard_entry(path, samples))
+
     # ShardWriter opens its first shard on construction; pattern uses printf-style numbering.
     pattern = str(out_dir / f"{prefix}-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0, encoder=False, mtime=0) as sink:
+    sink = wds.ShardWriter(
+        pattern,
+        maxcount=maxcount,
+        post=closed,
+        start_shard=start_shard,
+        verbose=0,
+        encoder=False,
+        mtime=0,
+    )
+    try:
         for subject in subjects:
             if subject.subject in ids:
                 raise ValueError(f"duplicate subject id {subject.subject!r}: ids must be unique")
@@ -79,9 +109,25 @@ def write_shards(
             sink.write(sample)
             record["shard"] = Path(sink.fname).name
             records.append(record)
-    if not records:  # drop the empty shard ShardWriter opened eagerly
-        Path(pattern % 0).unlink(missing_ok=True)
+            if sink.count >= maxcount:
+                sink.finish()  # close and report a full shard now, not when the next one opens
+    except BaseException:
+        sink.post = None  # an interrupted shard is not reported; a resumed run replaces it
+        sink.close()
+        raise
+    sink.close()
     return records
+
+
+def shard_entry(path: Path, samples: list[dict]) -> dict:
+    """{name, sha256, bytes, count, samples} of a closed shard file holding ``samples``."""
+    return {
+        "name": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "count": len(samples),
+        "samples": samples,
+    }
 
 
 def _unique_key(subject: str, taken: set[str]) -> str:
@@ -161,6 +207,7 @@ def write_manifest(
     samples: Sequence[dict],
     preprocess: dict,
     extra: dict | None = None,
+    checksums: Mapping[str, tuple[str, int]] | None = None,
 ) -> dict:
     """Write ``out_dir/manifest.json`` describing the shards and return it.
 
@@ -170,6 +217,8 @@ def write_manifest(
         samples: the records :func:`write_shards` returned.
         preprocess: the preprocessing settings the images went through.
         extra: further top-level fields (source, source_options, quarantined, ...).
+        checksums: {name: (sha256, bytes)} already known (e.g. just verified), so large shard
+            folders are not hashed twice; shards missing from it are hashed here.
 
     Returns:
         The manifest: version, created (UTC ISO), shards [{name, count, sha256, bytes}],
@@ -188,12 +237,7 @@ def write_manifest(
         "version": MANIFEST_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "shards": [
-            {
-                "name": name,
-                "count": counts[name],
-                "sha256": sha256_file(out_dir / name),
-                "bytes": (out_dir / name).stat().st_size,
-            }
+            {"name": name, "count": counts[name], **_checksum(out_dir / name, checksums)}
             for name in shards
         ],
         "samples": list(samples),
@@ -210,6 +254,11 @@ def write_manifest(
     tmp.write_text(text + "\n")
     tmp.replace(out_dir / MANIFEST)
     return json.loads(text)  # exactly what a reader of the file gets (tuples become lists)
+
+
+def _checksum(path: Path, known: Mapping[str, tuple[str, int]] | None) -> dict[str, Any]:
+    sha256, size = (known or {}).get(path.name) or (sha256_file(path), path.stat().st_size)
+    return {"sha256": sha256, "bytes": size}
 
 
 def read_manifest(out_dir: Path) -> dict:

@@ -36,7 +36,14 @@ def test_output_grid_dtype_spacing_and_meta():
     assert out.spacing == (8.0, 1.5, 1.5)
     assert out.subject == "subj-1"
     assert out.meta["source"] == "test"
-    assert out.meta["preprocess"] == {"spacing": 1.5, "size": 64, "percentiles": [0.5, 99.5]}
+    assert out.meta["preprocess"] == {
+        "spacing": 1.5,
+        "size": 64,
+        "percentiles": [0.5, 99.5],
+        "orientation": "canonical",
+        "crop": "centre",
+    }
+    assert out.meta["orientation"] == "unknown"  # no direction in meta: left as the source gave it
     assert out.meta["original_spacing"] == [8.0, 1.0, 1.2]
     assert out.meta["original_shape"] == [2, 3, 50, 70]
     json.dumps(out.meta, allow_nan=False)
@@ -131,7 +138,7 @@ def test_same_result_for_float32_int16_uint8():
         for dtype in (np.float32, np.int16, np.uint8)
     ]
     for other in outs[1:]:
-        assert np.abs(outs[0].astype(int) - other.astype(int)).max() <= 1
+        assert np.array_equal(outs[0], other)
 
 
 def test_percentiles_ignore_a_few_hot_voxels():
@@ -160,7 +167,7 @@ def test_non_finite_image_raises_naming_the_subject(bad):
 
 
 @pytest.mark.parametrize(
-    "spacing", [(8.0, 0.0, 1.0), (8.0, 1.0, math.nan), (8.0, -1.0, 1.0), (8.0, math.inf, 1.0)]
+    "spacing", [(8.0, 0.0, 1.0), (8.0, 1.0, -2.0), (8.0, -1.0, 1.0), (8.0, math.inf, 1.0)]
 )
 def test_bad_in_plane_spacing_raises_naming_the_subject(spacing):
     image = np.zeros((1, 1, 16, 16), np.float32)
@@ -169,8 +176,183 @@ def test_bad_in_plane_spacing_raises_naming_the_subject(spacing):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"spacing": 0.0}, {"size": 0}, {"percentiles": (99.0, 1.0)}, {"spacing": math.nan}]
+    "kwargs",
+    [
+        {"spacing": 0.0},
+        {"size": 0},
+        {"percentiles": (99.0, 1.0)},
+        {"spacing": math.nan},
+        {"orientation": "ras"},
+        {"crop": "heart"},
+    ],
 )
 def test_bad_config_raises(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         PreprocessConfig(**kwargs)
+
+
+# ------------------------------------------------------------------ unknown in-plane spacing
+
+
+def test_unknown_in_plane_spacing_keeps_the_native_grid():
+    rng = np.random.default_rng(6)
+    image = rng.random((2, 1, 40, 30)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[:, :, 15:25, 10:20] = LV  # a 10 x 10 block in the middle
+    subject = make_subject(image, label, spacing=(math.nan, math.nan, math.nan), name="emidec-1")
+    out = preprocess(subject, PreprocessConfig(spacing=1.5, size=32))
+
+    assert out.image.shape == (2, 1, 32, 32)
+    assert all(math.isnan(v) for v in out.spacing)  # nothing invented
+    assert out.meta["original_spacing"] == [None, None, None]
+    json.dumps(out.meta, allow_nan=False)
+    # Not resampled: the block keeps its 10 x 10 pixels, the crop is a plain window.
+    assert np.count_nonzero(out.label[0, 0] == LV) == 100
+    y0, x0, y1, x1 = out.meta["crop"]["box"]
+    assert out.meta["crop"]["resampled_shape"] == [40, 30]
+    assert (x0, x1) == (-1, 31) and out.meta["crop"]["pad"] == [[0, 0], [1, 1]]
+    assert np.array_equal(out.label[0, 0, :, 1:31], label[0, 0, y0:y1, 0:30])
+
+
+# ------------------------------------------------------------------ orientation in preprocess
+
+
+def oblique_subject(h: int = 20, w: int = 24) -> Subject:
+    """A coronal-like study, rows to the right, columns up: canonical swaps and flips both."""
+    rng = np.random.default_rng(7)
+    image = rng.random((3, 2, h, w)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[1, 0, 4, 5] = RV  # one marker voxel
+    meta = {
+        "source": "test",
+        "direction": [[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],  # S anterior
+        "origin": [-30.0, 20.0, 50.0],
+    }
+    return make_subject(image, label, spacing=(8.0, 1.5, 1.5), meta=meta)
+
+
+def world(meta: dict, spacing, index) -> np.ndarray:
+    """LPS mm of voxel (s, h, w) under the meta's origin and direction."""
+    steps = np.asarray(index, float) * np.asarray(spacing, float)
+    return np.asarray(meta["origin"]) + steps @ np.asarray(meta["direction"])
+
+
+def test_canonical_orientation_keeps_world_positions_through_the_crop():
+    subject = oblique_subject()
+    out = preprocess(subject, PreprocessConfig(spacing=1.5, size=16))  # no resampling, a crop
+
+    assert out.meta["orientation"] == {"transposed": True, "flipped": ["H", "W"]}
+    direction = np.asarray(out.meta["direction"])
+    assert direction[2] @ [1, 0, 0] == 1.0  # columns point to patient left
+    assert direction[1] @ [0, 0, -1] == 1.0  # rows (vertical) point inferior
+    marker = np.argwhere(out.label == RV)
+    assert len(marker) == 1
+    s, _, h, w = marker[0]
+    assert world(out.meta, out.spacing, (s, h, w)) == pytest.approx(
+        world(subject.meta, subject.spacing, (1, 4, 5))
+    )
+
+
+def test_orientation_none_keeps_voxel_order():
+    subject = oblique_subject(h=16, w=16)
+    out = preprocess(subject, PreprocessConfig(spacing=1.5, size=16, orientation="none"))
+    assert out.meta["orientation"] == "none"
+    assert out.meta["direction"] == subject.meta["direction"]
+    assert np.array_equal(out.label, subject.label)
+
+
+def test_origin_follows_resampling_to_within_a_pixel():
+    subject = oblique_subject(h=40, w=48)
+    subject.spacing = (8.0, 0.75, 0.75)
+    subject.label[1, 0, 20:22, 24:26] = RV  # a 2 x 2 block: one pixel at 1.5 mm
+    subject.label[1, 0, 4, 5] = 0
+    out = preprocess(subject, PreprocessConfig(spacing=1.5, size=16))
+    marker = np.argwhere(out.label == RV)
+    assert len(marker) == 1
+    s, _, h, w = marker[0]
+    expected = world(subject.meta, subject.spacing, (1, 20.5, 24.5))  # the block's centre
+    assert np.abs(world(out.meta, out.spacing, (s, h, w)) - expected).max() < 1e-6
+
+
+def test_malformed_direction_is_named():
+    subject = oblique_subject()
+    subject.meta["direction"] = [[1.0, 0.0], [0.0, 1.0]]
+    with pytest.raises(ValueError, match=r"subj-1.*direction"):
+        preprocess(subject, PreprocessConfig(size=16))
+
+
+# ------------------------------------------------------------------ crop window
+
+
+def heart_study(h: int = 120, w: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(2, 3, h, w) image and labels with the heart off-centre, in different places per frame."""
+    rng = np.random.default_rng(8)
+    image = rng.random((2, 3, h, w)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[0, 0, 10:20, 10:20] = LV  # union of the labelled pixels: rows 10..29, cols 10..29
+    label[1, 1, 20:30, 20:30] = MYO
+    label[0, 2] = IGNORE  # a frame without ground truth does not count
+    label[1, 2, 100:, 80:] = IGNORE  # nor does an unannotated region
+    return image, label
+
+
+def test_label_crop_centres_the_labelled_heart_with_one_window():
+    image, label = heart_study()
+    config = PreprocessConfig(spacing=1.5, size=32, crop="label")
+    out = preprocess(make_subject(image, label), config)
+
+    crop = out.meta["crop"]
+    assert crop["mode"] == "label"
+    # Centroid of the union (rows and cols 10..29, less the 10 x 10 overlap of none): 19.5.
+    assert crop["center"] == [pytest.approx(19.5, abs=0.6)] * 2
+    y0, x0, y1, x1 = crop["box"]
+    assert (y1 - y0, x1 - x0) == (32, 32) and crop["resampled_shape"] == [120, 100]
+    assert crop["pad"] == [[max(0, -y0), 0], [max(0, -x0), 0]]
+    # Every slice and frame is cut from the same window (no resampling at 1.5 mm).
+    assert np.array_equal(out.label[:, :2], label[:, :2, y0:y1, x0:x1])
+    assert (out.label[0, 2] == IGNORE).all()
+    # Whereas the centred window loses the heart entirely.
+    centred = preprocess(make_subject(image, label), PreprocessConfig(spacing=1.5, size=32))
+    assert centred.meta["crop"]["mode"] == "centre"
+    assert not np.isin(centred.label, [LV, MYO]).any()
+
+
+def test_label_crop_pads_when_the_heart_is_at_the_edge():
+    image, label = heart_study(h=40, w=40)
+    label[:] = 0
+    label[:, :, 0:4, 0:4] = LV
+    signed = image - 0.5  # zero is mid-grey here: padding must still come out black
+    out = preprocess(make_subject(signed, label), PreprocessConfig(size=32, crop="label"))
+    y0, x0, _, _ = out.meta["crop"]["box"]
+    assert y0 < 0 and x0 < 0 and out.meta["crop"]["pad"][0][0] == -y0
+    rows, cols = np.nonzero(out.label[0, 0] == LV)
+    assert abs(rows.mean() - 15.5) <= 1 and abs(cols.mean() - 15.5) <= 1
+    assert (out.image[0, 0, :-y0] == 0).all()  # padding is black
+
+
+def test_label_crop_without_labels_falls_back_to_centre():
+    image, _ = heart_study()
+    config = PreprocessConfig(size=32, crop="label")
+    unlabelled = preprocess(make_subject(image), config)
+    reference = preprocess(make_subject(image), PreprocessConfig(size=32))
+    assert unlabelled.meta["crop"]["mode"] == "centre"
+    assert "no foreground" in unlabelled.meta["crop"]["note"]
+    assert np.array_equal(unlabelled.image, reference.image)
+    all_ignore = np.full(image.shape, IGNORE, np.uint8)
+    assert preprocess(make_subject(image, all_ignore), config).meta["crop"]["mode"] == "centre"
+
+
+@pytest.mark.parametrize("crop", ["centre", "label"])
+def test_same_bytes_for_every_dtype_with_orientation_and_crop(crop):
+    values = np.random.default_rng(9).integers(0, 256, (3, 2, 30, 34))
+    label = oblique_subject(30, 34).label
+    config = PreprocessConfig(spacing=1.5, size=24, crop=crop)
+    outs = []
+    for dtype in (np.float32, np.int16, np.uint8):
+        subject = oblique_subject(30, 34)
+        subject.image, subject.label, subject.spacing = values.astype(dtype), label, (8, 1.1, 0.9)
+        outs.append(preprocess(subject, config))
+    for other in outs[1:]:
+        assert np.array_equal(outs[0].image, other.image)
+        assert np.array_equal(outs[0].label, other.label)
+        assert other.meta == outs[0].meta

@@ -186,7 +186,7 @@ def standin_source(root: Path | None, n: int = 5, bad_spacing: bool = False):
             yield SourceError(Path("/data/case_bad/image.nii.gz"), "truncated gzip stream")
     if bad_spacing:
         subject = make_subject("nan_spacing", 99, False, shape=(1, 2, 10, 10))
-        subject.spacing = (8.0, float("nan"), 1.5)
+        subject.spacing = (8.0, 0.0, 1.5)  # a broken header (NaN, unknown, would be kept)
         yield subject
 
 
@@ -217,7 +217,13 @@ def test_convert_quarantines_and_continues(tmp_path: Path, standin: str) -> None
     assert [s["key"] for s in manifest["samples"]] == [f"case{i}" for i in range(5)]
     assert [s["count"] for s in manifest["shards"]] == [2, 2, 1]
     assert manifest["source"] == "standin" and manifest["quarantined"] == 2
-    assert manifest["preprocess"] == {"spacing": 1.5, "size": 12, "percentiles": [0.5, 99.5]}
+    assert manifest["preprocess"] == {
+        "spacing": 1.5,
+        "size": 12,
+        "percentiles": [0.5, 99.5],
+        "orientation": "canonical",
+        "crop": "centre",
+    }
     quarantine = json.loads((out / "quarantine.json").read_text())
     assert quarantine[0] == {
         "path": "/data/case_bad/image.nii.gz",
@@ -239,9 +245,15 @@ def test_convert_refuses_other_source_unless_overwrite(tmp_path: Path, standin: 
     assert len(list(tmp_path.glob("shard-*.tar"))) == 5
     with pytest.raises(FileExistsError, match=r"'standin'.*overwrite"):
         convert("other", None, tmp_path, preprocess_config=config, console=quiet())
-    # Re-running the same source replaces its files, leaving no stale shards behind.
+    # Re-running with other options and overwrite replaces the files, leaving no stale shards.
     convert(
-        standin, None, tmp_path, preprocess_config=config, source_options={"n": 2}, console=quiet()
+        standin,
+        None,
+        tmp_path,
+        preprocess_config=config,
+        source_options={"n": 2},
+        console=quiet(),
+        overwrite=True,
     )
     assert [p.name for p in tmp_path.glob("shard-*.tar")] == ["shard-000000.tar"]
     manifest = convert(

@@ -1,0 +1,228 @@
+"""data_shards.convert: bad subjects never stop a conversion; a killed one resumes losslessly."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from data_shards import convert as convert_module
+from data_shards import sources
+from data_shards.convert import PROGRESS, convert
+from data_shards.preprocess import PreprocessConfig
+from data_shards.record import IGNORE, LV, Subject
+from data_shards.sources import SourceError
+from data_shards.stream import load_subjects
+from data_shards.writer import verify_manifest
+
+CONFIG = PreprocessConfig(spacing=1.5, size=12)
+# What the stand-in source does beyond its options, so a test can change it between runs
+# without changing the conversion's fingerprint.
+BEHAVIOUR: dict = {"die_after": None, "error": RuntimeError, "broken": set()}
+
+
+def make_subject(i: int) -> Subject:
+    rng = np.random.default_rng(i)
+    image = rng.normal(100, 30, (2, 2, 20, 16)).astype(np.float32)
+    label = None
+    if i % 3 != 1:
+        label = np.zeros(image.shape, np.uint8)
+        label[:, 0, 6 + i % 4 : 12, 5:11] = LV
+        label[:, 1] = IGNORE
+    meta = {"source": "resumable", "modality": "cine", "ed": 0}
+    return Subject(f"case{i}", image, label, (8.0, 1.2, 1.2), meta)
+
+
+def resumable(root: Path | None, n: int = 9, bad_file: bool = True):
+    """``n`` subjects (an unreadable file after case2); dies or breaks as BEHAVIOUR says."""
+    for i in range(n):
+        if BEHAVIOUR["die_after"] == i:
+            raise BEHAVIOUR["error"]("the job dies here")
+        subject = make_subject(i)
+        if subject.subject in BEHAVIOUR["broken"]:
+            subject.spacing = (8.0, 0.0, 1.2)  # preprocess rejects it
+        yield subject
+        if i == 2 and bad_file:
+            yield SourceError(Path("/data/case_bad.nii.gz"), "truncated gzip stream")
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Register the stand-in source; the list fills with the subjects preprocess sees."""
+    monkeypatch.setitem(sources.SOURCES, "resumable", resumable)
+    monkeypatch.setitem(BEHAVIOUR, "die_after", None)
+    monkeypatch.setitem(BEHAVIOUR, "broken", set())
+    seen: list[str] = []
+    real = convert_module.preprocess
+
+    def counting(subject: Subject, config: PreprocessConfig) -> Subject:
+        seen.append(subject.subject)
+        return real(subject, config)
+
+    monkeypatch.setattr(convert_module, "preprocess", counting)
+    return seen
+
+
+def run(out: Path, **kwargs) -> tuple[dict, str]:
+    console = Console(file=io.StringIO(), width=200)
+    kwargs = {"preprocess_config": CONFIG, "maxcount": 2, "console": console, **kwargs}
+    manifest = convert("resumable", None, out, **kwargs)
+    return manifest, console.file.getvalue()
+
+
+def contents(out: Path) -> dict[str, tuple[bytes, bytes | None, dict]]:
+    """subject -> (image bytes, label bytes, meta) as a reader of the shards gets them."""
+    return {
+        s["meta"]["subject"]: (
+            s["image"].tobytes(),
+            None if s["label"] is None else s["label"].tobytes(),
+            s["meta"],
+        )
+        for s in load_subjects(out)
+    }
+
+
+def shard_stats(out: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*.tar")}
+
+
+def assert_complete(out: Path, manifest: dict, reference: Path) -> None:
+    subjects = [s["subject"] for s in manifest["samples"]]
+    assert sorted(subjects) == [f"case{i}" for i in range(9)]  # each exactly once
+    assert verify_manifest(out) == []
+    assert contents(out) == contents(reference)
+    assert json.loads((out / "quarantine.json").read_text()) == json.loads(
+        (reference / "quarantine.json").read_text()
+    )
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_killed_conversion_resumes_without_redoing_kept_shards(
+    tmp_path: Path, calls: list[str], monkeypatch: pytest.MonkeyPatch, error: type
+) -> None:
+    reference = tmp_path / "one_go"
+    run(reference)
+    calls.clear()
+
+    out = tmp_path / "resumed"
+    monkeypatch.setitem(BEHAVIOUR, "die_after", 5)
+    monkeypatch.setitem(BEHAVIOUR, "error", error)
+    with pytest.raises(error):
+        run(out)
+    assert not (out / "manifest.json").exists()  # only a finished conversion has one
+    journal = json.loads((out / PROGRESS).read_text())
+    assert not journal["complete"]
+    journaled = [shard["name"] for shard in journal["shards"]]
+    assert journaled == ["shard-000000.tar", "shard-000001.tar"]  # 4 subjects in full shards
+    assert journal["quarantine"] == [
+        {"path": "/data/case_bad.nii.gz", "reason": "truncated gzip stream"}
+    ]
+    assert (out / "shard-000002.tar").exists()  # case4, half a shard, not journaled
+    before = shard_stats(out)
+
+    calls.clear()
+    monkeypatch.setitem(BEHAVIOUR, "die_after", None)
+    manifest, _ = run(out)
+    assert calls == [f"case{i}" for i in range(4, 9)]  # kept subjects are not preprocessed again
+    after = shard_stats(out)
+    assert all(after[name] == before[name] for name in journaled)  # not rewritten
+    assert [s["name"] for s in manifest["shards"]] == [f"shard-{i:06d}.tar" for i in range(5)]
+    assert_complete(out, manifest, reference)
+
+
+def test_finished_conversion_is_a_noop(tmp_path: Path, calls: list[str]) -> None:
+    options = {"n": 5, "bad_file": False}  # nothing quarantined, so nothing to retry
+    first, _ = run(tmp_path, source_options=options)
+    first_stats = shard_stats(tmp_path)
+    calls.clear()
+    again, text = run(tmp_path, source_options=options)
+    assert calls == [] and "nothing to do" in text
+    assert shard_stats(tmp_path) == first_stats
+    assert {k: v for k, v in again.items() if k != "created"} == {
+        k: v for k, v in first.items() if k != "created"
+    }
+    assert verify_manifest(tmp_path) == []
+
+
+def test_corrupt_kept_shard_is_detected_and_reconverted(tmp_path: Path, calls: list[str]) -> None:
+    reference = tmp_path / "one_go"
+    run(reference)
+    out = tmp_path / "out"
+    run(out)
+    path = out / "shard-000001.tar"
+    data = bytearray(path.read_bytes())
+    data[700] ^= 0xFF  # inside the first member's payload
+    path.write_bytes(bytes(data))
+    calls.clear()
+
+    manifest, text = run(out)
+    assert "shard-000001.tar" in text and "corrupt" in text
+    assert calls == [
+        "case2",
+        "case3",
+    ]  # only the corrupt shard's subjects (the quarantine is empty)
+    names = [s["name"] for s in manifest["shards"]]
+    assert "shard-000001.tar" not in names and names[-1] == "shard-000005.tar"
+    assert not path.exists()
+    assert_complete(out, manifest, reference)
+
+
+def test_quarantined_subjects_are_retried(tmp_path: Path, calls: list[str], monkeypatch) -> None:
+    monkeypatch.setitem(BEHAVIOUR, "broken", {"case4"})
+    manifest, _ = run(tmp_path)
+    assert "case4" not in [s["subject"] for s in manifest["samples"]]
+    assert manifest["quarantined"] == 2
+    calls.clear()
+    monkeypatch.setitem(BEHAVIOUR, "broken", set())  # someone fixed the file
+    manifest, _ = run(tmp_path)
+    assert calls == ["case4"]
+    assert manifest["quarantined"] == 1  # the unreadable file is still unreadable
+    assert sorted(s["subject"] for s in manifest["samples"]) == [f"case{i}" for i in range(9)]
+    assert verify_manifest(tmp_path) == []
+
+
+def test_different_settings_refuse_unless_overwrite(tmp_path: Path, calls: list[str]) -> None:
+    run(tmp_path, source_options={"n": 3})
+    other = PreprocessConfig(spacing=1.5, size=16)
+    with pytest.raises(FileExistsError, match=r"preprocess.*--overwrite"):
+        run(tmp_path, source_options={"n": 3}, preprocess_config=other)
+    with pytest.raises(FileExistsError, match=r"source_options"):
+        run(tmp_path, source_options={"n": 2})
+    calls.clear()
+    manifest, _ = run(tmp_path, source_options={"n": 3}, preprocess_config=other, overwrite=True)
+    assert calls == ["case0", "case1", "case2"]
+    assert manifest["preprocess"]["size"] == 16 and verify_manifest(tmp_path) == []
+    assert {s["shape"][-1] for s in manifest["samples"]} == {16}
+
+
+def test_no_resume_starts_over(tmp_path: Path, calls: list[str]) -> None:
+    run(tmp_path, source_options={"n": 3})
+    calls.clear()
+    _, text = run(tmp_path, source_options={"n": 3}, resume=False)
+    assert calls == ["case0", "case1", "case2"] and "nothing to do" not in text
+    assert verify_manifest(tmp_path) == []
+
+
+def test_folder_from_an_older_conversion_is_not_silently_replaced(
+    tmp_path: Path, calls: list[str]
+) -> None:
+    run(tmp_path, source_options={"n": 3})
+    (tmp_path / PROGRESS).unlink()  # as written before journals existed
+    with pytest.raises(FileExistsError, match=PROGRESS):
+        run(tmp_path, source_options={"n": 3})
+
+
+def test_source_error_in_the_middle_still_writes_the_rest(tmp_path: Path, calls: list[str]) -> None:
+    BEHAVIOUR["broken"].add("case6")
+    manifest, _ = run(tmp_path)
+    written = [s["subject"] for s in manifest["samples"]]
+    assert written == [f"case{i}" for i in range(9) if i != 6]  # in source order, none lost
+    assert [s["count"] for s in manifest["shards"]] == [2, 2, 2, 2]
+    quarantine = json.loads((tmp_path / "quarantine.json").read_text())
+    assert quarantine[0] == {"path": "/data/case_bad.nii.gz", "reason": "truncated gzip stream"}
+    assert quarantine[1]["subject"] == "case6" and "spacing" in quarantine[1]["reason"]
+    assert verify_manifest(tmp_path) == []
