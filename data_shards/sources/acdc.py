@@ -3,7 +3,8 @@
 Each patient folder holds ``Info.cfg`` (``ED: 1``, ``ES: 12``, ``Group: DCM``, ``Height: 184.0``,
 ``NbFrame: 30``, ``Weight: 95.0``), ``patientNNN_frameFF.nii.gz`` for the ED and ES frames (3D,
 (X, Y, Z) in nibabel's order) and ``patientNNN_frameFF_gt.nii.gz`` with 0 background, 1 RV,
-2 myocardium, 3 LV. Any ``_4d.nii.gz`` is ignored: only ED and ES carry labels.
+2 myocardium, 3 LV. Where ``patientNNN_4d.nii.gz`` (X, Y, Z, T) is kept, the subject is the
+whole cine, labelled at ED and ES only; the ED/ES files then serve as its consistency check.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from data_shards.record import BACKGROUND, IGNORE, LV, MYO, RV, Subject
 from data_shards.sources import SourceError, register_source
+from data_shards.sources.nifti_io import NiftiVolume, frames_equal, read_nifti
 
 # ACDC label -> ours. Anything outside 0..3 is rejected before the lookup.
 ACDC_TO_OURS = {0: BACKGROUND, 1: RV, 2: MYO, 3: LV}
@@ -36,6 +37,7 @@ def acdc(
     root: Path | str | None,
     subjects: list[str] | None = None,
     limit: int | None = None,
+    cine_4d: bool = True,
 ) -> Iterator[Subject | SourceError]:
     """Yield one Subject per patient folder under ``root``, sorted by name.
 
@@ -43,11 +45,15 @@ def acdc(
         root: the folder holding ``patientNNN/`` (e.g. ``.../acdc/training``).
         subjects: restrict to these patients (``"patient001"`` or ``"acdc-patient001"``).
         limit: stop after this many patients (after ``subjects`` is applied).
+        cine_4d: use ``patientNNN_4d.nii.gz`` where present (see Yields); False reads ED/ES only.
 
     Yields:
-        Subject with image float32 (S, 2, H, W), frames [ED, ES]; label uint8 (S, 2, H, W) in our
-        convention, IGNORE for a frame without ``_gt`` file (None when neither has one);
-        spacing (dz, dy, dx) mm. A patient that cannot be read comes out as a SourceError.
+        Subject with image float32 (S, 2, H, W), frames [ED, ES], meta ed 0, es 1; or, from a
+        ``_4d`` file, the whole cine (S, T, H, W) with meta ed/es = Info.cfg's ED - 1, ES - 1.
+        label uint8 of the image's shape in our convention, IGNORE on frames without ``_gt``
+        file (None when neither ED nor ES has one); spacing (dz, dy, dx) mm; meta
+        ``frames_source`` "4d" or "ed_es" (plus ``frames_note`` when a 4D file was rejected).
+        A patient that cannot be read comes out as a SourceError.
 
     Raises:
         FileNotFoundError: ``root`` is missing, holds no patient folder, or lacks a requested one.
@@ -68,17 +74,17 @@ def acdc(
         folders = [p for p in folders if p.name in wanted]
     if limit is not None:
         folders = folders[: max(0, limit)]
-    return (_read_patient_or_error(folder) for folder in folders)
+    return (_read_patient_or_error(folder, cine_4d) for folder in folders)
 
 
-def _read_patient_or_error(folder: Path) -> Subject | SourceError:
+def _read_patient_or_error(folder: Path, cine_4d: bool = True) -> Subject | SourceError:
     try:
-        return read_patient(folder)
+        return read_patient(folder, cine_4d=cine_4d)
     except SourceError as err:
         return err
 
 
-def read_patient(folder: Path) -> Subject:
+def read_patient(folder: Path, cine_4d: bool = True) -> Subject:
     """Read one ``patientNNN/`` folder; raises SourceError naming the file and the problem."""
     name = folder.name
     info = read_info(folder / "Info.cfg")
@@ -86,46 +92,58 @@ def read_patient(folder: Path) -> Subject:
     if ed == es:
         raise SourceError(folder / "Info.cfg", f"ED and ES are the same frame ({ed})")
 
-    images, labels, zooms = [], [], []
+    frames, labels = [], []
     for frame in (ed, es):
         path = folder / f"{name}_frame{frame:02d}.nii.gz"
-        image, zoom = _read_nifti(path)
-        if not np.isfinite(image).all():
-            n_bad = int(image.size - np.count_nonzero(np.isfinite(image)))
-            raise SourceError(path, f"{n_bad} non-finite voxels (NaN/Inf)")
+        volume = _read_frame(path)
         gt_path = folder / f"{name}_frame{frame:02d}_gt.nii.gz"
         label = None
         if gt_path.exists():
-            label, _ = _read_nifti(gt_path)
-            if label.shape != image.shape:
+            gt = _read_frame(gt_path)
+            if gt.data.shape != volume.data.shape:
                 raise SourceError(
-                    gt_path, f"label shape {label.shape} != image shape {image.shape}"
+                    gt_path, f"label shape {gt.data.shape} != image shape {volume.data.shape}"
                 )
-            label = _map_labels(label, gt_path)
-        images.append(image.astype(np.float32, copy=False))
+            label = _map_labels(gt.data, gt_path)
+        frames.append(volume)
         labels.append(label)
-        zooms.append(zoom)
 
-    if images[0].shape != images[1].shape:
+    first, second = frames
+    if first.data.shape != second.data.shape:
         raise SourceError(
-            folder, f"ED frame shape {images[0].shape} != ES frame shape {images[1].shape}"
+            folder, f"ED frame shape {first.data.shape} != ES frame shape {second.data.shape}"
         )
-    if not np.allclose(zooms[0], zooms[1], rtol=1e-3):
-        raise SourceError(folder, f"ED voxel size {zooms[0]} != ES voxel size {zooms[1]} mm")
+    if not np.allclose(first.spacing, second.spacing, rtol=1e-3):
+        raise SourceError(
+            folder,
+            f"ED voxel size {first.spacing} != ES voxel size {second.spacing} mm (dz, dy, dx)",
+        )
 
-    image = np.stack(images, axis=1)  # (S, 2, H, W)
+    meta: dict = {}
+    cine, note = None, None
+    cine_path = folder / f"{name}_4d.nii.gz"
+    if cine_4d and cine_path.exists():
+        cine, note = _read_cine(cine_path, first, second, ed, es)
+    if cine is not None:
+        image = cine.data.astype(np.float32, copy=False)  # (S, T, H, W)
+        at = (ed - 1, es - 1)
+        meta |= {"ed": at[0], "es": at[1], "frames_source": "4d"}
+    else:
+        image = np.concatenate([f.data for f in frames], axis=1).astype(np.float32, copy=False)
+        at = (0, 1)
+        meta |= {"ed": 0, "es": 1, "frames_source": "ed_es"}
     label = None
     if any(lab is not None for lab in labels):
-        unlabelled = np.full(images[0].shape, IGNORE, dtype=np.uint8)
-        label = np.stack([unlabelled if lab is None else lab for lab in labels], axis=1)
+        label = np.full(image.shape, IGNORE, dtype=np.uint8)
+        for t, lab in zip(at, labels, strict=True):
+            if lab is not None:
+                label[:, t] = lab[:, 0]
 
     subject_id = f"acdc-{name}"
-    dx, dy, dz = zooms[0]
     meta = {
         "source": "acdc",
         "modality": "cine",
-        "ed": 0,
-        "es": 1,
+        **meta,
         "ed_frame": ed,
         "es_frame": es,
         "n_frames": info["NbFrame"],
@@ -133,8 +151,43 @@ def read_patient(folder: Path) -> Subject:
         "height": info["Height"],
         "weight": info["Weight"],
         "split_group": SPLIT_GROUPS.get(subject_id, subject_id),
+        **first.geometry_meta(),
     }
-    return Subject(subject_id, image, label, (dz, dy, dx), meta)
+    if note:
+        meta["frames_note"] = note
+    return Subject(subject_id, image, label, first.spacing, meta)
+
+
+def _read_cine(
+    path: Path, ed_frame: NiftiVolume, es_frame: NiftiVolume, ed: int, es: int
+) -> tuple[NiftiVolume | None, str | None]:
+    """The 4D cine if it is the ED/ES frames' own acquisition, else None and why not.
+
+    A damaged or mismatched 4D file must not cost the patient its labelled frames, so every
+    problem here becomes a note and the caller falls back to the ED/ES files.
+    """
+    try:
+        cine = read_nifti(path, ndims=(4,))
+    except SourceError as err:
+        return None, f"{path.name} not used: {err.reason}"
+    s, t, h, w = cine.data.shape
+    frame_shape = ed_frame.data.shape[:1] + ed_frame.data.shape[2:]
+    if (s, h, w) != frame_shape:
+        return None, f"{path.name} not used: (S, H, W) {(s, h, w)} != ED/ES frames' {frame_shape}"
+    if not np.allclose(cine.spacing, ed_frame.spacing, rtol=1e-3):
+        return None, (
+            f"{path.name} not used: voxel size {cine.spacing} != ED/ES frames' "
+            f"{ed_frame.spacing} mm (dz, dy, dx)"
+        )
+    if max(ed, es) > t:
+        return None, f"{path.name} not used: {t} frames, but Info.cfg says ED {ed}, ES {es}"
+    for key, frame, volume in (("ED", ed, ed_frame), ("ES", es, es_frame)):
+        if not frames_equal(cine.data[:, frame - 1], volume.data[:, 0]):
+            return None, (
+                f"{path.name} not used: its frame {frame} differs from the {key} file "
+                f"{volume.path.name}"
+            )
+    return cine, None
 
 
 def read_info(path: Path) -> dict[str, int | float | str]:
@@ -164,23 +217,11 @@ def read_info(path: Path) -> dict[str, int | float | str]:
     return info
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Voxels as (S, H, W) = nibabel's (X, Y, Z) reversed, and the (dx, dy, dz) voxel size."""
+def _read_frame(path: Path) -> NiftiVolume:
+    """One ED/ES frame or label: data (S, 1, H, W); SourceError naming the file if unusable."""
     if not path.exists():
         raise SourceError(path, "file not found (frame number from Info.cfg)")
-    try:
-        img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    except Exception as err:  # nibabel/gzip/zlib raise many types for a damaged file
-        raise SourceError(path, f"unreadable NIfTI ({type(err).__name__}: {err})") from None
-    if not all(np.isfinite(z) and z > 0 for z in zooms):
-        raise SourceError(path, f"voxel size {zooms} mm must be finite and positive")
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise SourceError(path, f"expected a 3D volume (X, Y, Z), got shape {data.shape}")
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), zooms
+    return read_nifti(path, ndims=(3,))
 
 
 def _map_labels(label: np.ndarray, path: Path) -> np.ndarray:
