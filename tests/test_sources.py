@@ -10,6 +10,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
+from test_source_dicom import write_stack
 
 from data_shards.record import BACKGROUND, IGNORE, LABEL_NAMES, LV, MYO, RV, Subject
 from data_shards.sources import SOURCES, SourceError, get_source, register_source
@@ -108,11 +110,26 @@ def test_source_error_message_and_pickle(tmp_path):
 
 
 @pytest.fixture
-def source_kwargs(acdc_root):
+def source_kwargs(acdc_root, tmp_path):
     """Small, fast arguments per source; a new source must add itself here."""
+    npz_root, emidec_root = tmp_path / "npz", tmp_path / "emidec"
+    npz_root.mkdir()
+    np.savez(npz_root / "a.npz", cine=np.ones((2, 3, 8, 8)), spacing=np.array([1.5, 1.5]), ed=0)
+    for folder in ("train", "trainannot"):
+        (emidec_root / folder).mkdir(parents=True)
+        for s in range(2):  # a mask doubles as an image: values 0 and 1 are both valid
+            Image.fromarray(np.full((8, 8), s, np.uint8)).save(
+                emidec_root / folder / f"Case_P001_slice{s:03d}.png"
+            )
+    for n in (1, 2):
+        write_stack(tmp_path / "dicom" / f"study{n}", slices=2, frames=3, PatientID=f"P{n}")
     return {
+        "dicom": {"root": tmp_path / "dicom", "salt": "contract"},
+        "npz": {"root": npz_root},
+        "lge-slices": {"root": emidec_root},
         "acdc": {"root": acdc_root, "subjects": ["patient001", "patient005"]},
         "phantom": {"root": None, "n": 2, "slices": 2, "frames": 3, "size": 32},
+        "nifti": {"root": acdc_root / "patient001", "label_map": "acdc"},
     }
 
 
@@ -132,12 +149,15 @@ def test_source_contract(name, source_kwargs):
             assert subject.label.dtype == np.uint8
             assert set(np.unique(subject.label)) <= {*LABEL_NAMES, IGNORE}
         dz, dy, dx = subject.spacing
-        assert dy > 0 and dx > 0 and (math.isnan(dz) or dz > 0)
+        assert all(math.isnan(v) or v > 0 for v in (dz, dy, dx))  # NaN: unknown
         assert subject.meta["source"] == name
         assert subject.meta["modality"] in ("cine", "lge")
         assert subject.meta["split_group"]
         assert 0 <= subject.meta["ed"] < t
-    assert [s.subject for s in items] == sorted(s.subject for s in items)
+    # A stable order (hashed ids need not sort) and unique ids, so resume can skip by id.
+    ids = [s.subject for s in items]
+    assert len(set(ids)) == len(ids)
+    assert [s.subject for s in get_source(name)(**source_kwargs[name])] == ids
 
 
 # --- ACDC ------------------------------------------------------------------------------------
@@ -161,6 +181,10 @@ def test_acdc_good_patients_convert(acdc_root):
         "height": 184.0,
         "weight": 95.0,
         "split_group": "acdc-patient001",
+        "frames_source": "ed_es",
+        # write_nifti's RAS affine diag(dx, dy, dz) in LPS: x and y change sign.
+        "direction": [[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]],
+        "origin": [0.0, 0.0, 0.0],
     }
 
 
@@ -282,7 +306,9 @@ def test_acdc_reads_lazily(acdc_root, monkeypatch):
 
     calls = []
     real = module.read_patient
-    monkeypatch.setattr(module, "read_patient", lambda folder: calls.append(folder) or real(folder))
+    monkeypatch.setattr(
+        module, "read_patient", lambda folder, **kw: calls.append(folder) or real(folder, **kw)
+    )
     items = acdc(acdc_root)
     assert calls == []
     next(items)
@@ -328,7 +354,7 @@ def test_real_acdc_labels_map_to_our_anatomy():
     assert [s.subject for s in subjects] == ["acdc-patient001", "acdc-patient090"]
     for subject in subjects:
         assert isinstance(subject, Subject), subject
-        label = subject.label
+        label = subject.label[:, [subject.meta["ed"], subject.meta["es"]]]  # patient090: a 4D cine
         assert set(np.unique(label)) == {BACKGROUND, LV, MYO, RV}
         # The myocardium rings the LV cavity, not the RV: check slice by slice.
         lv_inside = rv_inside = n = 0

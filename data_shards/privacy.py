@@ -1,0 +1,64 @@
+"""Pseudonymous subject ids: a keyed hash (HMAC-SHA256) of a patient identifier and a local salt.
+
+The salt lives in ``$CMRFM_CACHE/id_salt`` (default ``~/.cache/cmrfm/id_salt``), created once per
+machine, so ids and therefore splits are stable across runs. It must never be written to outputs:
+with it, short identifiers such as a hospital's patient ids could be recovered by trying them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+CACHE_ENV = "CMRFM_CACHE"
+SALT_FILE = "id_salt"
+HEX_DIGITS = 12  # 48 bits: collisions stay negligible (~1e-6) for a cohort of 20,000 ids
+
+
+def anonymous_id(raw: str, salt: str, prefix: str) -> str:
+    """``"<prefix>-<12 hex>"``: the same (raw, salt) always gives the same id, another salt another."""
+    if not salt:
+        raise ValueError("salt must be a non-empty string; use default_salt() for the machine's")
+    digest = hmac.new(salt.encode("utf-8"), raw.encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"{prefix}-{digest[:HEX_DIGITS]}"
+
+
+def salt_path() -> Path:
+    """Where the machine's salt lives: ``$CMRFM_CACHE/id_salt`` or ``~/.cache/cmrfm/id_salt``."""
+    cache = os.environ.get(CACHE_ENV)
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "cmrfm"
+    return base / SALT_FILE
+
+
+def default_salt() -> str:
+    """The machine's salt, read from :func:`salt_path` or created there (readable by owner only)."""
+    path = salt_path()
+    if not path.exists():
+        _create_salt(path)
+    salt = path.read_text().strip()
+    if not salt:
+        raise ValueError(
+            f"{path}: salt file is empty; delete it to make a new one (subject ids, and so "
+            "splits, of data converted with the old salt will change)"
+        )
+    return salt
+
+
+def _create_salt(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    try:
+        # link() fails if the name exists, so two processes starting at once agree on one salt.
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: a plain rename, last writer wins
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

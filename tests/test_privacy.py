@@ -1,0 +1,235 @@
+"""No patient identifier from a DICOM header reaches any output, and subject ids are salted."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import stat
+import tarfile
+import warnings
+from io import StringIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import config as pydicom_config
+from pydicom.uid import generate_uid
+from rich.console import Console
+from test_source_dicom import write_stack
+
+from data_shards.convert import convert
+from data_shards.preprocess import PreprocessConfig
+from data_shards.privacy import anonymous_id, default_salt, salt_path
+from data_shards.sources.dicom import dicom
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SUNNYBROOK = DATA / "sunnybrook"
+
+# What a source may put in meta: geometry, timing and kit, nothing about the person or visit.
+ALLOWED_META = {
+    "source", "modality", "ed", "es", "split_group", "group", "label_classes",
+    "direction", "origin", "trigger_times_ms", "manufacturer", "field_strength_t",
+}  # fmt: skip
+
+
+def identity(n: int) -> dict[str, str]:
+    """Header values that identify patient n, the visit, the staff or the site."""
+    return {
+        "PatientName": f"Quixote{n}^Alonso",
+        "PatientID": f"PID867530{n}",
+        "OtherPatientIDs": f"OPX441{n}",
+        "PatientBirthDate": f"1923051{n}",
+        "PatientAddress": f"{n}2 Windmill Lane",
+        "InstitutionName": "Saint Elsewhere Hospital",
+        "InstitutionAddress": "1 Hospital Road Springfield",
+        "StationName": "MRSTATION77",
+        "DeviceSerialNumber": "SN998877",
+        "AccessionNumber": f"ACC42424{n}",
+        "StudyID": f"STX515{n}",
+        "StudyDate": f"2019031{n}",
+        "SeriesDate": f"2019041{n}",
+        "AcquisitionDate": f"2019051{n}",
+        "ContentDate": f"2019061{n}",
+        "StudyTime": f"13471{n}.123456",
+        "SeriesTime": f"13550{n}",
+        "ReferringPhysicianName": "Kildare^James",
+        "PerformingPhysicianName": "Casey^Benedict",
+        "OperatorsName": "Houlihan^Margaret",
+        # A component with a leading zero is not a valid UID: pydicom warns quoting the value.
+        "SeriesInstanceUID": f"1.2.826.0.1.3680043.8.498.0{n}7731",
+        "StudyInstanceUID": generate_uid(),
+        "FrameOfReferenceUID": generate_uid(),
+    }
+
+
+def search_terms(value: str) -> set[str]:
+    """The value as written, in lower and upper case, split into name parts and date formats."""
+    terms = {value}
+    terms |= set(value.split("^"))
+    if re.fullmatch(r"\d{8}", value):  # DA: also as an ISO date
+        terms.add(f"{value[:4]}-{value[4:6]}-{value[6:]}")
+    if re.fullmatch(r"\d{6}(\.\d+)?", value):  # TM: also hh:mm:ss and without fraction
+        terms |= {value[:6], f"{value[:2]}:{value[2:4]}:{value[4:6]}"}
+    terms |= {t.lower() for t in terms} | {t.upper() for t in terms}
+    return {t for t in terms if len(t) >= 5}
+
+
+def make_cohort(root: Path) -> set[str]:
+    """Two good studies and one broken one; returns every identifying string written."""
+    written: set[str] = set()
+    with warnings.catch_warnings(), pydicom_config.disable_value_validation():
+        warnings.simplefilter("ignore")  # the invalid UID is the point
+        for n, folder in ((1, "study_one"), (2, "study_two"), (3, "study_three")):
+            tags = identity(n)
+            paths = write_stack(root / folder, Manufacturer="ACME", **tags)
+            written |= set(tags.values())
+            for path in paths.values():
+                ds = pydicom.dcmread(path)
+                written |= {ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID}
+            if n == 3:  # a truncated image: the study lands in quarantine.json
+                broken = paths[1, 1]
+                broken.write_bytes(broken.read_bytes()[:-30])
+    return written
+
+
+def output_bytes(out: Path) -> list[tuple[str, bytes]]:
+    """Every output file, and every member of every tar shard, as (name, bytes)."""
+    found = []
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        found.append((str(path), path.read_bytes()))
+        if path.suffix == ".tar":
+            with tarfile.open(path) as tar:
+                for member in tar.getmembers():
+                    found.append((f"{path}:{member.name}", tar.extractfile(member).read()))
+                    found.append((f"{path}:{member.name} (name)", member.name.encode()))
+    return found
+
+
+def run(
+    root: Path, out: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, **options
+) -> tuple[dict, list]:
+    """Convert with the salt from ``cache``; returns the manifest and every byte it produced."""
+    monkeypatch.setenv("CMRFM_CACHE", str(cache))
+    console_text = StringIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest = convert(
+            "dicom",
+            root,
+            out,
+            preprocess_config=PreprocessConfig(spacing=1.5, size=16),
+            console=Console(file=console_text, width=200),
+            source_options=options,
+        )
+    texts = [("console", console_text.getvalue().encode())]
+    texts += [("warning", str(w.message).encode()) for w in caught]
+    return manifest, output_bytes(out) + texts
+
+
+def assert_nothing_identifying(found: list[tuple[str, bytes]], written: set[str]) -> None:
+    terms = set().union(*(search_terms(v) for v in written))
+    leaks = [(name, term) for name, data in found for term in terms if term.encode() in data]
+    assert not leaks, leaks
+
+
+def test_no_identifier_reaches_any_output(tmp_path, monkeypatch, capfd, caplog):
+    caplog.set_level(logging.DEBUG)
+    written = make_cohort(tmp_path / "root")
+    cache = tmp_path / "cache"
+    manifest, found = run(tmp_path / "root", tmp_path / "out", cache, monkeypatch)
+    assert len(manifest["samples"]) == 2 and manifest["quarantined"] == 1
+    captured = capfd.readouterr()
+    found += [("stdout", captured.out.encode()), ("stderr", captured.err.encode())]
+    found += [("log", caplog.text.encode())]
+    assert any(b"study_three" in data for name, data in found if name.endswith("quarantine.json"))
+    written.add(salt_path().read_text().strip())  # the salt must never be written either
+    assert_nothing_identifying(found, written)
+
+
+def test_a_salt_given_as_an_option_is_never_written(tmp_path, monkeypatch):
+    salt = "option-salt-5f3a9c1e77d2"
+    write_stack(tmp_path / "root" / "study_one", **identity(1))
+    manifest, found = run(
+        tmp_path / "root", tmp_path / "out", tmp_path / "c", monkeypatch, salt=salt
+    )
+    assert len(manifest["samples"]) == 1
+    assert manifest["source_options"] == {"salt": "<redacted>"}
+    assert_nothing_identifying(found, {salt})
+
+
+def test_meta_holds_only_allowed_keys(tmp_path):
+    make_cohort(tmp_path)
+    subjects = [s for s in dicom(tmp_path, salt="s") if hasattr(s, "meta")]
+    assert len(subjects) == 2
+    for subject in subjects:
+        assert set(subject.meta) <= ALLOWED_META, set(subject.meta) - ALLOWED_META
+        assert subject.meta["manufacturer"] == "ACME"
+
+
+def test_subject_ids_are_stable_per_salt(tmp_path, monkeypatch):
+    make_cohort(tmp_path / "root")
+    ids = {}
+    for run_name, cache in (("first", "a"), ("again", "a"), ("other_salt", "b")):
+        manifest, _ = run(tmp_path / "root", tmp_path / run_name, tmp_path / cache, monkeypatch)
+        ids[run_name] = [s["subject"] for s in manifest["samples"]]
+    assert ids["first"] == ids["again"]
+    assert all(re.fullmatch(r"dicom-[0-9a-f]{12}", s) for s in ids["first"])
+    assert set(ids["first"]).isdisjoint(ids["other_salt"])
+
+
+def test_anonymous_id_is_a_keyed_hash():
+    a = anonymous_id("PID8675309", "salt-1", "dicom")
+    assert a == anonymous_id("PID8675309", "salt-1", "dicom")
+    assert re.fullmatch(r"dicom-[0-9a-f]{12}", a)
+    assert a != anonymous_id("PID8675309", "salt-2", "dicom")
+    assert a != anonymous_id("PID8675308", "salt-1", "dicom")
+    with pytest.raises(ValueError, match="salt"):
+        anonymous_id("PID8675309", "", "dicom")
+
+
+def test_default_salt_is_created_once_private_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMRFM_CACHE", str(tmp_path / "cache"))
+    salt = default_salt()
+    path = tmp_path / "cache" / "id_salt"
+    assert path.read_text().strip() == salt and len(salt) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert default_salt() == salt
+    monkeypatch.delenv("CMRFM_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert salt_path() == tmp_path / "home" / ".cache" / "cmrfm" / "id_salt"
+    assert default_salt() != salt
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SUNNYBROOK.exists(), reason="needs ../shared/data/sunnybrook")
+def test_real_sunnybrook_headers_stay_out_of_outputs(tmp_path, monkeypatch):
+    """Sunnybrook headers carry names, ids, dates, times and (invalid) UIDs: none may leak."""
+    written: set[str] = set()
+    keywords = ["PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                "SOPInstanceUID", "FrameOfReferenceUID", "DeviceSerialNumber", "StudyDate",
+                "StudyTime", "SeriesTime"]  # fmt: skip
+    with pydicom_config.disable_value_validation():
+        for path in sorted(SUNNYBROOK.glob("dicoms/SCD0000301/*.dcm")):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            written |= {str(ds.get(k)) for k in keywords if ds.get(k)}
+    assert "SCD0000301" in written  # also the folder's name, which must not leak from there
+
+    manifest, found = run(SUNNYBROOK, tmp_path / "out", tmp_path / "cache", monkeypatch, limit=1)
+    assert len(manifest["samples"]) == 1
+    assert_nothing_identifying(found, written)
+
+
+def test_leak_search_finds_planted_identifiers():
+    """The search itself: a planted id in a tar member or JSON, any case, is found."""
+    member = tarfile.TarInfo("key.meta.json")
+    data = b'{"note": "quixote1 was here"}'
+    member.size = len(data)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.addfile(member, io.BytesIO(data))
+    shard = [("shard.tar", buffer.getvalue())]
+    with pytest.raises(AssertionError, match="quixote1"):
+        assert_nothing_identifying(shard, {"Quixote1^Alonso"})
+    with pytest.raises(AssertionError, match="2019-03-11"):
+        assert_nothing_identifying([("m.json", b"2019-03-11")], {"20190311"})

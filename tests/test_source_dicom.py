@@ -1,0 +1,539 @@
+"""The dicom source: stack geometry, rescaling, contours, and every broken input it must report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from rich.console import Console
+
+from data_shards.convert import QUARANTINE, convert
+from data_shards.preprocess import PreprocessConfig
+from data_shards.record import BACKGROUND, IGNORE, LV, MYO, Subject
+from data_shards.sources import SourceError
+from data_shards.sources.dicom import dicom
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SUNNYBROOK = DATA / "sunnybrook"
+
+# A short-axis-like plane: rows run left-posterior, columns mostly towards the feet.
+SAX_ROW = np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0)
+SAX_COL = np.array([-0.3, 0.3, -np.sqrt(1.0 - 0.18)])
+# The heart's apex lies left (+x), anterior (-y) and inferior (-z) in LPS.
+APEX = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
+BASE_POSITION = np.array([-30.0, -200.0, 110.0])
+ROWS, COLS = 10, 12  # H, W: not square, so swapped axes show
+PIXEL_SPACING = (1.5, 1.25)  # DICOM order: (between rows = dy, between columns = dx)
+GAP = 8.0
+
+
+def apex_ward(row: np.ndarray = SAX_ROW, col: np.ndarray = SAX_COL) -> np.ndarray:
+    """The slice normal, signed to point from base to apex."""
+    normal = np.cross(row, col)
+    return normal if normal @ APEX > 0 else -normal
+
+
+def make_dataset(
+    pixels: np.ndarray,
+    position: np.ndarray,
+    *,
+    trigger: float | None = None,
+    instance: int | None = None,
+    series: str = "1.2.826.0.1.3680043.8.498.1",
+    row: np.ndarray = SAX_ROW,
+    col: np.ndarray = SAX_COL,
+    **tags,
+) -> Dataset:
+    """One single-frame MR image; ``tags`` set (or, with None, remove) any header keyword."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = series
+    ds.Modality = "MR"
+    ds.PatientID = "anon"
+    ds.ImagePositionPatient = [round(float(v), 4) for v in position]
+    ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row, *col)]
+    ds.PixelSpacing = list(PIXEL_SPACING)
+    ds.SliceThickness = GAP
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.PixelData = pixels.astype("<i2").tobytes()
+    if trigger is not None:
+        ds.TriggerTime = trigger
+    if instance is not None:
+        ds.InstanceNumber = instance
+    for keyword, value in tags.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def write(path: Path, ds: Dataset) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def pixel_value(k: int, t: int) -> int:
+    return 100 * k + 10 * t
+
+
+def write_stack(
+    folder: Path,
+    slices: int = 3,
+    frames: int = 4,
+    *,
+    shape: tuple[int, int] = (ROWS, COLS),
+    row: np.ndarray = SAX_ROW,
+    col: np.ndarray = SAX_COL,
+    seed: int = 0,
+    skip: tuple[int, ...] = (),
+    **tags,
+) -> dict[tuple[int, int], Path]:
+    """A cine stack, slice k (from base) and frame t holding pixel_value(k, t), in shuffled files.
+
+    File names are a random permutation, half the files sit in a sub-folder, and instance
+    numbers run backwards in time within a slice, so only geometry and TriggerTime can order
+    the images. Pixel (0, 1) is 5 brighter, to tell rows from columns. Slices in ``skip`` are
+    left out. Returns the path of each (k, t).
+    """
+    tags.setdefault("SeriesInstanceUID", generate_uid())  # each stack its own series
+    rng = np.random.default_rng(seed)
+    names = rng.permutation(slices * frames)
+    step = GAP * apex_ward(row, col)
+    paths = {}
+    for k in range(slices):
+        for t in range(frames):
+            if k in skip:
+                continue
+            pixels = np.full(shape, pixel_value(k, t), np.int16)
+            pixels[0, 1] += 5
+            i = k * frames + t
+            name = f"{names[i]:03d}.dcm"
+            path = folder / ("nested" if names[i] % 2 else "") / name
+            instance = k * frames + (frames - t)  # backwards in time
+            ds = make_dataset(
+                pixels,
+                BASE_POSITION + k * step,
+                trigger=12.0 + 45.0 * t,
+                instance=instance,
+                row=row,
+                col=col,
+                **tags,
+            )
+            paths[k, t] = write(path, ds)
+    return paths
+
+
+def only(items: list) -> Subject:
+    assert len(items) == 1, items
+    assert isinstance(items[0], Subject), items[0]
+    return items[0]
+
+
+# --- geometry ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flip_normal", [False, True], ids=["normal_to_apex", "normal_to_base"])
+def test_slices_run_base_to_apex_and_frames_by_trigger_time(tmp_path, flip_normal):
+    # Swapping row and column cosines flips the normal: the slice order must not depend on it.
+    row, col = (SAX_COL, SAX_ROW) if flip_normal else (SAX_ROW, SAX_COL)
+    write_stack(tmp_path / "study", row=row, col=col)
+    subject = only(list(dicom(tmp_path, salt="s")))
+    assert subject.image.shape == (3, 4, ROWS, COLS)
+    assert subject.image.dtype == np.float32
+    for k in range(3):
+        for t in range(4):
+            assert subject.image[k, t, 5, 5] == pixel_value(k, t)
+            assert subject.image[k, t, 0, 1] == pixel_value(k, t) + 5  # (H, W) = (rows, columns)
+    assert subject.spacing == pytest.approx((GAP, *PIXEL_SPACING), abs=1e-3)
+    meta = subject.meta
+    assert meta["modality"] == "cine" and meta["source"] == "dicom"
+    assert meta["trigger_times_ms"] == [12.0, 57.0, 102.0, 147.0]
+    direction = np.array(meta["direction"])
+    assert direction[0] @ APEX > 0
+    np.testing.assert_allclose(direction, [apex_ward(row, col), col, row], atol=1e-5)
+    np.testing.assert_allclose(meta["origin"], BASE_POSITION, atol=1e-3)
+    for k in range(3):  # origin + k dz S lands on slice k
+        expected = BASE_POSITION + k * GAP * apex_ward(row, col)
+        np.testing.assert_allclose(meta["origin"] + k * subject.spacing[0] * direction[0], expected, atol=1e-3)  # fmt: skip
+
+
+def test_frames_fall_back_to_instance_number(tmp_path):
+    paths = write_stack(tmp_path / "study", TriggerTime=None)
+    subject = only(list(dicom(tmp_path, salt="s")))
+    # write_stack numbers instances backwards in time, so this order is frame 3, 2, 1, 0.
+    assert [subject.image[0, t, 5, 5] for t in range(4)] == [pixel_value(0, t) for t in (3, 2, 1, 0)]  # fmt: skip
+    assert "trigger_times_ms" not in subject.meta
+    assert len(paths) == 12
+
+
+def test_rescale_slope_and_intercept_apply_per_file(tmp_path):
+    paths = write_stack(tmp_path / "study", RescaleSlope=2.5, RescaleIntercept=-100)
+    ds = pydicom.dcmread(paths[1, 2])
+    ds.RescaleSlope = 0.5  # another slope for one image, as scanners do per image
+    write(paths[1, 2], ds)
+    image = only(list(dicom(tmp_path, salt="s"))).image
+    assert image.dtype == np.float32
+    assert image[0, 0, 5, 5] == pixel_value(0, 0) * 2.5 - 100
+    assert image[1, 2, 5, 5] == pixel_value(1, 2) * 0.5 - 100
+
+
+def test_single_image_is_lge_with_header_slice_thickness(tmp_path):
+    write(tmp_path / "study" / "x.dcm", make_dataset(np.ones((ROWS, COLS)), BASE_POSITION))
+    subject = only(list(dicom(tmp_path, salt="s")))
+    assert subject.image.shape == (1, 1, ROWS, COLS)
+    assert subject.meta["modality"] == "lge" and subject.meta["ed"] == subject.meta["es"] == 0
+    assert subject.spacing == pytest.approx((GAP, *PIXEL_SPACING))
+
+
+def test_localiser_beside_a_cine_stack_is_left_out(tmp_path):
+    write_stack(tmp_path / "study")
+    localiser = make_dataset(np.ones((ROWS, COLS)), BASE_POSITION, series="1.2.3.9")
+    write(tmp_path / "study" / "localiser.dcm", localiser)
+    assert only(list(dicom(tmp_path, salt="s"))).image.shape == (3, 4, ROWS, COLS)
+
+
+def test_root_that_is_one_study_and_limit(tmp_path):
+    write_stack(tmp_path / "a")
+    write_stack(tmp_path / "b")
+    assert only(list(dicom(tmp_path / "a", salt="s"))).image.shape[:2] == (3, 4)
+    assert len(list(dicom(tmp_path, salt="s"))) == 2
+    assert len(list(dicom(tmp_path, salt="s", limit=1))) == 1
+
+
+def test_subject_ids_are_salted_hashes_and_split_by_patient(tmp_path):
+    write_stack(tmp_path / "a", PatientID="same")
+    write_stack(tmp_path / "b", PatientID="same", SeriesInstanceUID="1.2.3.7")
+    a, b = dicom(tmp_path, salt="s")
+    assert a.subject != b.subject  # two stacks of one patient stay two subjects
+    assert a.meta["split_group"] == b.meta["split_group"]  # ... in one split
+    assert a.subject.startswith("dicom-") and len(a.subject) == len("dicom-") + 12
+    assert [s.subject for s in dicom(tmp_path, salt="s")] == [a.subject, b.subject]
+    assert {s.subject for s in dicom(tmp_path, salt="other")}.isdisjoint({a.subject, b.subject})
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "no_dicom"])
+def test_missing_or_empty_root_raises(tmp_path, make):
+    root = tmp_path / "root"
+    if make != "missing":
+        root.mkdir()
+    if make == "no_dicom":
+        (root / "study").mkdir()
+        (root / "study" / "notes.txt").write_text("nothing here")
+    with pytest.raises(FileNotFoundError, match="root"):
+        dicom(root, salt="s")
+
+
+# --- broken inputs, through convert ---------------------------------------------------------
+
+
+def _truncate(path: Path, keep: int | None = None, cut: int = 0) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep is not None else data[:-cut])
+
+
+def _edit(path: Path, **tags) -> None:
+    ds = pydicom.dcmread(path)
+    for keyword, value in tags.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    write(path, ds)
+
+
+def _no_pixels(folder: Path) -> tuple[Path, str]:
+    path = write_stack(folder)[1, 1]
+    _edit(path, PixelData=None)
+    return path, "without pixel data"
+
+
+def _truncated_pixels(folder: Path) -> tuple[Path, str]:
+    path = write_stack(folder)[2, 3]
+    _truncate(path, cut=50)
+    return path, "unreadable pixel data"
+
+
+def _truncated_header(folder: Path) -> tuple[Path, str]:
+    path = write_stack(folder)[0, 2]
+    _truncate(path, keep=200)  # the DICM marker survives, the image does not
+    return path, "without pixel data"
+
+
+def _not_dicom(folder: Path) -> tuple[Path, str]:
+    write_stack(folder)
+    path = folder / "zz_export.dcm"
+    path.write_text("this export failed\n")
+    return path, "not a DICOM file"
+
+
+def _mixed_series(folder: Path) -> tuple[Path, str]:
+    write_stack(folder / "one", SeriesDescription="SA cine")
+    write_stack(folder / "two", SeriesDescription="SA cine again")
+    problem = "mixed series: 2 series (descriptions ['SA cine', 'SA cine again'], counts [12, 12])"
+    return folder, problem
+
+
+def _missing_instance(folder: Path) -> tuple[Path, str]:
+    write_stack(folder)[1, 3].unlink()
+    return folder, "missing instances"
+
+
+def _duplicate_instance(folder: Path) -> tuple[Path, str]:
+    original = write_stack(folder)[2, 1]
+    copy = folder / "zz_copy.dcm"  # sorts after every original
+    shutil.copy(original, copy)
+    _edit(copy, SOPInstanceUID=generate_uid())
+    return copy, f"duplicate instance: same position and TriggerTime as {original.name}"
+
+
+def _orientation(folder: Path) -> tuple[Path, str]:
+    path = write_stack(folder)[1, 0]
+    _edit(path, ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    return path, "inconsistent orientation"
+
+
+def _no_spacing(folder: Path) -> tuple[Path, str]:
+    path = write_stack(folder)[0, 3]
+    _edit(path, PixelSpacing=None)
+    return path, "missing or invalid PixelSpacing"
+
+
+def _no_position(folder: Path) -> tuple[Path, str]:
+    path = write_stack(folder)[2, 2]
+    _edit(path, ImagePositionPatient=None)
+    return path, "missing or invalid ImagePositionPatient"
+
+
+def _image_size(folder: Path) -> tuple[Path, str]:
+    paths = write_stack(folder)
+    ds = pydicom.dcmread(paths[1, 1])
+    ds.Rows, ds.Columns = 8, 8
+    ds.PixelData = np.zeros((8, 8), "<i2").tobytes()
+    write(paths[1, 1], ds)
+    return paths[1, 1], "image size"
+
+
+def _missing_slice(folder: Path) -> tuple[Path, str]:
+    write_stack(folder, slices=4, skip=(2,))
+    return folder, "uneven slice gaps"
+
+
+BREAKAGES = {
+    "no_pixels": _no_pixels,
+    "truncated_pixels": _truncated_pixels,
+    "truncated_header": _truncated_header,
+    "not_dicom": _not_dicom,
+    "mixed_series": _mixed_series,
+    "missing_instance": _missing_instance,
+    "duplicate_instance": _duplicate_instance,
+    "orientation": _orientation,
+    "no_spacing": _no_spacing,
+    "no_position": _no_position,
+    "image_size": _image_size,
+    "missing_slice": _missing_slice,
+}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> tuple[dict, list[dict], dict[str, tuple[Path, str]]]:
+    """One root with two good studies (one with stray non-image files) and every breakage."""
+    root = tmp_path_factory.mktemp("dicom_root")
+    write_stack(root / "good")
+    write_stack(root / "good_with_strays")
+    (root / "good_with_strays" / "notes.txt").write_text("scanned on a Tuesday\n")
+    (root / "good_with_strays" / ".DS_Store").write_bytes(b"\x00\x01junk")
+    dicomdir = make_dataset(np.ones((2, 2)), BASE_POSITION, PixelData=None)
+    dicomdir.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    write(root / "good_with_strays" / "DICOMDIR", dicomdir)
+    expected = {name: make(root / name) for name, make in BREAKAGES.items()}
+    out = tmp_path_factory.mktemp("dicom_out")
+    console = Console(file=StringIO(), width=120)
+    config = PreprocessConfig(spacing=1.5, size=16)
+    manifest = convert("dicom", root, out, preprocess_config=config,
+                       source_options={"salt": "s"}, console=console)  # fmt: skip
+    quarantine = json.loads((out / QUARANTINE).read_text())
+    return manifest, quarantine, expected
+
+
+def test_good_studies_convert_despite_broken_ones(converted):
+    manifest, quarantine, expected = converted
+    assert len(manifest["samples"]) == 2  # good and good_with_strays
+    assert manifest["quarantined"] == len(quarantine) == len(expected)
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_broken_study_is_quarantined_naming_file_and_problem(converted, breakage):
+    _, quarantine, expected = converted
+    path, problem = expected[breakage]
+    entries = [e for e in quarantine if e.get("path") == str(path)]
+    assert len(entries) == 1, quarantine
+    assert problem in entries[0]["reason"]
+
+
+# --- contours (Sunnybrook layout) -------------------------------------------------------------
+
+CONTOUR_SHAPE = (14, 16)  # H, W
+RECTANGLES = {  # (x0, x1, y0, y1) on pixel edges: pixel centres are never on the boundary
+    "ed_i": (3.5, 10.5, 4.5, 8.5),  # columns 4..10, rows 5..8
+    "ed_o": (1.5, 12.5, 2.5, 10.5),  # columns 2..12, rows 3..10
+    "es_i": (5.5, 8.5, 5.5, 7.5),  # columns 6..8, rows 6..7
+}
+ED, ES = 2, 0  # the smaller cavity comes first in time: ED must come from area, not order
+
+
+def _box(name: str) -> np.ndarray:
+    x0, x1, y0, y1 = RECTANGLES[name]
+    mask = np.zeros(CONTOUR_SHAPE, bool)
+    mask[int(y0 + 0.5) : int(y1 + 0.5), int(x0 + 0.5) : int(x1 + 0.5)] = True
+    return mask
+
+
+def _write_contour(folder: Path, instance: int, kind: str, name: str) -> Path:
+    x0, x1, y0, y1 = RECTANGLES[name]
+    path = folder / f"{kind}-contours" / f"IM-0001-{instance:04d}-{kind}contour-manual.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{x:.2f} {y:.2f}\n" for x, y in [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]))  # fmt: skip
+    return path
+
+
+def _instance(k: int, t: int, frames: int = 4) -> int:
+    return k * frames + (frames - t)  # write_stack's numbering
+
+
+@pytest.fixture
+def sunnybrook_like(tmp_path) -> Path:
+    """root/dicoms/study_x, root/contourfiles/SC-HF-I-9 (i at ED and ES, o at ED), link.csv."""
+    root = tmp_path / "sunny"
+    write_stack(root / "dicoms" / "study_x", shape=CONTOUR_SHAPE)
+    contours = root / "contourfiles" / "SC-HF-I-9"
+    for k in (0, 1, 2):
+        _write_contour(contours, _instance(k, ED), "i", "ed_i")
+    for k in (0, 1):  # slice 2 has no epicardium at ED
+        _write_contour(contours, _instance(k, ED), "o", "ed_o")
+    for k in (0, 2):  # slice 1 has no contour at ES
+        _write_contour(contours, _instance(k, ES), "i", "es_i")
+    (root / "link.csv").write_text("patient_id,original_id\nstudy_x,SC-HF-I-9\n")
+    return root
+
+
+def test_contours_become_labels_with_ignore_where_unknown(sunnybrook_like):
+    subject = only(list(dicom(sunnybrook_like, salt="s")))
+    label, meta = subject.label, subject.meta
+    assert label.shape == subject.image.shape and label.dtype == np.uint8
+    assert (meta["ed"], meta["es"]) == (ED, ES)
+    assert meta["group"] == "HF-I"
+    lv, ring = _box("ed_i"), _box("ed_o") & ~_box("ed_i")
+    for k in (0, 1):  # both contours: every pixel known
+        expected = np.full(CONTOUR_SHAPE, BACKGROUND)
+        expected[ring], expected[lv] = MYO, LV
+        np.testing.assert_array_equal(label[k, ED], expected)
+    # Endocardium only: the myocardium is unknown, so everything but the cavity is IGNORE.
+    np.testing.assert_array_equal(label[2, ED], np.where(lv, LV, IGNORE))
+    np.testing.assert_array_equal(label[0, ES], np.where(_box("es_i"), LV, IGNORE))
+    assert (label[1, ES] == IGNORE).all()  # no contour on this slice
+    for t in (1, 3):
+        assert (label[:, t] == IGNORE).all()  # frames without ground truth
+
+
+def test_sunnybrook_layout_is_found_from_dicoms_folder_or_given(sunnybrook_like):
+    top = only(list(dicom(sunnybrook_like, salt="s")))
+    inner = only(list(dicom(sunnybrook_like / "dicoms", salt="s")))
+    given = only(list(dicom(sunnybrook_like / "dicoms", salt="s",
+                            contours=sunnybrook_like / "contourfiles",
+                            link=sunnybrook_like / "link.csv")))  # fmt: skip
+    for other in (inner, given):
+        assert other.subject == top.subject
+        np.testing.assert_array_equal(other.label, top.label)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "problem"),
+    [
+        ("unknown_instance", "instance 999 is not in the DICOM series"),
+        ("bad_line", "line 2: expected 'x y'"),
+        ("off_image", "points outside the 16 x 14 image"),
+    ],
+)
+def test_contour_errors_name_the_contour_file(sunnybrook_like, breakage, problem):
+    folder = sunnybrook_like / "contourfiles" / "SC-HF-I-9"
+    path = _write_contour(folder, 999 if breakage == "unknown_instance" else 1, "o", "ed_o")
+    if breakage == "bad_line":
+        path.write_text("1.5 2.5\n3.0,4.0\n5 6\n")
+    if breakage == "off_image":
+        path.write_text("1 1\n40 1\n40 5\n")
+    error = next(dicom(sunnybrook_like, salt="s"))
+    assert isinstance(error, SourceError)
+    assert error.path == path and problem in error.reason
+
+
+# --- real data ----------------------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SUNNYBROOK.exists(), reason="needs ../shared/data/sunnybrook")
+def test_real_sunnybrook_converts_both_subjects_with_labels(tmp_path):
+    console = Console(file=StringIO(), width=120)
+    manifest = convert("dicom", SUNNYBROOK, tmp_path, preprocess_config=PreprocessConfig(),
+                       source_options={"salt": "s"}, console=console)  # fmt: skip
+    assert json.loads((tmp_path / QUARANTINE).read_text()) == []
+    samples = manifest["samples"]
+    # SCD0000301 has 10 slices, SCD0000401 11 (220 files); both 20 phases.
+    assert sorted(s["shape"][:2] for s in samples) == [[10, 20], [11, 20]]
+    assert all(s["has_label"] and s["modality"] == "cine" for s in samples)
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not SUNNYBROOK.exists(), reason="needs ../shared/data/sunnybrook")
+def test_real_sunnybrook_contours_sit_on_the_bright_blood_pool():
+    for subject in dicom(SUNNYBROOK, salt="s"):
+        assert isinstance(subject, Subject), subject
+        label, ed, es = subject.label, subject.meta["ed"], subject.meta["es"]
+        assert set(np.unique(label)) == {BACKGROUND, LV, MYO, IGNORE}
+        assert (label[:, es] == LV).sum() < (label[:, ed] == LV).sum()  # ES: the smaller cavity
+        assert not (label[:, es] == MYO).any()  # no epicardium at ES
+        image = subject.image[:, ed]
+        lv, myo = label[:, ed] == LV, label[:, ed] == MYO
+        # Cine (bSSFP) blood is about 2-3x brighter than myocardium; with x and y swapped the
+        # same masks fall off the cavity and the contrast collapses.
+        contrast = image[lv].mean() / image[myo].mean()
+        swapped = image.swapaxes(1, 2)
+        assert contrast > 1.5
+        assert contrast > 1.3 * swapped[lv].mean() / swapped[myo].mean()
+
+
+def test_link_without_contours_and_missing_contours_fail_early(tmp_path):
+    write_stack(tmp_path / "study")
+    (tmp_path / "link.csv").write_text("study,case\n")
+    with pytest.raises(ValueError, match="needs contours"):
+        dicom(tmp_path, salt="s", link=tmp_path / "link.csv")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        dicom(tmp_path, salt="s", contours=tmp_path / "nowhere")
+
+
+def test_one_series_of_two_patients_is_an_error(tmp_path):
+    paths = write_stack(tmp_path / "study")
+    _edit(paths[2, 0], PatientID="someone else")
+    error = next(dicom(tmp_path, salt="s"))
+    assert isinstance(error, SourceError) and error.path == tmp_path / "study"
+    assert "2 different PatientIDs" in error.reason and "someone" not in error.reason
