@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from data_shards.augment import AugmentConfig, clip_augment
 from data_shards.stream import pretrain_dataset
 
 
@@ -15,23 +17,30 @@ class ClipDataModule(LightningDataModule):
     """Pretraining clips from webdataset shards; every argument is a plain YAML ``init_args`` value.
 
     Batches are ``{"clip": float32 (B, 1, frames, H, W) in [0, 1], "modality": [str] * B,
-    "key": [str] * B, "slice": int64 (B,)}``.
+    "key": [str] * B, "slice": int64 (B,)}``. Mixed shard sets must share H and W.
 
     Args:
-        shards: a shard folder (with ``manifest.json``), a brace pattern or a single tar.
+        shards: a shard folder (with ``manifest.json``), a brace pattern, a single tar or a url
+            (``pipe:...``, ``s3://...``); a list of those read as one set; or a mapping
+            ``{set: weight}`` whose sets are mixed so that each clip comes from set i with
+            probability w_i / sum(w) (``{runs/shards/cine: 0.8, runs/shards/lge: 0.2}``).
         frames: clip length; windows wrap cyclically over the cardiac cycle.
         batch_size: clips per batch.
-        num_workers: DataLoader workers; each streams its own shards (give it >= workers shards).
+        num_workers: DataLoader workers; each draws its own shards.
         shuffle: clip shuffle buffer length per worker.
         splits: which subject splits to pretrain on (test is left out by default).
         epoch_length: clips per epoch per process (rank), shared among the workers. Shards are
-            resampled with replacement, so an epoch is a fixed budget of clips, not one pass.
-        seed: seeds shard sampling, clip start frames and shuffling.
+            resampled with replacement, so an epoch is a fixed budget of clips, not one pass,
+            and every DDP rank runs the same number of batches.
+        seed: seeds shard sampling, clip start frames, strides, shuffling and augmentation.
+        stride: frame step inside a clip window, or a list of steps to draw one from per clip.
+        augment: False for none, True for :class:`~data_shards.augment.AugmentConfig`'s
+            defaults, or a mapping of its fields (``{rotate: 15, noise_prob: 0}``).
     """
 
     def __init__(
         self,
-        shards: str,
+        shards: str | dict[str, float] | list[str],
         frames: int = 16,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -39,6 +48,8 @@ class ClipDataModule(LightningDataModule):
         splits: list[str] = ["train", "val"],  # noqa: B006  (plain list for LightningCLI YAML)
         epoch_length: int = 512,
         seed: int = 0,
+        stride: int | list[int] = 1,
+        augment: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -51,6 +62,7 @@ class ClipDataModule(LightningDataModule):
         ):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        self.augment_config = _augment_config(augment)  # an unknown option fails here, early
         self.shards = shards
         self.frames = frames
         self.batch_size = batch_size
@@ -59,11 +71,13 @@ class ClipDataModule(LightningDataModule):
         self.splits = list(splits)
         self.epoch_length = epoch_length
         self.seed = seed
+        self.stride = stride if isinstance(stride, int) else list(stride)
         self.save_hyperparameters()
 
     def train_dataloader(self) -> DataLoader:
         # with_epoch counts per worker, so split the epoch's clips among the workers.
         per_worker = math.ceil(self.epoch_length / max(1, self.num_workers))
+        augment = None if self.augment_config is None else clip_augment(self.augment_config)
         dataset = pretrain_dataset(
             self.shards,
             frames=self.frames,
@@ -72,6 +86,8 @@ class ClipDataModule(LightningDataModule):
             resampled=True,
             epoch_length=per_worker,
             seed=self.seed,
+            stride=self.stride,
+            augment=augment,
         )
         return DataLoader(
             dataset,
@@ -80,3 +96,11 @@ class ClipDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+def _augment_config(augment: bool | dict[str, Any]) -> AugmentConfig | None:
+    if isinstance(augment, bool):
+        return AugmentConfig() if augment else None
+    if isinstance(augment, dict):
+        return AugmentConfig.from_dict(augment)
+    raise ValueError(f"augment must be true, false or a mapping of options, got {augment!r}")

@@ -2,60 +2,174 @@
 
 Training never touches NIfTI/DICOM: everything comes from the tar shards the writer made.
 
-Pretraining pipeline (one WebDataset per process; DataLoader workers and ranks get disjoint shards)::
+Pretraining pipeline (one :class:`ClipSource` per process; randomness from seed, epoch, rank and
+DataLoader worker)::
 
-    shard urls -> [node split] -> [worker split] -> [shard shuffle] -> tar samples
-      -> keep splits (reads only meta.json) -> decode -> one clip per slice (random start,
-      cyclic wrap) -> shuffle buffer (uint8) -> {"clip": float32 (1, F, H, W) in [0, 1], ...}
+    for each shard set: shard urls
+      -> one pass: [node split] -> [worker split] -> shuffled shard order
+         resampled: shards drawn with replacement, forever
+      -> subjects of the kept splits (meta.json read first; label.npy never)
+      -> one clip per slice (random start and stride, cyclic wrap), modality from meta
+    -> mix the sets by weight -> shuffle buffer (uint8) -> augment -> float32 (1, F, H, W)
+
+Local shards are read by random access (tar headers, then seek), so a subject costs what a plain
+``.npy`` read costs; ``pipe:`` and remote shards stream through webdataset's tar reader.
+
+Exactly once per epoch (one-pass mode): ranks take every ``world_size``-th shard, then workers
+every ``num_workers``-th of those, so each subject of the kept splits is read by exactly one
+stream. The split is by shard: with fewer shards than ranks x workers some streams get none,
+and when shards do not divide evenly (or hold different numbers of slices) streams yield
+different numbers of clips. DDP needs equal batch counts on every rank, so pretraining uses the
+resampled mode with ``epoch_length`` (every stream yields exactly that many clips).
+
+Unreadable data is skipped, not fatal: a sample whose members fail to decode, or the rest of a
+shard that fails to open or read (truncated tar), is dropped with a :class:`SkippedDataWarning`
+naming the shard url (and sample key) and the running count, also in ``dataset.skipped``.
+
+Remote shards: ``pipe:`` urls run a shell command (webdataset's gopen: ``pipe:curl -s URL``,
+``pipe:aws s3 cp s3://b/shard-000000.tar -``); any other ``scheme://`` url but ``file://``
+(a local path) is opened with fsspec (``memory://``, ``http(s)://``; ``s3://`` needs s3fs,
+``gs://`` gcsfs). Brace patterns expand (``s3://b/cine/shard-{000000..000099}.tar``), and a
+remote ``.../manifest.json`` lists its shards.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import os
 import random
-from collections.abc import Iterator, Sequence
+import tarfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
+import fsspec
 import numpy as np
 import torch
 import webdataset as wds
 from braceexpand import braceexpand
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from data_shards.writer import MANIFEST, read_manifest
 
-_SHARD_SHUFFLE = 100  # shards held in the shard-order shuffle buffer
+ShardSet = str | os.PathLike | Sequence[str]
+Shards = ShardSet | Mapping[str, float] | Sequence[tuple[ShardSet, float]]
+Augment = Callable[[np.ndarray], torch.Tensor]
+
+# A resampled set that yields no clip in this many shard draws (x its shard count) is an error:
+# the chance that a set with one usable shard misses it that long is below e^-20.
+_DRAWS_PER_SHARD = 20
 
 
-def shard_urls(shards: str | os.PathLike | Sequence[str]) -> list[str]:
-    """Shard urls from a shard folder (its manifest), a brace pattern or a list.
+class SkippedDataWarning(UserWarning):
+    """A sample, or the rest of a shard, could not be read and was skipped."""
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url
+
+
+def _check_protocol(url: str) -> None:
+    """A ValueError now, rather than a skipped shard per draw, when fsspec cannot read ``url``."""
+    for part in url.split("::"):  # fsspec chains: simplecache::s3://...
+        if "://" not in part:
+            continue
+        protocol = part.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as error:
+            raise ValueError(
+                f"{url}: cannot read {protocol}:// urls ({error}); install its fsspec plugin "
+                "(s3fs for s3://, gcsfs for gs://) or use a pipe: url"
+            ) from error
+
+
+def shard_urls(shards: ShardSet) -> list[str]:
+    """Shard urls from a shard folder (its manifest), a brace pattern or a list of those.
 
     Args:
-        shards: a folder holding ``manifest.json`` (or the manifest itself), a path or url with
-            an optional brace pattern (``data/shard-{000000..000003}.tar``), or a list of those
-            (passed through as strings).
+        shards: a folder holding ``manifest.json`` (or the manifest itself, also as an fsspec
+            url), a path or url with an optional brace pattern (``data/shard-{000000..000003}.tar``,
+            ``pipe:cat data/shard-000000.tar``, ``s3://bucket/shard-{000000..000009}.tar``), or a
+            list of those (concatenated).
 
     Raises:
         FileNotFoundError: a local folder without ``manifest.json``, or a local path that does
             not exist.
+        ValueError: a url scheme that fsspec cannot open here.
     """
     if not isinstance(shards, (str, os.PathLike)):
-        return [str(url) for url in shards]
+        return [url for item in shards for url in shard_urls(item)]
     text = os.fspath(shards)
+    if text.startswith("pipe:"):
+        return list(braceexpand(text))
+    if _is_remote(text):
+        _check_protocol(text)
+        if text.endswith(MANIFEST):
+            with fsspec.open(text, "rt") as stream:
+                manifest = json.load(stream)
+            base = text.rsplit("/", 1)[0]
+            return [f"{base}/{shard['name']}" for shard in manifest["shards"]]
+        return list(braceexpand(text))
     path = Path(text)
     if path.name == MANIFEST and path.is_file():
         path = path.parent
     if path.is_dir():
         manifest = read_manifest(path)
         return [str(path / shard["name"]) for shard in manifest["shards"]]
-    urls = list(braceexpand(text))
-    is_local = "://" not in text and not text.startswith("pipe:")
-    if is_local and "{" not in text and not path.exists():
+    if "{" not in text and not path.exists():
         raise FileNotFoundError(f"{text}: no such shard folder or shard file")
-    return urls
+    return list(braceexpand(text))
+
+
+def shard_sets(shards: Shards) -> list[tuple[list[str], float]]:
+    """Weighted shard sets: a mapping ``{set: weight}`` or ``[(set, weight), ...]`` gives several,
+    anything :func:`shard_urls` takes gives one of weight 1.
+
+    Raises:
+        ValueError: a weight that is not a positive finite number, or a set without shards.
+    """
+    if isinstance(shards, Mapping):
+        items = list(shards.items())
+    elif not isinstance(shards, (str, os.PathLike)) and _is_pair_list(shards):
+        items = [(item[0], item[1]) for item in shards]
+    else:
+        items = [(shards, 1.0)]
+    sets = []
+    for urls, weight in items:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"weight of shard set {urls} must be a number, got {weight!r}")
+        if not 0 < weight < float("inf"):
+            raise ValueError(f"weight of shard set {urls} must be > 0, got {weight}")
+        listed = shard_urls(urls)
+        if not listed:
+            raise ValueError(f"no shards in {urls}")
+        sets.append((listed, float(weight)))
+    return sets
+
+
+def _is_pair_list(items: Sequence[Any]) -> bool:
+    return len(items) > 0 and all(
+        isinstance(item, (tuple, list)) and len(item) == 2 and not isinstance(item[1], str)
+        for item in items
+    )
+
+
+def open_shard(url: str) -> IO[bytes]:
+    """A readable binary stream of one shard: local path, ``pipe:`` command or fsspec url."""
+    path = _local_path(url)
+    if path is not None:
+        return open(path, "rb")
+    if url.startswith("pipe:"):
+        return wds.gopen(url, "rb")
+    return fsspec.open(url, "rb").open()
 
 
 def decode(sample: dict[str, Any]) -> dict[str, Any]:
@@ -74,10 +188,10 @@ def decode(sample: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _load_npy(data: bytes) -> np.ndarray:
+def _load_npy(data: bytes, writable: bool = True) -> np.ndarray:
     array = np.load(io.BytesIO(data), allow_pickle=False)
     # np.load over bytes gives a read-only view; users (and torch.from_numpy) expect writable.
-    return array if array.flags.writeable else array.copy()
+    return array.copy() if writable and not array.flags.writeable else array
 
 
 def _in_splits(sample: dict[str, Any], splits: frozenset[str]) -> bool:
@@ -85,29 +199,36 @@ def _in_splits(sample: dict[str, Any], splits: frozenset[str]) -> bool:
     return json.loads(sample["meta.json"]).get("split") in splits
 
 
-def cyclic_window(start: int, frames: int, n_frames: int) -> np.ndarray:
-    """Frame indices (frames,) from start, wrapping past the last frame (cine is periodic)."""
-    return (start + np.arange(frames)) % n_frames
+def cyclic_window(start: int, frames: int, n_frames: int, stride: int = 1) -> np.ndarray:
+    """Frame indices (frames,) from start every ``stride`` frames, wrapping past the last frame
+    (cine is periodic)."""
+    return (start + stride * np.arange(frames)) % n_frames
 
 
 def slice_clips(
-    subjects: Iterator[dict[str, Any]], frames: int, rng: np.random.Generator
+    subjects: Iterable[dict[str, Any]],
+    frames: int,
+    rng: np.random.Generator,
+    stride: int | Sequence[int] = 1,
 ) -> Iterator[dict[str, Any]]:
-    """One clip per slice: ``frames`` consecutive frames from a random start, wrapping cyclically.
+    """One clip per slice: ``frames`` frames every ``stride`` from a random start, wrapping.
 
     Cine is periodic over the cardiac cycle, so a window running past the last frame continues
     at the first; a study with fewer than ``frames`` frames (LGE: T = 1) repeats its frames.
+    A sequence of strides draws one per clip.
 
     Yields:
         ``{"clip": uint8 (frames, H, W), "modality": str, "key": str, "slice": int}``.
     """
+    strides = (stride,) if isinstance(stride, int) else tuple(stride)
     for subject in subjects:
         image = subject["image"]  # (S, T, H, W)
         n_frames = image.shape[1]
         modality = str(subject["meta"].get("modality", "unknown"))
         for index in range(image.shape[0]):
             start = int(rng.integers(n_frames))
-            window = cyclic_window(start, frames, n_frames)  # (frames,)
+            step = strides[int(rng.integers(len(strides)))] if len(strides) > 1 else strides[0]
+            window = cyclic_window(start, frames, n_frames, step)  # (frames,)
             yield {
                 "clip": image[index, window],  # (frames, H, W), a copy
                 "modality": modality,
@@ -116,43 +237,286 @@ def slice_clips(
             }
 
 
-class _ClipStream(wds.PipelineStage):
-    """Raw samples -> decoded subjects -> slice clips -> shuffle buffer -> float tensors.
+def mix(
+    streams: Sequence[Iterator[dict[str, Any]]], weights: Sequence[float], rng: np.random.Generator
+) -> Iterator[dict[str, Any]]:
+    """Each next item from stream i with probability w_i / sum(w) (as webdataset's RandomMix,
+    but seeded); ends when a drawn stream ends."""
+    total = float(sum(weights))
+    cumulative = list(np.cumsum(weights) / total)
+    last = len(streams) - 1
+    while True:
+        chosen = streams[min(bisect.bisect_right(cumulative, rng.random()), last)]
+        item = next(chosen, None)
+        if item is None:
+            return
+        yield item
 
-    Seeded by (seed, epoch, rank, worker): webdataset's own shuffle stages would share one seed
-    across workers and epochs, while here every pass of every worker draws its own start frames
-    and order, reproducibly. (One stage rather than ``.map`` calls: ``wds`` map stamps a
-    ``__key__`` field onto every dict it returns, which the DataLoader cannot collate.)
+
+Skip = Callable[[str], None]
+
+
+def shard_subjects(url: str, splits: frozenset[str], skip: Skip) -> Iterator[dict[str, Any]]:
+    """The subjects of one shard in the kept splits: ``{"key", "image", "meta"}``.
+
+    ``image`` is uint8 (S, T, H, W), read-only. Labels are never read. A sample that fails to
+    decode, or the rest of a shard that fails to open or read, is passed over: ``skip`` gets a
+    message naming the url and the sample key (or the last member read).
+    """
+    path = _local_path(url)
+    if path is None:
+        yield from _streamed_subjects(url, splits, skip)
+    else:
+        yield from _local_subjects(url, path, splits, skip)
+
+
+def _local_path(url: str) -> str | None:
+    if url.startswith("file://"):
+        return url2pathname(urlparse(url).path)
+    return None if url.startswith("pipe:") or _is_remote(url) else url
+
+
+def _local_subjects(
+    url: str, path: str, splits: frozenset[str], skip: Skip
+) -> Iterator[dict[str, Any]]:
+    """Random access: read tar headers and seek, so that only the meta of every subject and the
+    image of kept ones are read, straight into their array (as fast as a plain ``.npy``)."""
+    last = ""
+    try:
+        with open(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
+            for key, members in _tar_groups(tar):
+                last = list(members.values())[-1].name  # tar order
+                try:
+                    subject = _read_subject(stream, tar, key, members, splits)
+                except Exception as error:
+                    skip(f"{url}: sample {key!r} skipped ({type(error).__name__}: {error})")
+                    continue
+                if subject is not None:
+                    yield subject
+            # tarfile ends quietly at a cut-off header; a whole shard ends in two zero blocks.
+            if os.fstat(stream.fileno()).st_size - tar.offset < 2 * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("the file ends before the end-of-archive marker")
+    except Exception as error:
+        after = f" after member {last!r}" if last else ""
+        skip(
+            f"{url}: unreadable tar data{after}, rest of the shard skipped"
+            f" ({type(error).__name__}: {error})"
+        )
+
+
+def _tar_groups(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
+    """(key, {suffix: member}) of consecutive members sharing a key (webdataset's grouping)."""
+    key, members = None, {}
+    for info in tar:
+        if not info.isreg():
+            continue
+        name_key, suffix = base_plus_ext(info.name)
+        if name_key is None:
+            continue
+        if name_key != key and members:
+            yield key, members
+            members = {}
+        key = name_key
+        members[suffix.lower()] = info
+    if members:
+        yield key, members
+
+
+def _read_subject(
+    stream: io.BufferedReader,
+    tar: tarfile.TarFile,
+    key: str,
+    members: dict[str, tarfile.TarInfo],
+    splits: frozenset[str],
+) -> dict[str, Any] | None:
+    for suffix in ("meta.json", "image.npy"):
+        if suffix not in members:
+            raise ValueError(f"no {suffix} member")
+    meta = json.loads(tar.extractfile(members["meta.json"]).read())
+    if meta.get("split") not in splits:
+        return None
+    info = members["image.npy"]
+    stream.seek(info.offset_data)
+    image = np.load(stream, allow_pickle=False)  # reads the data straight into the array
+    if stream.tell() > info.offset_data + info.size:
+        raise ValueError(f"image.npy holds {info.size} bytes, less than its header describes")
+    return {"key": key, "image": _checked(image), "meta": meta}
+
+
+def _checked(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8 or image.ndim != 4 or 0 in image.shape:
+        raise ValueError(f"image is {image.dtype} {image.shape}, not uint8 (S, T, H, W)")
+    return image
+
+
+def _streamed_subjects(url: str, splits: frozenset[str], skip: Skip) -> Iterator[dict[str, Any]]:
+    """Sequential read through webdataset (pipes and remote files cannot seek cheaply)."""
+    where = {"member": ""}
+    files = tar_file_expander(_opened(url, skip), handler=partial(_tar_error, url, where, skip))
+    samples = group_by_keys(_track(files, where), handler=partial(_file_error, url, where, skip))
+    for sample in samples:
+        key = sample.get("__key__")
+        try:
+            meta = json.loads(sample["meta.json"])
+            if meta.get("split") not in splits:
+                continue
+            image = _checked(_load_npy(sample["image.npy"], writable=False))
+        except Exception as error:
+            skip(f"{url}: sample {key!r} skipped ({type(error).__name__}: {error})")
+            continue
+        yield {"key": key, "image": image, "meta": meta}
+
+
+def _opened(url: str, skip: Skip) -> Iterator[dict[str, Any]]:
+    try:
+        stream = open_shard(url)
+    except Exception as error:
+        skip(f"{url}: cannot open the shard ({type(error).__name__}: {error})")
+        return
+    try:
+        yield {"url": url, "stream": stream}
+    finally:
+        try:
+            stream.close()  # a pipe: reports its command's exit status here
+        except Exception as error:
+            skip(f"{url}: closing the stream failed ({type(error).__name__}: {error})")
+
+
+def _track(files: Iterable[dict[str, Any]], where: dict[str, str]) -> Iterator[dict[str, Any]]:
+    for file in files:
+        where["member"] = file.get("fname", "")
+        yield file
+
+
+def _tar_error(url: str, where: dict[str, str], skip: Skip, error: Exception) -> bool:
+    """webdataset handler for unreadable tar data: skip the rest of the shard.
+
+    webdataset calls it from inside the shard's member loop (False ends that loop) and from the
+    loop over shards, with the url appended to the error's arguments (True goes on).
+    """
+    detail = str(error.args[0]).split(" @ ")[0] if error.args else ""
+    after = f" after member {where['member']!r}" if where["member"] else ""
+    skip(
+        f"{url}: unreadable tar data{after}, rest of the shard skipped"
+        f" ({type(error).__name__}: {detail})"
+    )
+    where["member"] = ""
+    return len(error.args) > 1 and error.args[-1] == url
+
+
+def _file_error(url: str, where: dict[str, str], skip: Skip, error: Exception) -> bool:
+    """webdataset handler for a member that does not group into a sample: skip the member."""
+    skip(f"{url}: member {where['member']!r} skipped ({error.args[0]})")
+    return True
+
+
+class ClipSource(IterableDataset):
+    """Per-slice uint8 clips from weighted shard sets -> shuffle -> augment -> float tensors.
+
+    Seeded by (seed, epoch, rank, worker): every pass of every worker draws its own shard order,
+    start frames, strides, shuffle and augmentation, reproducibly. Counts skipped data in
+    ``skipped`` (per process: each DataLoader worker counts its own).
     """
 
-    def __init__(self, frames: int, shuffle: int, seed: int) -> None:
-        self.frames = frames
-        self.shuffle = shuffle
-        self.seed = seed
+    def __init__(
+        self,
+        sets: Sequence[tuple[list[str], float]],
+        *,
+        frames: int,
+        splits: Sequence[str],
+        shuffle: int,
+        resampled: bool,
+        seed: int,
+        stride: int | Sequence[int],
+        augment: Augment | None,
+    ) -> None:
+        self.sets = [(list(urls), weight) for urls, weight in sets]
+        self.frames, self.splits, self.shuffle = frames, frozenset(splits), shuffle
+        self.resampled, self.seed, self.stride, self.augment = resampled, seed, stride, augment
         self.epoch = -1
+        self.skipped = 0
 
-    def run(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         self.epoch += 1
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         rng = np.random.default_rng([self.seed, self.epoch, rank, worker])
-        clips = slice_clips((decode(sample) for sample in src), self.frames, rng)
+        set_rngs = rng.spawn(len(self.sets))
+        streams = [self._set_clips(urls, r) for (urls, _), r in zip(self.sets, set_rngs)]
+        if len(streams) == 1:
+            clips = streams[0]
+        else:
+            clips = mix(streams, [weight for _, weight in self.sets], rng)
         if self.shuffle > 1:
             # Buffer uint8 clips: 4x less memory than float32 for the same buffer length.
             order = random.Random(int(rng.integers(2**63)))
             clips = wds.shuffle(self.shuffle, rng=order)(clips)
-        return (_to_tensor(clip) for clip in clips)
+        if hasattr(self.augment, "set_random_state"):
+            self.augment.set_random_state(seed=int(rng.integers(2**32)))
+        return map(self._to_tensor, clips)
+
+    def _set_clips(self, urls: list[str], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+        if not self.resampled:
+            order = list(wds.split_by_worker(wds.split_by_node(urls)))
+            rng.shuffle(order)
+            yield from self._clips(order, rng)
+            return
+        budget = _DRAWS_PER_SHARD * len(urls)
+        draws = 0
+
+        def drawn() -> Iterator[str]:
+            nonlocal draws
+            while True:
+                draws += 1
+                if draws > budget:
+                    raise RuntimeError(
+                        f"no clip in {budget} shard draws from {urls[0]} ... ({len(urls)} shards):"
+                        f" no subject in splits {sorted(self.splits)}, or every shard unreadable"
+                        " (see the SkippedDataWarnings)"
+                    )
+                yield urls[int(rng.integers(len(urls)))]
+
+        for clip in self._clips(drawn(), rng):
+            draws = 0
+            yield clip
+
+    def _clips(self, urls: Iterable[str], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+        subjects = (s for url in urls for s in shard_subjects(url, self.splits, self._skip))
+        return slice_clips(subjects, self.frames, rng, self.stride)
+
+    def _skip(self, message: str) -> None:
+        self.skipped += 1
+        warnings.warn(
+            f"{message} [{self.skipped} skipped in this process]", SkippedDataWarning, stacklevel=3
+        )
+
+    def _to_tensor(self, sample: dict[str, Any]) -> dict[str, Any]:
+        clip = sample["clip"]  # uint8 (F, H, W)
+        if self.augment is not None:
+            tensor = torch.as_tensor(self.augment(clip), dtype=torch.float32)[None]
+        else:
+            # numpy, not torch ops: torch's intra-op thread pool on a busy main process
+            # (num_workers=0) makes this tiny conversion ~50x slower. Same float32 division.
+            array = clip[None].astype(np.float32)
+            array /= 255.0
+            tensor = torch.from_numpy(array)
+        return {**sample, "clip": tensor}  # (1, F, H, W) in [0, 1]
 
 
-def _to_tensor(sample: dict[str, Any]) -> dict[str, Any]:
-    # numpy, not torch ops: torch's intra-op thread pool on a busy main process (num_workers=0)
-    # makes this tiny conversion ~50x slower. Same IEEE float32 division, same values.
-    clip = sample["clip"][None].astype(np.float32)  # (1, frames, H, W)
-    clip /= 255.0
-    return {**sample, "clip": torch.from_numpy(clip)}  # (1, frames, H, W) in [0, 1]
+class ClipDataset(wds.DataPipeline):
+    """A webdataset pipeline over one :class:`ClipSource` (``with_epoch``, ``batched``, ...)."""
+
+    def __init__(self, source: ClipSource) -> None:
+        super().__init__(source)
+        self.source = source
+
+    @property
+    def skipped(self) -> int:
+        """Samples and shard remainders skipped as unreadable, in this process."""
+        return self.source.skipped
 
 
 def pretrain_dataset(
-    urls: str | os.PathLike | Sequence[str],
+    urls: Shards,
     *,
     frames: int,
     splits: Sequence[str] = ("train", "val"),
@@ -160,60 +524,72 @@ def pretrain_dataset(
     resampled: bool = False,
     epoch_length: int | None = None,
     seed: int = 0,
-) -> wds.WebDataset:
+    stride: int | Sequence[int] = 1,
+    augment: Augment | None = None,
+) -> ClipDataset:
     """Stream per-slice clips for self-supervised pretraining.
 
     Args:
-        urls: anything :func:`shard_urls` takes.
+        urls: one shard set (anything :func:`shard_urls` takes; a list is one set made of all
+            its shards), or several with mixing weights: ``{"runs/cine": 0.8, "runs/lge": 0.2}``
+            or ``[("runs/cine", 0.8), ("runs/lge", 0.2)]``. Several sets need ``resampled``.
         frames: clip length F; windows wrap cyclically, shorter studies repeat frames.
         splits: keep subjects whose ``meta["split"]`` is one of these (pretraining may use val
             images without labels; test stays out).
-        shuffle: clip shuffle buffer length; 0 or 1 keeps the shard order.
-        resampled: draw shards with replacement forever (bound it with ``epoch_length``).
+        shuffle: clip shuffle buffer length; 0 or 1 keeps the stream order.
+        resampled: draw shards with replacement forever (bound it with ``epoch_length``), and
+            each clip from set i with probability w_i / sum(w). Otherwise one pass in which
+            ranks x workers see every clip exactly once (see the module docstring).
         epoch_length: clips per pass per process (each DataLoader worker yields this many).
-        seed: seeds shard order, start frames and shuffle; a fresh dataset with the same seed
-            yields the same stream in a single process.
+        seed: seeds shard order, start frames, strides, shuffle and augmentation; a fresh
+            dataset with the same seed yields the same stream in a single process. Each pass
+            counts an epoch in the process that iterates, so DataLoader workers need
+            ``persistent_workers=True`` for the epochs to differ.
+        stride: frame step inside a window, or a sequence of steps to draw one from per clip.
+        augment: uint8 (F, H, W) -> float32 (F, H, W) in [0, 1], e.g.
+            :func:`data_shards.augment.clip_augment`; seeded per epoch and worker through its
+            ``set_random_state`` when it has one. None: intensities / 255.
 
     Returns:
         An iterable of ``{"clip": float32 (1, F, H, W) in [0, 1], "modality": str, "key": str,
-        "slice": int}``.
+        "slice": int}``; ``.skipped`` counts the data skipped as unreadable in this process.
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if shuffle < 0:
+        raise ValueError(f"shuffle must be >= 0, got {shuffle}")
+    if epoch_length is not None and epoch_length < 1:
+        raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
     if isinstance(splits, str):
         raise ValueError(f"splits must be a list of split names, got the string {splits!r}")
-    url_list = shard_urls(urls)
-    if not url_list:
-        raise ValueError(f"no shards in {urls}")
-    dataset = wds.WebDataset(
-        url_list,
-        shardshuffle=False if resampled else _SHARD_SHUFFLE,
-        detshuffle=True,  # shard order from seed + epoch, not the clock
-        seed=seed,
-        nodesplitter=wds.split_by_node,
-        workersplitter=wds.split_by_worker,
-        resampled=resampled,
-        empty_check=False,
-    )
-    if resampled:
-        # WebDataset(resampled=True) seeds its shard sampler from the clock; swap in the same
-        # sampler seeded from (seed, epoch, rank, worker).
-        dataset.pipeline[0] = wds.ResampledShards(
-            url_list, seed=seed, deterministic=True, empty_check=False
+    strides = list(stride) if isinstance(stride, (list, tuple)) else [stride]
+    if not strides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
+        raise ValueError(f"stride must be an int >= 1 or a list of them, got {stride!r}")
+    sets = shard_sets(urls)
+    if len(sets) > 1 and not resampled:
+        raise ValueError(
+            f"mixing {len(sets)} shard sets by weight needs resampled=True (a one-pass mix would"
+            " stop at the first set to run out)"
         )
-    dataset = dataset.select(partial(_in_splits, splits=frozenset(splits))).compose(
-        _ClipStream(frames, shuffle, seed)
+    source = ClipSource(
+        sets,
+        frames=frames,
+        splits=splits,
+        shuffle=shuffle,
+        resampled=resampled,
+        seed=seed,
+        stride=strides[0] if len(strides) == 1 else tuple(strides),
+        augment=augment,
     )
+    dataset = ClipDataset(source)
     if epoch_length is not None:
         dataset = dataset.with_epoch(epoch_length)
     return dataset
 
 
-def load_subjects(
-    urls: str | os.PathLike | Sequence[str], splits: Sequence[str] | None = None
-) -> list[dict[str, Any]]:
+def load_subjects(urls: ShardSet, splits: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Every decoded subject (optionally only some splits), sorted by key.
 
     For fine-tuning and evaluation, which want a map-style list of whole subjects. Every

@@ -1,11 +1,17 @@
-"""Streaming clips: shapes, exact frames with cyclic wrap, split filter, workers see each clip once."""
+"""Streaming clips: exact frames (cyclic wrap, stride), splits, exactly once over ranks x workers,
+weighted mixing, unreadable data skipped and counted, pipe: and fsspec urls."""
 
 from __future__ import annotations
 
+import io
+import math
+import shutil
+import tarfile
 from collections import Counter
 from itertools import islice
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import torch
@@ -13,7 +19,13 @@ from torch.utils.data import DataLoader
 
 from data_shards.datamodule import ClipDataModule
 from data_shards.record import Subject
-from data_shards.stream import load_subjects, pretrain_dataset, shard_urls
+from data_shards.stream import (
+    SkippedDataWarning,
+    cyclic_window,
+    load_subjects,
+    pretrain_dataset,
+    shard_urls,
+)
 from data_shards.writer import write_manifest, write_shards
 
 SPLITS = ["train", "val", "test", "train", "train", "test", "val", "train"]
@@ -175,3 +187,240 @@ def test_datamodule_batches(shards: Path) -> None:
         } <= kept()
     with pytest.raises(ValueError, match="frames"):
         ClipDataModule(shards=str(shards), frames=0)
+
+
+# --- one pass over ranks x workers ----------------------------------------------------------
+
+
+def stream_pairs(dataset, workers: int) -> list[tuple[str, int]]:
+    loader = DataLoader(dataset, batch_size=4, num_workers=workers)
+    return [
+        pair for batch in loader for pair in zip(batch["key"], batch["slice"].tolist(), strict=True)
+    ]
+
+
+@pytest.mark.parametrize("maxcount", [1, 3])  # 8 shards (2 per stream); 3 (one stream gets none)
+def test_ranks_times_workers_see_every_clip_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, maxcount: int
+) -> None:
+    shards = write(tmp_path, make_subjects(), maxcount=maxcount)
+    assert len(shard_urls(shards)) == {1: 8, 3: 3}[maxcount]
+    per_rank = []
+    for rank in range(2):  # webdataset reads the rank from RANK/WORLD_SIZE, as torchrun sets them
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        per_rank.append(stream_pairs(pretrain_dataset(shards, frames=2, shuffle=4), workers=2))
+    seen = Counter(pair for pairs in per_rank for pair in pairs)
+    assert set(seen) == kept()
+    assert set(seen.values()) == {1}
+    # Whole shards go to ranks: rank r reads shards r, r + 2, ... (shard i // maxcount holds sub i).
+    for rank, pairs in enumerate(per_rank):
+        assert {key for key, _ in pairs} == {
+            key for key, _ in kept() if (int(key[3:]) // maxcount) % 2 == rank
+        }
+
+
+# --- temporal stride ------------------------------------------------------------------------
+
+
+def test_cyclic_window_stride() -> None:
+    assert cyclic_window(3, 4, 5).tolist() == [3, 4, 0, 1]
+    assert cyclic_window(3, 4, 5, stride=2).tolist() == [3, 0, 2, 4]
+    assert cyclic_window(0, 3, 1, stride=3).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("stride", [2, (1, 2)])
+def test_clips_follow_the_stride(shards: Path, images, stride) -> None:
+    allowed = (stride,) if isinstance(stride, int) else stride
+    used = Counter()
+    for sample in pretrain_dataset(shards, frames=3, stride=stride, resampled=True,
+                                   epoch_length=60, seed=2):  # fmt: skip
+        stored = torch.from_numpy(images[sample["key"]][sample["slice"]]).float() / 255
+        matches = [
+            (start, step)
+            for start in range(SHAPE[1])
+            for step in allowed
+            if torch.equal(sample["clip"][0], stored[cyclic_window(start, 3, SHAPE[1], step)])
+        ]
+        assert len(matches) == 1
+        used[matches[0][1]] += 1
+    assert set(used) == set(allowed)  # a range of strides draws each of them
+
+
+def test_bad_stride_is_an_error(shards: Path) -> None:
+    for stride in (0, [1, 0], [], 1.5):
+        with pytest.raises(ValueError, match="stride"):
+            pretrain_dataset(shards, frames=2, stride=stride)
+
+
+# --- mixing shard sets by weight ------------------------------------------------------------
+
+
+@pytest.fixture
+def two_sets(tmp_path: Path) -> tuple[Path, Path]:
+    cine = write(tmp_path / "cine", make_subjects("cine"))
+    lge = write(tmp_path / "lge", make_subjects("lge", shape=(2, 1, SHAPE[2], SHAPE[3])))
+    return cine, lge
+
+
+def test_mix_draws_each_clip_by_weight(two_sets: tuple[Path, Path]) -> None:
+    cine, lge = two_sets
+    n, p_lge = 3000, 0.2
+    dataset = pretrain_dataset({str(cine): 1 - p_lge, str(lge): p_lge}, frames=3, shuffle=0,
+                               resampled=True, epoch_length=n, seed=3)  # fmt: skip
+    modalities = Counter(sample["modality"] for sample in dataset)
+    assert sum(modalities.values()) == n
+    # Every clip is an independent draw: the lge count is Binomial(n, 0.2); allow 4 std.
+    assert abs(modalities["lge"] - n * p_lge) < 4 * math.sqrt(n * p_lge * (1 - p_lge))
+
+
+def test_mix_forms_agree_and_batches_collate(two_sets: tuple[Path, Path]) -> None:
+    cine, lge = two_sets
+
+    def run(sets) -> list:
+        dataset = pretrain_dataset(sets, frames=3, shuffle=8, resampled=True, epoch_length=24)
+        return [(s["modality"], s["key"], s["slice"], s["clip"].sum().item()) for s in dataset]
+
+    assert run({str(cine): 0.5, str(lge): 0.5}) == run([(cine, 0.5), (lge, 0.5)])
+    dataset = pretrain_dataset({str(cine): 0.5, str(lge): 0.5}, frames=3, resampled=True,
+                               epoch_length=64, shuffle=16)  # fmt: skip
+    modalities = set()
+    for batch in DataLoader(dataset, batch_size=16):
+        assert batch["clip"].shape == (16, 1, 3, SHAPE[2], SHAPE[3])
+        modalities.update(batch["modality"])
+    assert modalities == {"cine", "lge"}  # the modality rides with every clip through the mix
+
+
+def test_mix_needs_resampling_and_positive_weights(two_sets: tuple[Path, Path]) -> None:
+    cine, lge = two_sets
+    with pytest.raises(ValueError, match="resampled"):
+        pretrain_dataset({str(cine): 0.8, str(lge): 0.2}, frames=2)
+    with pytest.raises(ValueError, match="weight"):
+        pretrain_dataset({str(cine): 0.8, str(lge): 0}, frames=2, resampled=True)
+    # A plain list is one set made of all the shards: one pass reads both folders once.
+    seen = Counter((s["modality"], s["key"], s["slice"])
+                   for s in pretrain_dataset([cine, lge], frames=2))  # fmt: skip
+    assert set(seen.values()) == {1}
+    assert {m for m, _, _ in seen} == {"cine", "lge"}
+
+
+def test_resampled_set_without_clips_is_an_error(shards: Path) -> None:
+    dataset = pretrain_dataset(shards, frames=2, splits=["nope"], resampled=True)
+    with pytest.raises(RuntimeError, match="no clip"):
+        next(iter(dataset))
+
+
+# --- unreadable data is skipped, counted and named ------------------------------------------
+
+
+def rewrite_member(shard: Path, name: str, data: bytes) -> None:
+    """Replace one member's bytes in a tar, keeping every other member as it was."""
+    with tarfile.open(shard) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar.getmembers()]
+    assert name in {info.name for info, _ in members}
+    with tarfile.open(shard, "w") as tar:
+        for info, content in members:
+            content = data if info.name == name else content
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+
+
+@pytest.fixture(scope="module")
+def phantom(make_phantom_shards) -> Path:
+    return make_phantom_shards(4, 2)
+
+
+ALL = ["train", "val", "test"]
+VIA = {"path": str, "pipe": lambda url: f"pipe:cat {url}"}  # random access / webdataset stream
+
+
+@pytest.mark.parametrize("via", VIA)
+@pytest.mark.parametrize("member", ["image.npy", "meta.json"])
+def test_corrupt_member_is_skipped_with_a_counted_warning(
+    phantom: Path, tmp_path: Path, member: str, via: str
+) -> None:
+    shards = Path(shutil.copytree(phantom, tmp_path / "shards"))
+    keys = [s["key"] for s in load_subjects(shards)]
+    (path,) = shard_urls(shards)
+    bad = keys[1]
+    rewrite_member(Path(path), f"{bad}.{member}", b"\x93NUMPY garbage {not json")
+    dataset = pretrain_dataset(VIA[via](path), frames=2, splits=ALL, shuffle=0)
+    with pytest.warns(SkippedDataWarning) as record:
+        seen = {s["key"] for s in dataset}
+    assert seen == set(keys) - {bad}
+    assert dataset.skipped == 1
+    (message,) = [str(w.message) for w in record if w.category is SkippedDataWarning]
+    assert path in message and repr(bad) in message and "[1 skipped" in message
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_truncated_shard_keeps_what_came_before(phantom: Path, tmp_path: Path, via: str) -> None:
+    shards = Path(shutil.copytree(phantom, tmp_path / "shards"))
+    (path,) = shard_urls(shards)
+    with tarfile.open(path) as tar:
+        infos = tar.getmembers()
+    cut = next(i for i in infos if i.name.endswith(".image.npy") and i.offset > 0)
+    before = {i.name.split(".")[0] for i in infos if i.offset_data + i.size <= cut.offset}
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: cut.offset_data + cut.size // 2])
+    dataset = pretrain_dataset(VIA[via](path), frames=2, splits=ALL, shuffle=0)
+    with pytest.warns(SkippedDataWarning, match="unreadable tar data") as record:
+        seen = {s["key"] for s in dataset}
+    assert seen == before
+    messages = [str(w.message) for w in record if w.category is SkippedDataWarning]
+    assert dataset.skipped == len(messages) >= 1
+    assert all(path in message for message in messages)
+
+
+def test_local_shard_cut_at_a_member_boundary_is_noticed(phantom: Path, tmp_path: Path) -> None:
+    # tarfile reads a cut at a header as the end of the archive; the missing end marker tells.
+    shards = Path(shutil.copytree(phantom, tmp_path / "shards"))
+    (path,) = shard_urls(shards)
+    with tarfile.open(path) as tar:
+        cut = [i for i in tar.getmembers() if i.name.endswith(".image.npy")][1]
+    Path(path).write_bytes(Path(path).read_bytes()[: cut.offset])
+    dataset = pretrain_dataset(path, frames=2, splits=ALL, shuffle=0)
+    with pytest.warns(SkippedDataWarning, match="end-of-archive"):
+        assert len({s["key"] for s in dataset}) == 1
+    assert dataset.skipped == 1
+
+
+def test_missing_shard_is_skipped(shards: Path, tmp_path: Path) -> None:
+    missing = f"pipe:cat {tmp_path / 'gone.tar'}"  # the command fails: nothing to read
+    dataset = pretrain_dataset([*shard_urls(shards), missing], frames=2, shuffle=0)
+    with pytest.warns(SkippedDataWarning, match="gone.tar"):
+        seen = Counter((s["key"], s["slice"]) for s in dataset)
+    assert set(seen) == kept() and set(seen.values()) == {1}
+    assert dataset.skipped >= 1
+
+
+# --- remote shards: pipe: commands and fsspec urls ------------------------------------------
+
+
+def test_pipe_and_fsspec_urls(shards: Path) -> None:
+    local = shard_urls(shards)
+    pipes = [f"pipe:cat {url}" for url in local]
+    file_pattern = f"file://{shards}/shard-{{000000..000001}}.tar"
+    assert shard_urls(file_pattern) == [f"file://{url}" for url in local]
+    for urls in (pipes, file_pattern):
+        seen = Counter((s["key"], s["slice"]) for s in pretrain_dataset(urls, frames=2))
+        assert set(seen) == kept() and set(seen.values()) == {1}
+
+
+def test_fsspec_manifest_url(shards: Path) -> None:
+    memory = fsspec.filesystem("memory")
+    root = "memory://cmrfm-test-shards"
+    try:
+        for path in [shards / "manifest.json", *map(Path, shard_urls(shards))]:
+            memory.pipe(f"{root}/{path.name}", path.read_bytes())
+        urls = shard_urls(f"{root}/manifest.json")
+        assert urls == [f"{root}/shard-000000.tar", f"{root}/shard-000001.tar"]
+        seen = {(s["key"], s["slice"]) for s in pretrain_dataset(f"{root}/manifest.json", frames=2)}
+        assert seen == kept()
+    finally:
+        memory.rm(root, recursive=True)
+
+
+def test_unknown_url_scheme_is_an_error_up_front() -> None:
+    with pytest.raises(ValueError, match="nosuchscheme"):
+        pretrain_dataset("nosuchscheme://bucket/shard-000000.tar", frames=2)
