@@ -1,4 +1,4 @@
-"""`cmrfm`: the one command-line entry (shard, pretrain, finetune, evaluate, demo)."""
+"""`cmrfm`: the command line (shard, inspect, pretrain, finetune, evaluate, demo, bench)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,17 @@ def _shard(args: argparse.Namespace) -> None:
         args.source,
         args.root,
         args.out,
-        preprocess_config=PreprocessConfig(spacing=args.spacing, size=args.size),
+        preprocess_config=PreprocessConfig(
+            spacing=args.spacing,
+            size=args.size,
+            percentiles=tuple(args.percentiles),
+            orientation=args.orientation,
+            crop=args.crop,
+        ),
         source_options=options,
         maxcount=args.maxcount,
         overwrite=args.overwrite,
+        resume=args.resume,
     )
 
 
@@ -56,21 +63,128 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, data=args.data, quick=args.quick, labels=args.labels, seed=args.seed)
 
 
+def _inspect(args: argparse.Namespace) -> None:
+    from data_shards.inspect import inspect_shards
+
+    summary = inspect_shards(
+        args.shards, args.out, clips=args.clips, frames=args.frames, seed=args.seed
+    )
+    if summary["problems"]:
+        raise SystemExit(1)  # a corrupt folder must fail scripts that inspect before training
+
+
+def _bench_loader(args: argparse.Namespace) -> None:
+    from cmrfm.bench_loader import bench_loader
+
+    bench_loader(
+        args.shards,
+        workers=args.workers,
+        frames=args.frames,
+        size=args.size,
+        seconds=args.seconds,
+        augment=args.augment,
+        batch=args.batch,
+        seed=args.seed,
+        rounds=args.rounds,
+        cache=args.cache,
+        out=args.out,
+    )
+
+
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"expected worker counts like 0,1,2, got {text!r}")
+    return counts
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect", help="counts, histograms, sha256 check and a contact sheet of a shard folder"
+    )
+    p.add_argument("shards", type=Path, help="shard folder with manifest.json")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: SHARDS/inspect)")
+    p.add_argument("--clips", type=int, default=16, help="contact sheet rows (random clips)")
+    p.add_argument("--frames", type=int, default=8, help="contact sheet columns (frames)")
+    p.add_argument("--seed", type=int, default=0, help="which subjects, slices and frames")
+    p.set_defaults(func=_inspect)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks: loader")
+    group = bench.add_subparsers(dest="benchmark", required=True)
+    p = group.add_parser(
+        "loader", help="clips/s streaming from shards vs a plain .npy reader of the same arrays"
+    )
+    p.add_argument("--shards", type=Path, default=None, help="default: phantom shards in --cache")
+    p.add_argument("--workers", type=_worker_counts, default=[0, 1, 2], help="e.g. 0,1,2")
+    p.add_argument("--frames", type=int, default=16, help="clip length")
+    p.add_argument("--size", type=int, default=128, help="phantom image size (no --shards)")
+    p.add_argument("--seconds", type=float, default=10.0, help="timed run per loader and count")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pretraining augmentation in both loaders",
+    )
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3, help="alternating time slices per loader")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=Path(".cache/bench"), help="phantom shards")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/loader.json"))
+    p.set_defaults(func=_bench_loader)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmrfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from data_shards.sources import SOURCES
+
     p = sub.add_parser("shard", help="convert a source into webdataset shards + manifest.json")
-    p.add_argument("--source", required=True, help="registered source: phantom, acdc")
+    p.add_argument(
+        "--source", required=True, help=f"registered source: {', '.join(sorted(SOURCES))}"
+    )
     p.add_argument("--root", type=Path, default=None, help="dataset folder as released")
     p.add_argument("--out", type=Path, required=True, help="output folder for the shards")
     p.add_argument("--spacing", type=float, default=1.5, help="target in-plane spacing, mm")
     p.add_argument("--size", type=int, default=128, help="crop/pad to size x size pixels")
+    p.add_argument(
+        "--percentiles",
+        type=float,
+        nargs=2,
+        default=(0.5, 99.5),
+        metavar=("LO", "HI"),
+        help="intensity percentiles mapped to 0 and 255 (default: 0.5 99.5)",
+    )
+    p.add_argument(
+        "--orientation",
+        choices=("canonical", "none"),
+        default="canonical",
+        help="canonical: reorient where the source knows the patient geometry (default)",
+    )
+    p.add_argument(
+        "--crop",
+        choices=("centre", "label"),
+        default="centre",
+        help="centre the crop on the image, or on the labelled heart (default: centre)",
+    )
     p.add_argument("--maxcount", type=int, default=32, help="subjects per shard")
     p.add_argument("--n", type=int, default=24, help="phantom: number of subjects")
     p.add_argument("--seed", type=int, default=0, help="phantom: cohort seed")
     p.add_argument("--options", default=None, help="source options as JSON, e.g. '{\"limit\": 5}'")
-    p.add_argument("--overwrite", action="store_true", help="replace shards of another source")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace shards converted with other settings"
+    )
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over instead of keeping the verified shards of an earlier run",
+    )
     p.set_defaults(func=_shard)
 
     for name, (config, what) in TRAINING.items():
@@ -104,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="tiny model and few steps (tests, smoke runs)"
     )
     p.set_defaults(func=_demo)
+    _add_inspect(sub)
+    _add_bench(sub)
     return parser
 
 

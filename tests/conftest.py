@@ -25,12 +25,15 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def make_phantom_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], Path]:
-    """Factory of small phantom shards (48 x 48 at 3 mm, 4 frames) for tests that train."""
+def make_phantom_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory of small phantom shards (48 x 48 at 3 mm, 4 frames) for tests that train.
 
-    def make(n: int, slices: int) -> Path:
+    Further keyword arguments are phantom source options, e.g. ``lge_fraction=0.3``.
+    """
+
+    def make(n: int, slices: int, **extra: object) -> Path:
         out = tmp_path_factory.mktemp("shards")
-        options = {"n": n, "slices": slices, "frames": 4, "size": 48}
+        options = {"n": n, "slices": slices, "frames": 4, "size": 48, **extra}
         convert("phantom", None, out, preprocess_config=PreprocessConfig(spacing=3.0, size=48),
                 source_options=options)  # fmt: skip
         return out

@@ -46,3 +46,23 @@ def test_evaluate_names_a_missing_checkpoint(tmp_path: Path) -> None:
         main(
             ["evaluate", "--checkpoint", str(tmp_path / "missing.ckpt"), "--shards", str(tmp_path)]
         )
+
+
+def test_shard_flags_reach_the_conversion(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import data_shards.convert
+    from data_shards.preprocess import CROPS, ORIENTATIONS, PreprocessConfig
+    from data_shards.sources import SOURCES
+
+    seen: dict = {}
+    monkeypatch.setattr(data_shards.convert, "convert", lambda *a, **kw: seen.update(kw))
+    main(["shard", "--source", "acdc", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+          "--percentiles", "1", "99", "--orientation", "none", "--crop", "label",
+          "--no-resume"])  # fmt: skip
+    assert seen["preprocess_config"] == PreprocessConfig(
+        percentiles=(1.0, 99.0), orientation="none", crop="label"
+    )
+    assert seen["resume"] is False and seen["overwrite"] is False
+    shard = build_parser()._subparsers._group_actions[0].choices["shard"]
+    options = {a.dest: a for a in shard._actions}
+    assert options["orientation"].choices == ORIENTATIONS and options["crop"].choices == CROPS
+    assert all(name in options["source"].help for name in SOURCES)

@@ -1,0 +1,397 @@
+"""Look inside a shard folder: counts, shape and spacing histograms, integrity, a contact sheet.
+
+``cmrfm inspect SHARDS`` prints the summary with rich and writes ``summary.json`` and
+``contact_sheet.png`` (one random clip per row, its frames across, label contours overlaid).
+Titles show only the anonymous sample key, source, modality and slice: never patient data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import webdataset as wds
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from rich.console import Console
+from rich.table import Table
+
+from data_shards.convert import QUARANTINE
+from data_shards.record import IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, RV
+from data_shards.split import SPLITS
+from data_shards.stream import cyclic_window, decode
+from data_shards.writer import read_manifest, verify_manifest
+
+SUMMARY = "summary.json"
+CONTACT_SHEET = "contact_sheet.png"
+SHOWN_REASONS = 5  # quarantine reasons listed in the summary
+CONTOUR_COLOURS = {LV: "red", MYO: "lime", RV: "deepskyblue", INFARCT: "yellow", MVO: "magenta"}
+_CELL_INCHES, _TITLE_INCHES, _DPI = 1.0, 0.15, 100  # 100 x 100 pixel frames, 15 px titles
+_GAP = 2  # pixels between frames, so label contours of neighbouring frames stay apart
+
+
+def inspect_shards(
+    shards: Path,
+    out: Path | None = None,
+    *,
+    clips: int = 16,
+    frames: int = 8,
+    seed: int = 0,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Summarise, verify and draw a shard folder; write ``summary.json`` and the contact sheet.
+
+    Args:
+        shards: a folder holding ``manifest.json`` and its shards.
+        out: where ``summary.json`` and ``contact_sheet.png`` go (default ``shards/inspect``).
+        clips: rows of the contact sheet, each a clip of a random subject and slice.
+        frames: columns of the contact sheet (frames per clip).
+        seed: picks the subjects, slices and start frames shown.
+        console: where the tables go (default: a new stdout console).
+
+    Returns:
+        The summary (see :func:`summarise`) plus ``problems``: integrity issues, empty if none.
+    """
+    shards = Path(shards)
+    out = shards / "inspect" if out is None else Path(out)
+    console = console or Console()
+    manifest = read_manifest(shards)
+    with console.status(f"verifying sha256 of {len(manifest['shards'])} shards"):
+        problems = verify_manifest(shards)
+    keys = _pick_keys(manifest, clips, seed)
+    with console.status("reading sample metadata"):
+        metas, subjects, read_problems = scan_shards(shards, manifest, keys)
+    summary = summarise(manifest, metas, read_quarantine(shards))
+    summary["problems"] = problems + read_problems
+    out.mkdir(parents=True, exist_ok=True)
+    if subjects:
+        contact_sheet(subjects, out / CONTACT_SHEET, clips=clips, frames=frames, seed=seed)
+        summary["contact_sheet"] = str(out / CONTACT_SHEET)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    print_summary(summary, console, title=str(shards))
+    console.print(f"wrote {out / SUMMARY}" + (f" and {out / CONTACT_SHEET}" if subjects else ""))
+    return summary
+
+
+def read_quarantine(shards: Path) -> list[dict[str, str]] | None:
+    """The folder's ``quarantine.json`` entries, or None when the folder has none."""
+    path = Path(shards) / QUARANTINE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pick_keys(manifest: dict, clips: int, seed: int) -> set[str]:
+    """Up to ``clips`` distinct random sample keys: only these get their images decoded."""
+    keys = sorted(sample["key"] for sample in manifest["samples"])
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(keys), size=min(clips, len(keys)), replace=False) if keys else []
+    return {keys[i] for i in chosen}
+
+
+def scan_shards(
+    shards: Path, manifest: dict, keys: Iterable[str]
+) -> tuple[dict[str, dict], list[dict[str, Any]], list[str]]:
+    """One pass over the shards: every sample's meta, and the decoded subjects named in ``keys``.
+
+    A shard that cannot be read is reported and skipped, so one bad file does not hide the rest.
+
+    Returns:
+        ``(metas {key: meta}, subjects [decoded, sorted by key], problems [str])``.
+    """
+    wanted = set(keys)
+    metas: dict[str, dict] = {}
+    subjects: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for shard in manifest["shards"]:
+        path = Path(shards) / shard["name"]
+        if not path.is_file():
+            continue  # verify_manifest already names a missing shard
+        # One shard per dataset so an unreadable one is named and the others still count.
+        dataset = wds.WebDataset(
+            [str(path)], shardshuffle=False, nodesplitter=None, workersplitter=None
+        )
+        try:
+            for sample in dataset:
+                metas[sample["__key__"]] = json.loads(sample["meta.json"])
+                if sample["__key__"] in wanted:
+                    subjects.append(decode(sample))
+        except Exception as exc:  # a corrupt tar, member or meta: report, go on
+            problems.append(f"{shard['name']}: unreadable ({type(exc).__name__}: {exc})")
+    missing = sorted({s["key"] for s in manifest["samples"]} - set(metas))
+    if missing and not problems:
+        shown = ", ".join(missing[:SHOWN_REASONS])
+        problems.append(f"{len(missing)} manifest samples not found in the shards: {shown}")
+    return metas, sorted(subjects, key=lambda s: s["key"]), problems
+
+
+def summarise(
+    manifest: dict,
+    metas: dict[str, dict] | None = None,
+    quarantine: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Counts and histograms of a shard folder as plain JSON-ready data.
+
+    Args:
+        manifest: the folder's manifest (``read_manifest``).
+        metas: ``{key: meta}`` from the shards, for the original spacing and shape histograms
+            (skipped when None: the manifest alone does not hold them).
+        quarantine: the ``quarantine.json`` entries, or None when the folder has none.
+
+    Returns:
+        ``subjects``, ``shards``, ``bytes``, ``labelled``, ``splits`` {split: n}, ``counts``
+        [{source, modality, <split>..., total, labelled}], ``quarantined`` {count, reasons} and
+        ``histograms`` {name: [{value, count}]}: stored S, T, H, W and, with metas, the original
+        shape and spacing (``unknown`` where null).
+    """
+    samples = manifest["samples"]
+    splits = [*SPLITS, *sorted(set(manifest["splits"]) - set(SPLITS))]
+    counts: dict[tuple[str, str], Counter] = {}
+    for sample in samples:
+        row = counts.setdefault((str(sample["source"]), str(sample["modality"])), Counter())
+        row[sample["split"]] += 1
+        row["total"] += 1
+        row["labelled"] += bool(sample["has_label"])
+    shapes = np.array([sample["shape"] for sample in samples]).reshape(-1, 4)
+    histograms = {name: histogram(shapes[:, i].tolist()) for i, name in enumerate("STHW")}
+    if metas is not None:
+        known = [metas[s["key"]] for s in samples if s["key"] in metas]
+        for i, name in enumerate("STHW"):
+            values = [_item(meta.get("original_shape"), i) for meta in known]
+            histograms[f"original {name}"] = histogram(values)
+        for i, name in enumerate(("dz", "dy", "dx")):
+            values = [_item(meta.get("original_spacing"), i) for meta in known]
+            histograms[f"original {name} (mm)"] = histogram(values)
+    quarantine = quarantine or []
+    return {
+        "subjects": len(samples),
+        "shards": len(manifest["shards"]),
+        "bytes": sum(shard["bytes"] for shard in manifest["shards"]),
+        "labelled": sum(bool(sample["has_label"]) for sample in samples),
+        "splits": {split: len(manifest["splits"].get(split, [])) for split in splits},
+        "counts": [
+            {"source": source, "modality": modality}
+            | {key: row[key] for key in [*splits, "total", "labelled"]}
+            for (source, modality), row in sorted(counts.items())
+        ],
+        "quarantined": {
+            "count": len(quarantine),
+            "reasons": [_reason(entry) for entry in quarantine[:SHOWN_REASONS]],
+        },
+        "histograms": histograms,
+    }
+
+
+def _item(values: Sequence[Any] | None, index: int) -> Any:
+    return values[index] if values is not None and len(values) > index else None
+
+
+def _reason(entry: dict[str, str]) -> str:
+    where = entry.get("subject") or entry.get("path", "?")
+    return f"{where}: {entry.get('reason', '?')}"
+
+
+def histogram(values: Sequence[float | None], bins: int = 8) -> list[dict[str, Any]]:
+    """Counts per value (few distinct values) or per equal-width bin; None counts as unknown.
+
+    Integers (shapes) get integer bins labelled ``"lo-hi"`` (inclusive), other values
+    ``"[lo, hi)"`` (the last bin closed).
+
+    Returns:
+        ``[{"value": str, "count": int}, ...]`` in increasing order, ``unknown`` last.
+    """
+    known = np.array([v for v in values if v is not None], dtype=float)
+    unknown = len(values) - len(known)
+    rows: list[dict[str, Any]] = []
+    distinct = np.unique(known)
+    if len(distinct) <= bins:
+        for value in distinct:
+            rows.append({"value": _fmt(value), "count": int(np.sum(known == value))})
+    elif np.all(known == np.round(known)):
+        low, high = int(distinct[0]), int(distinct[-1])
+        width = math.ceil((high - low + 1) / bins)
+        counts = np.bincount(((known - low) // width).astype(int))
+        for i, count in enumerate(counts):
+            first, last = low + i * width, min(low + (i + 1) * width - 1, high)
+            label = str(first) if first == last else f"{first}-{last}"
+            rows.append({"value": label, "count": int(count)})
+    else:
+        counts, edges = np.histogram(known, bins=bins)
+        for i, count in enumerate(counts):
+            close = "]" if i == len(counts) - 1 else ")"
+            rows.append(
+                {"value": f"[{_fmt(edges[i])}, {_fmt(edges[i + 1])}{close}", "count": int(count)}
+            )
+    if unknown:
+        rows.append({"value": "unknown", "count": unknown})
+    return rows
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
+
+
+def contact_sheet(
+    subjects: Sequence[dict[str, Any]],
+    path: Path,
+    clips: int = 16,
+    frames: int = 8,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Draw ``clips`` random clips into a PNG: one row per clip, its frames across.
+
+    Args:
+        subjects: decoded subjects (``stream.decode``): image uint8 (S, T, H, W), label or None.
+        path: the PNG to write: ``frames`` x ``clips`` cells of 100 x 100 pixels, each row
+            under a 15-pixel title strip (fewer columns when every study has fewer frames).
+        clips: rows; each a random slice of the next subject in a random order.
+        frames: columns: consecutive frames from a random start, wrapping over the cycle. A
+            study with fewer frames (LGE: T = 1) fills only its own frames.
+        seed: picks subjects, slices and starts.
+
+    Returns:
+        What each row shows: ``[{"key", "source", "modality", "slice", "frames": [int]}]``.
+    """
+    if not subjects:
+        raise ValueError("contact_sheet needs at least one subject")
+    if clips < 1 or frames < 1:
+        raise ValueError(f"clips and frames must be >= 1, got clips={clips}, frames={frames}")
+    rng = np.random.default_rng(seed)
+    # Every subject once in random order before any repeats (more clips than subjects).
+    order = rng.permutation(len(subjects))
+    picked = [subjects[order[row % len(order)]] for row in range(clips)]
+    rows = [_pick_clip(subject, rng, frames) for subject in picked]
+    frames = max(len(row["frames"]) for row in rows)  # no empty columns when every T < frames
+    image, label, origins = _mosaic(picked, rows, frames)
+
+    # One axes showing one mosaic: a grid of small axes costs ~0.1 s per cell to draw.
+    height = clips * (_CELL_INCHES + _TITLE_INCHES)
+    figure = Figure(figsize=(frames * _CELL_INCHES, height), dpi=_DPI)
+    FigureCanvasAgg(figure)  # the Agg canvas, without switching pyplot's global backend
+    ax = figure.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    gray = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    ax.imshow(image, cmap=gray, vmin=0, vmax=255, interpolation="nearest", aspect="auto")
+    present = sorted(set(np.unique(label).tolist()) & set(CONTOUR_COLOURS), reverse=True)
+    for value in present:  # highest first, so LV stays visible on the myocardium's inner edge
+        mask = (label == value).astype(np.float32)
+        ax.contour(mask, levels=[0.5], colors=CONTOUR_COLOURS[value], linewidths=0.6)
+    for row, (y, x_origins) in zip(rows, origins):
+        title = f"{row['key']}  {row['source']}/{row['modality']}  slice {row['slice']}"
+        ax.text(0, y - 1, title, fontsize=6, va="bottom")
+        for x, t in zip(x_origins, row["frames"]):
+            ax.text(x + 1, y + 1, f"t{t}", color="yellow", fontsize=5, va="top")
+    if present:
+        handles = [
+            Line2D([], [], color=CONTOUR_COLOURS[c], label=LABEL_NAMES[c]) for c in present[::-1]
+        ]
+        figure.legend(
+            handles=handles, loc="upper right", ncol=len(handles), fontsize=5, frameon=False
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=_DPI, facecolor="white")
+    return rows
+
+
+def _pick_clip(subject: dict[str, Any], rng: np.random.Generator, frames: int) -> dict[str, Any]:
+    """A random slice and start of ``subject``: the row :func:`contact_sheet` draws."""
+    n_slices, n_frames = subject["image"].shape[:2]
+    index = int(rng.integers(n_slices))
+    window = cyclic_window(int(rng.integers(n_frames)), min(frames, n_frames), n_frames)
+    return {
+        "key": subject["key"],
+        "source": subject["meta"].get("source", "?"),
+        "modality": subject["meta"].get("modality", "?"),
+        "slice": index,
+        "frames": window.tolist(),
+    }
+
+
+def _mosaic(
+    subjects: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], frames: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, list[int]]]]:
+    """Frames laid out on one canvas, NaN (drawn white) between them.
+
+    Returns:
+        image float32 (rows * (title + H), frames * (W + gap)), label uint8 of the same shape
+        (0 where unlabelled or without ground truth), and per row the top y and left x of its
+        cells.
+    """
+    height = max(s["image"].shape[2] for s in subjects)
+    width = max(s["image"].shape[3] for s in subjects)
+    title = round(height * _TITLE_INCHES / _CELL_INCHES)
+    row_h, col_w = title + height, width + _GAP
+    image = np.full((len(rows) * row_h, frames * col_w), np.nan, dtype=np.float32)
+    label = np.zeros(image.shape, dtype=np.uint8)
+    origins = []
+    for r, (subject, row) in enumerate(zip(subjects, rows)):
+        y = r * row_h + title
+        xs = [c * col_w for c in range(len(row["frames"]))]
+        for x, t in zip(xs, row["frames"]):
+            frame = subject["image"][row["slice"], t]  # (H, W)
+            h, w = frame.shape
+            image[y : y + h, x : x + w] = frame
+            if subject["label"] is not None:
+                truth = subject["label"][row["slice"], t]
+                label[y : y + h, x : x + w] = np.where(truth == IGNORE, 0, truth)
+        origins.append((y, xs))
+    return image, label, origins
+
+
+def print_summary(summary: dict[str, Any], console: Console, title: str = "") -> None:
+    """The counts, quarantine, histograms and problems as rich tables."""
+    console.print(counts_table(summary, title))
+    quarantined = summary["quarantined"]
+    console.print(f"quarantined: {quarantined['count']}")
+    for reason in quarantined["reasons"]:
+        console.print(f"  {reason}", markup=False)
+    console.print(histogram_table(summary["histograms"]))
+    if summary.get("problems"):
+        console.print(f"[bold red]{len(summary['problems'])} problem(s):[/]")
+        for problem in summary["problems"]:
+            console.print(f"  {problem}", markup=False, style="red")
+    else:
+        console.print("[green]manifest verified: every shard's size and sha256 match[/]")
+
+
+def counts_table(summary: dict[str, Any], title: str = "") -> Table:
+    """Rows source / modality, columns the splits, total and labelled."""
+    splits = list(summary["splits"])
+    table = Table(title=f"subjects in {title}" if title else "subjects")
+    table.add_column("source / modality")
+    for column in [*splits, "total", "labelled"]:
+        table.add_column(column, justify="right")
+    for row in summary["counts"]:
+        cells = [str(row[c]) for c in [*splits, "total", "labelled"]]
+        table.add_row(f"{row['source']} / {row['modality']}", *cells)
+    table.add_section()
+    totals = [str(summary["splits"][s]) for s in splits]
+    table.add_row("all", *totals, str(summary["subjects"]), str(summary["labelled"]))
+    megabytes = summary["bytes"] / 1e6
+    table.caption = f"{summary['shards']} shards, {megabytes:.1f} MB"
+    return table
+
+
+def histogram_table(histograms: dict[str, list[dict[str, Any]]], width: int = 30) -> Table:
+    """Each histogram as value, count and a text bar, one section per quantity."""
+    table = Table(title="shapes (stored and original) and original spacing")
+    for column, justify in (
+        ("quantity", "left"),
+        ("value", "right"),
+        ("count", "right"),
+        ("", "left"),
+    ):
+        table.add_column(column, justify=justify)
+    for name, rows in histograms.items():
+        top = max((row["count"] for row in rows), default=1) or 1
+        for i, row in enumerate(rows):
+            bar = "█" * max(1, round(width * row["count"] / top)) if row["count"] else ""
+            table.add_row(name if i == 0 else "", row["value"], str(row["count"]), bar)
+        table.add_section()
+    return table

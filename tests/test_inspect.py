@@ -1,0 +1,137 @@
+"""`cmrfm inspect`: counts match the manifest, the contact sheet's grid, corrupt shards reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from cmrfm.cli import main
+from data_shards.inspect import contact_sheet, histogram, inspect_shards, summarise
+from data_shards.stream import load_subjects
+from data_shards.writer import read_manifest
+
+N_SUBJECTS, N_SLICES = 8, 2
+
+
+@pytest.fixture(scope="module")
+def shards(make_phantom_shards) -> Path:
+    """Phantom cine subjects (4 frames) and a few single-frame LGE subjects."""
+    return make_phantom_shards(N_SUBJECTS, N_SLICES, lge_fraction=0.25)
+
+
+def test_cli_summary_counts_equal_the_manifest(shards: Path, tmp_path: Path) -> None:
+    main(["inspect", str(shards), "--out", str(tmp_path), "--clips", "2", "--frames", "2"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    manifest = read_manifest(shards)
+    samples = manifest["samples"]
+    modalities = Counter(s["modality"] for s in samples)
+    assert set(modalities) == {"cine", "lge"}  # the fixture holds both, or the test means little
+
+    assert summary["subjects"] == len(samples) == N_SUBJECTS
+    assert summary["splits"] == {k: len(v) for k, v in manifest["splits"].items()}
+    for row in summary["counts"]:
+        kind = (row["source"], row["modality"])
+        mine = [s for s in samples if (s["source"], s["modality"]) == kind]
+        assert row["total"] == len(mine) == modalities[row["modality"]]
+        assert row["labelled"] == sum(s["has_label"] for s in mine)
+        for split in manifest["splits"]:
+            assert row[split] == sum(s["split"] == split for s in mine)
+    assert summary["quarantined"] == {"count": 0, "reasons": []}
+    assert summary["problems"] == []
+
+    # Histograms count every subject; LGE has one frame, cine the phantom's four.
+    for name, rows in summary["histograms"].items():
+        assert sum(r["count"] for r in rows) == N_SUBJECTS, name
+    t_counts = {r["value"]: r["count"] for r in summary["histograms"]["T"]}
+    assert t_counts == {"1": modalities["lge"], "4": modalities["cine"]}
+    assert summary["histograms"]["original dy (mm)"] == [{"value": "2", "count": N_SUBJECTS}]
+    assert (tmp_path / "contact_sheet.png").is_file()
+
+
+def test_summary_json_is_what_inspect_returns(shards: Path, tmp_path: Path) -> None:
+    summary = inspect_shards(shards, tmp_path, clips=1, frames=1)
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_contact_sheet_has_one_row_per_clip_and_one_column_per_frame(
+    shards: Path, tmp_path: Path
+) -> None:
+    subjects = load_subjects(shards)
+    cine = [s for s in subjects if s["meta"]["modality"] == "cine"]
+    lge = [s for s in subjects if s["meta"]["modality"] == "lge"]
+    sizes = {}
+    for name, chosen, clips in (("cine1", cine, 1), ("cine2", cine, 2), ("lge2", lge, 2)):
+        rows = contact_sheet(chosen, tmp_path / f"{name}.png", clips=clips, frames=2, seed=1)
+        assert len(rows) == clips
+        sizes[name] = matplotlib.image.imread(tmp_path / f"{name}.png").shape[:2]
+    # Fixed-size cells: twice the clips, twice the height, same width.
+    assert sizes["cine2"][0] == 2 * sizes["cine1"][0]
+    assert sizes["cine2"][1] == sizes["cine1"][1]
+    # Single-frame LGE fills one column of the two asked for, and leaves no empty one.
+    assert sizes["lge2"] == (sizes["cine2"][0], sizes["cine2"][1] // 2)
+    rows = contact_sheet(subjects, tmp_path / "all.png", clips=N_SUBJECTS, frames=3, seed=0)
+    assert {r["key"] for r in rows} == {s["key"] for s in subjects}  # each subject once
+    for row in rows:  # an LGE study (T = 1) shows its single frame, cine 3 consecutive ones
+        start = row["frames"][0]
+        expected = [0] if row["modality"] == "lge" else [(start + i) % 4 for i in range(3)]
+        assert row["frames"] == expected
+
+
+def test_contact_sheet_outlines_labels(shards: Path, tmp_path: Path) -> None:
+    subject = load_subjects(shards)[0]
+    unlabelled = {**subject, "label": None}
+    contact_sheet([subject], tmp_path / "with.png", clips=1, frames=2, seed=0)
+    contact_sheet([unlabelled], tmp_path / "without.png", clips=1, frames=2, seed=0)
+    drawn = matplotlib.image.imread(tmp_path / "with.png")
+    plain = matplotlib.image.imread(tmp_path / "without.png")
+    assert drawn.shape == plain.shape
+    assert not np.array_equal(drawn, plain)
+
+
+def test_corrupt_shard_is_reported_and_fails_the_command(shards: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    shard = copy / read_manifest(copy)["shards"][0]["name"]
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+    shard.write_bytes(bytes(data))
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", str(copy), "--clips", "1", "--frames", "1"])
+    assert exit_info.value.code == 1
+    summary = json.loads((copy / "inspect" / "summary.json").read_text())
+    assert any(shard.name in p and "sha256" in p for p in summary["problems"])
+
+
+def test_quarantine_reasons_are_counted_and_listed(shards: Path) -> None:
+    quarantine = [{"path": f"/data/case{i}/img.nii.gz", "reason": "no spacing"} for i in range(7)]
+    summary = summarise(read_manifest(shards), quarantine=quarantine)
+    assert summary["quarantined"]["count"] == 7
+    assert summary["quarantined"]["reasons"][0] == "/data/case0/img.nii.gz: no spacing"
+    assert len(summary["quarantined"]["reasons"]) == 5  # the first few, not all
+
+
+def test_histogram_counts_values_bins_and_unknowns() -> None:
+    assert histogram([1, 1, 2, None]) == [
+        {"value": "1", "count": 2},
+        {"value": "2", "count": 1},
+        {"value": "unknown", "count": 1},
+    ]
+    sizes = histogram(list(range(6, 19)), bins=4)  # 13 slice counts: bins of 4 integers
+    assert sizes == [
+        {"value": "6-9", "count": 4},
+        {"value": "10-13", "count": 4},
+        {"value": "14-17", "count": 4},
+        {"value": "18", "count": 1},
+    ]
+    values = list(np.linspace(0.7, 1.9, 40))
+    rows = histogram(values, bins=4)
+    assert len(rows) == 4 and sum(r["count"] for r in rows) == 40
+    assert rows[0]["value"].startswith("[0.7,") and rows[-1]["value"].endswith("1.9]")
