@@ -339,7 +339,20 @@ def _missing_slice(folder: Path) -> tuple[Path, str]:
     return folder, "uneven slice gaps"
 
 
+def _empty_study(folder: Path) -> tuple[Path, str]:
+    folder.mkdir()
+    return folder, "no DICOM files in this study folder (it is empty)"
+
+
+def _only_other_files(folder: Path) -> tuple[Path, str]:
+    folder.mkdir()
+    (folder / "report.pdf").write_bytes(b"%PDF-1.4 not an image")
+    return folder, "no DICOM files in this study folder (1 files, none of them DICOM)"
+
+
 BREAKAGES = {
+    "empty_study": _empty_study,
+    "only_other_files": _only_other_files,
     "no_pixels": _no_pixels,
     "truncated_pixels": _truncated_pixels,
     "truncated_header": _truncated_header,

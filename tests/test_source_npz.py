@@ -248,8 +248,8 @@ def break_file(path: Path, breakage: str, tmp_path: Path) -> None:
 
 
 BROKEN = [
-    ("truncated", "not a readable .npz"),
-    ("not_zip", "not a readable .npz"),
+    ("truncated", "no zip structure"),
+    ("not_zip", "no zip structure"),
     ("npy_named_npz", "not an .npz archive"),
     ("missing_key", "keys present: ['image', 'spacing']"),
     ("rank_2", "expected (Z, T, H, W)"),

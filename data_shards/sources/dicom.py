@@ -101,19 +101,19 @@ def dicom(
 
 
 def find_studies(root: Path) -> list[Path]:
-    """``[root]`` if it directly holds DICOM files, else its sub-folders holding any, sorted."""
+    """``[root]`` if it directly holds DICOM files, else its (non-hidden) sub-folders, sorted.
+
+    A sub-folder without any DICOM file stays in the list: reading it yields a SourceError, so
+    an empty or mis-filled study shows up in quarantine.json instead of vanishing.
+    """
     if any(_looks_dicom(p) for p in _files(root, recursive=False)):
         return [root]
-    studies = [
-        d
-        for d in sorted(root.iterdir())
-        if d.is_dir() and not d.name.startswith(".") and any(map(_looks_dicom, _files(d)))
-    ]
-    if not studies:
+    folders = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if not any(any(map(_looks_dicom, _files(d))) for d in folders):
         raise FileNotFoundError(
             f"{root}: no DICOM files found (expected one folder of .dcm files per study)"
         )
-    return studies
+    return folders
 
 
 def _read_study_or_error(
@@ -127,8 +127,12 @@ def _read_study_or_error(
 
 def read_study(folder: Path, salt: str, contour_folder: Path | None = None) -> Subject:
     """Read one study folder; raises SourceError naming the file or folder and the problem."""
+    files = _files(folder)
+    if not any(map(_looks_dicom, files)):
+        found = f"{len(files)} files, none of them DICOM" if files else "it is empty"
+        raise SourceError(folder, f"no DICOM files in this study folder ({found})")
     with _quiet_pydicom():
-        series = choose_series(folder, read_headers(_files(folder)))
+        series = choose_series(folder, read_headers(files))
         patients = {_text(ds, "PatientID") for _, ds in series}
         if len(patients) > 1:
             raise SourceError(folder, f"one series holds {len(patients)} different PatientIDs")

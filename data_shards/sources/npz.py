@@ -98,10 +98,20 @@ def _read_file_or_error(
         return err
 
 
+def _is_npy(path: Path) -> bool:
+    """A plain ``.npy`` (reported below as a single array, not as a damaged archive)."""
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"
+
+
 def read_npz(
     path: Path, key: str = "cine", fallback: tuple[float, float, float] = (math.nan,) * 3
 ) -> Subject:
     """Read one archive; raises SourceError naming the file and the problem."""
+    if not zipfile.is_zipfile(path) and not _is_npy(path):
+        raise SourceError(
+            path, "not an .npz archive (no zip structure: truncated or another format)"
+        )
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as err:  # zipfile/numpy raise many types for a damaged file
