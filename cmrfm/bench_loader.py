@@ -6,6 +6,13 @@ Both loaders feed a torch DataLoader with the same workers, batch, clip length a
 * plain: the simplest loader a user would write: one ``.npy`` per subject (the same uint8
   arrays, exported from the shards), ``np.load``, one random cyclic clip per slice.
 
+Where the augmentation runs (``augment_on``), as ``ClipDataModule`` does it:
+
+* loader: each worker augments its clips and ships float32 (1, F, H, W);
+* device (what a GPU job runs): both loaders ship the raw uint8 clips and the batched
+  augmentation (``BatchClipAugment``) runs after the transfer; it is timed apart on this
+  machine's CPU (one thread) and, when there is one, on its GPU.
+
 At each worker count both loaders run side by side and take turns in time slices (A B, B A,
 A B): each slice first skips the batches made outside it (worker start-up, prefetch), then
 counts clips for a fixed time, so drifting machine load reaches both alike.
@@ -30,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, IterableDataset
 
-from data_shards.augment import clip_augment
+from data_shards.augment import BatchClipAugment, clip_augment, to_unit
 from data_shards.stream import Augment, cyclic_window, decode, pretrain_dataset, shard_urls
 from data_shards.writer import read_manifest
 
@@ -41,6 +48,7 @@ H100_CLIPS_PER_S = 6000
 H100_CLIP_VOXELS = 16 * 128 * 128
 EXTRAPOLATE_WORKERS = 16
 PHANTOM = {"n": 24, "slices": 8, "spacing": 1.5}  # default bench cohort (frames, size: CLI)
+AUGMENT_ON = ("loader", "device")
 
 
 def bench_loader(
@@ -51,6 +59,7 @@ def bench_loader(
     size: int = 128,
     seconds: float = 10.0,
     augment: bool = True,
+    augment_on: str = "device",
     batch: int = 32,
     seed: int = 0,
     rounds: int = 3,
@@ -66,7 +75,10 @@ def bench_loader(
         frames: clip length F.
         size: phantom image size (H = W) when ``shards`` is None.
         seconds: timed budget of each loader at each worker count, after warm-up.
-        augment: apply the pretraining augmentation in both loaders.
+        augment: apply the pretraining augmentation to both loaders' clips.
+        augment_on: ``"loader"``: in the workers (float32 clips); ``"device"``: the loaders
+            ship uint8 and the batched augmentation (or, without ``augment``, the conversion
+            to float) is timed apart per clip, on the CPU and on a GPU if there is one.
         batch: clips per batch.
         seed: seeds clip starts and orders in both loaders.
         rounds: the budget is split into this many alternating slices per loader.
@@ -77,15 +89,18 @@ def bench_loader(
     Returns:
         ``{"config", "runs": [{"workers", "shards": {...}, "plain": {...}, "ratio",
         "ratio_by_cpu"}],
-        "extrapolation": {loader: {...}}}``; per loader: clips, seconds, clips_per_s, mb_per_s,
-        clips_per_s_per_worker, cpu_seconds, clips_per_cpu_s, clip_shape, clip_dtype,
-        pairs_available, pairs_seen.
+        "extrapolation": {loader: {...}}, "device_augment": {device: {...}} or None}``; per
+        loader: clips, seconds, clips_per_s, mb_per_s, clips_per_s_per_worker, cpu_seconds,
+        clips_per_cpu_s, clip_shape, clip_dtype, pairs_available, pairs_seen; per device (device
+        mode only): clips, seconds, ms_per_clip, clips_per_s.
     """
     console = console or Console()
     if any(w < 0 for w in workers) or not workers:
         raise ValueError(f"workers must be a non-empty list of counts >= 0, got {list(workers)}")
     if rounds < 1 or seconds <= 0:
         raise ValueError(f"rounds must be >= 1 and seconds > 0, got {rounds} and {seconds}")
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
     if shards is None:
         shards = phantom_shards(Path(cache), frames=frames, size=size, console=console)
     config = {
@@ -95,6 +110,7 @@ def bench_loader(
         "batch": batch,
         "seconds": seconds,
         "augment": augment,
+        "augment_on": augment_on,
         "seed": seed,
         "rounds": rounds,
         "cpu_count": os.cpu_count(),
@@ -103,15 +119,35 @@ def bench_loader(
     # One torch thread in the main process too (workers have one): a run measures one core.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    on_loader = augment and augment_on == "loader"
+    output = "float" if augment_on == "loader" else "uint8"
     try:
-        runs = _measure_all(shards, workers, frames, batch, seconds, augment, seed, rounds, console)
+        runs = _measure_all(
+            shards, workers, frames, batch, seconds, on_loader, output, seed, rounds, console
+        )
+        device_augment = None
+        if augment_on == "device":
+            shape = runs[0]["shards"]["clip_shape"]
+            with console.status("timing the batched augmentation"):
+                budget = min(seconds, 5.0)  # steady per-batch work: seconds suffice
+                device_augment = measure_device_augment(
+                    shape, batch, augment, seconds=budget, seed=seed
+                )
     finally:
         torch.set_num_threads(threads)
     config["load_average_after"] = list(os.getloadavg())
-    result = {"config": config, "runs": runs, "extrapolation": extrapolate(runs)}
+    result = {
+        "config": config,
+        "runs": runs,
+        "extrapolation": extrapolate(runs),
+        "device_augment": device_augment,
+    }
     console.print(results_table(result))
     for line in extrapolation_lines(result["extrapolation"]):
         console.print(line)
+    if device_augment is not None:
+        for line in device_augment_lines(device_augment, result["extrapolation"], augment):
+            console.print(line)
     if out is not None:
         write_result(result, out)
         console.print(f"wrote {out}")
@@ -125,11 +161,15 @@ def _measure_all(
     batch: int,
     seconds: float,
     augment: bool,
+    output: str,
     seed: int,
     rounds: int,
     console: Console,
 ) -> list[dict[str, Any]]:
-    """Both loaders at every worker count, in alternating slices (see :func:`measure`)."""
+    """Both loaders at every worker count, in alternating slices (see :func:`measure`).
+
+    ``augment``: in the loaders; ``output``: "float" or "uint8" clips from both.
+    """
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-npy-") as folder:
         with console.status("exporting the same arrays to .npy files"):
@@ -142,9 +182,11 @@ def _measure_all(
             # A fresh augmentation per loader: each seeds its own copy per worker.
             loaders = {
                 "shards": shard_loader(
-                    shards, frames, batch, n_workers, augmentation(augment), seed
+                    shards, frames, batch, n_workers, augmentation(augment), seed, output
                 ),
-                "plain": plain_loader(files, frames, batch, n_workers, augmentation(augment), seed),
+                "plain": plain_loader(
+                    files, frames, batch, n_workers, augmentation(augment), seed, output
+                ),
             }
             with console.status(f"{n_workers} workers: {seconds:g} s per loader"):
                 run: dict[str, Any] = {"workers": n_workers}
@@ -220,7 +262,8 @@ class NpyClips(IterableDataset):
 
     Each pass shuffles this worker's files, loads each whole and cuts one random cyclic window
     per slice, as the shard pipeline does; workers read disjoint files. ``augment`` takes the
-    uint8 clip (F, H, W) to float32 (F, H, W) in [0, 1], as in ``pretrain_dataset``.
+    uint8 clip (F, H, W) to float32 (F, H, W) in [0, 1], as in ``pretrain_dataset``;
+    ``output="uint8"`` yields the raw uint8 clips instead (no augmentation then).
     """
 
     def __init__(
@@ -229,11 +272,15 @@ class NpyClips(IterableDataset):
         frames: int,
         seed: int = 0,
         augment: Augment | None = None,
+        output: str = "float",
     ) -> None:
+        if output == "uint8" and augment is not None:
+            raise ValueError("output='uint8' yields raw clips: augment must be None")
         self.files = [Path(f) for f in files]
         self.frames = frames
         self.seed = seed
         self.augment = augment
+        self.output = output
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -249,7 +296,9 @@ class NpyClips(IterableDataset):
                 for s in range(image.shape[0]):
                     window = cyclic_window(int(rng.integers(n_frames)), self.frames, n_frames)
                     clip = image[s, window]  # uint8 (F, H, W)
-                    if self.augment is not None:
+                    if self.output == "uint8":  # as pretrain_dataset(output="uint8")
+                        tensor = torch.from_numpy(np.ascontiguousarray(clip))
+                    elif self.augment is not None:
                         tensor = torch.as_tensor(self.augment(clip), dtype=torch.float32)
                     else:  # numpy, as the shard pipeline does: no torch intra-op threads
                         array = clip.astype(np.float32)
@@ -270,10 +319,17 @@ def shard_loader(
     workers: int,
     augment: Augment | None,
     seed: int,
+    output: str = "float",
 ) -> DataLoader:
     """The pretraining pipeline as ``ClipDataModule`` builds it, without an epoch bound."""
     dataset = pretrain_dataset(
-        shards, frames=frames, splits=SPLITS, resampled=True, seed=seed, augment=augment
+        shards,
+        frames=frames,
+        splits=SPLITS,
+        resampled=True,
+        seed=seed,
+        augment=augment,
+        output=output,
     )
     return DataLoader(dataset, batch_size=batch, num_workers=workers)
 
@@ -285,9 +341,11 @@ def plain_loader(
     workers: int,
     augment: Augment | None,
     seed: int,
+    output: str = "float",
 ) -> DataLoader:
     """:class:`NpyClips` in a DataLoader with the same batch and workers."""
-    return DataLoader(NpyClips(files, frames, seed, augment), batch_size=batch, num_workers=workers)
+    dataset = NpyClips(files, frames, seed, augment, output)
+    return DataLoader(dataset, batch_size=batch, num_workers=workers)
 
 
 class TimedLoader:
@@ -385,6 +443,91 @@ def measure(
     return {name: t.stats() for name, t in timed.items()}
 
 
+def measure_device_augment(
+    clip_shape: Sequence[int],
+    batch: int,
+    augment: bool = True,
+    *,
+    seconds: float = 2.0,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Time the device side of ``augment_on: device`` on batches of uint8 clips (1, F, H, W):
+    ``BatchClipAugment`` (default strengths) or, without ``augment``, the conversion to float.
+
+    Runs on the CPU in this process's threads (the caller sets one) and on the GPU when
+    there is one. Returns ``{device: {clips, seconds, ms_per_clip, clips_per_s, cpu_seconds,
+    cpu_ms_per_clip}}``: the CPU time of this process, which machine load does not inflate.
+    """
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    transform = BatchClipAugment(seed=seed) if augment else to_unit
+    generator = torch.Generator().manual_seed(seed)
+    clips = torch.randint(0, 256, (batch, *clip_shape), dtype=torch.uint8, generator=generator)
+    out = {}
+    for device in devices:
+        on_device = clips.to(device)
+        transform(on_device)  # warm-up: allocations, kernels, lazy initialisation
+        _synchronize(device)
+        count, start, cpu_start = 0, time.perf_counter(), time.process_time()
+        while True:
+            transform(on_device)
+            count += batch
+            _synchronize(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+        cpu = time.process_time() - cpu_start
+        out[device.type] = {
+            "clips": count,
+            "seconds": elapsed,
+            "ms_per_clip": 1e3 * elapsed / count,
+            "clips_per_s": count / elapsed,
+            "cpu_seconds": cpu,
+            "cpu_ms_per_clip": 1e3 * cpu / count,
+        }
+    return out
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_augment_lines(
+    device_augment: dict[str, dict[str, Any]],
+    extrapolation: dict[str, dict[str, Any]],
+    augment: bool,
+) -> list[str]:
+    """What the device side costs per clip, and the shard loader's per-core rate if this CPU
+    had to do it as well (a job without a GPU)."""
+    what = "batched augmentation" if augment else "uint8 -> float conversion"
+    lines = []
+    cpu = device_augment.get("cpu")
+    if cpu is not None:
+        per_core = extrapolation["shards"]["per_core_clips_per_s"]
+        both = 1.0 / (1.0 / per_core + cpu["ms_per_clip"] / 1e3)
+        lines.append(
+            f"device side ({what}) on this CPU, one thread: {cpu['ms_per_clip']:.2f} ms per clip"
+            f" ({cpu['clips_per_s']:.0f} clips/s), {cpu['cpu_ms_per_clip']:.2f} ms of CPU time;"
+            f" shards loader + this on one core: {both:.0f} clips/s per core"
+        )
+    gpu = device_augment.get("cuda")
+    if gpu is not None:
+        lines.append(
+            f"device side on the GPU: {gpu['ms_per_clip'] * 1e3:.1f} µs per clip"
+            f" ({gpu['clips_per_s']:,.0f} clips/s)"
+        )
+    else:
+        # Estimate, not a measurement: the work is memory-bound elementwise passes and one
+        # grid_sample, ~10 MB of GPU memory traffic per 16 x 128 x 128 clip.
+        lines.append(
+            "no GPU here to time it: on one it runs batched after the transfer, off the loader"
+            " cores (memory-bound, ~10 MB of traffic per 16x128x128 clip: microseconds)"
+        )
+    return lines
+
+
 def extrapolate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per-core rate x 16 workers against what one H100 consumes, per loader.
 
@@ -426,7 +569,12 @@ def results_table(result: dict[str, Any]) -> Table:
     """
     config = result["config"]
     shape = "x".join(map(str, result["runs"][0]["shards"]["clip_shape"]))
-    augment = "augmented" if config["augment"] else "no augmentation"
+    dtype = result["runs"][0]["shards"]["clip_dtype"].removeprefix("torch.")
+    if config.get("augment_on", "loader") == "device":
+        after = "augmented" if config["augment"] else "converted"
+        augment = f"{dtype}, {after} on the device (below)"
+    else:
+        augment = f"{dtype}, " + ("augmented in the loader" if config["augment"] else "plain")
     table = Table(title=f"loader: clips of {shape}, batch {config['batch']}, {augment}")
     columns = ("workers", "loader", "clips/s", "MB/s", "per worker", "per CPU·s")
     for column in (*columns, "shards/plain"):

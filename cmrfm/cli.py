@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cmrfm import CONFIGS
+
+# Errors whose message says what to fix; anything else keeps its traceback.
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError)
 
 # Training subcommands -> (default config in configs/, what they do).
 TRAINING = {
@@ -83,6 +87,7 @@ def _bench_loader(args: argparse.Namespace) -> None:
         size=args.size,
         seconds=args.seconds,
         augment=args.augment,
+        augment_on=args.augment_on,
         batch=args.batch,
         seed=args.seed,
         rounds=args.rounds,
@@ -130,12 +135,95 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         default=True,
         help="pretraining augmentation in both loaders",
     )
+    p.add_argument(
+        "--augment-on",
+        choices=["loader", "device"],
+        default="device",
+        help="augment in the loader workers (float32 clips), or ship uint8 and time the batched"
+        " device-side augmentation apart, as a GPU job runs it (default)",
+    )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3, help="alternating time slices per loader")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=Path(".cache/bench"), help="phantom shards")
     p.add_argument("--out", type=Path, default=Path("runs/bench/loader.json"))
     p.set_defaults(func=_bench_loader)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from cmrfm.export import export, read_metrics
+
+    try:
+        summary = export(
+            args.checkpoint,
+            args.out,
+            metrics=read_metrics(args.card_metrics),
+            manifests=args.manifest,
+            datasets=args.datasets,
+            preprocess=json.loads(args.preprocess) if args.preprocess else None,
+            backbone=args.backbone,
+            prefix=args.prefix,
+            overwrite=args.overwrite,
+        )
+    except ValueError as error:  # a checkpoint or option that does not fit: say which, no trace
+        raise SystemExit(f"cmrfm export: error: {error}") from None
+    print(
+        f"{summary['checkpoint']} (step {summary['steps']}) -> {summary['out']}: "
+        f"{summary['architecture']}, data {', '.join(summary['datasets']) or 'unidentified'}"
+    )
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from cmrfm.export import publish
+
+    try:
+        url = publish(args.folder, args.repo_id, private=args.private, revision=args.revision)
+    except ValueError as error:
+        raise SystemExit(f"cmrfm publish: error: {error}") from None
+    print(f"published {args.folder} -> {url}")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="a Lightning checkpoint or DeepSpeed ZeRO folder -> hub folder (model.safetensors, "
+        "config.json, README.md model card)",
+    )
+    p.add_argument("checkpoint", type=Path, help="a .ckpt file, or a DeepSpeed ZeRO-2/3 folder")
+    p.add_argument("out", type=Path, help="the hub folder to write")
+    p.add_argument(
+        "--card-metrics",
+        default=None,
+        metavar="JSON",
+        help="metrics for the card: a JSON object, or a .json file (an evaluate report's summary)",
+    )
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        action="append",
+        default=None,
+        help="shard folder or manifest.json the model trained on (repeatable); default: the "
+        "checkpoint's data module shards, from the working directory",
+    )
+    p.add_argument("--datasets", nargs="+", default=None, help="dataset names for the card")
+    p.add_argument(
+        "--preprocess", default=None, metavar="JSON", help="config.json preprocess overrides"
+    )
+    p.add_argument("--backbone", default=None, help="registered backbone, if hparams lack it")
+    p.add_argument("--prefix", default=None, help="backbone key prefix, if several fit")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.set_defaults(func=_export)
+
+
+def _add_publish(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "publish", help="upload a hub folder written by `cmrfm export` to the Hugging Face Hub"
+    )
+    p.add_argument("folder", type=Path, help="hub folder (model.safetensors, config, card)")
+    p.add_argument("--repo-id", required=True, help="owner/name of the model repo")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", default=None, help="branch to upload to (default: main)")
+    p.set_defaults(func=_publish)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
     _add_inspect(sub)
     _add_bench(sub)
+    _add_export(sub)
+    _add_publish(sub)
     return parser
 
 
@@ -238,7 +328,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"checkpoint: {path}")
         return
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except USER_ERRORS as error:
+        # A missing folder or a refused overwrite is the user's to fix: one line, not a traceback
+        # (CMRFM_DEBUG=1 shows it).
+        if os.environ.get("CMRFM_DEBUG"):
+            raise
+        print(f"cmrfm {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -8,11 +8,15 @@ converting from uint8, the affine is a single ``grid_sample`` over the stacked f
 a random window of a per-seed bank of normals (MONAI's RandAffine, RandAdjustContrast and
 RandGaussianNoise each cost 3-12 ms per clip). The transforms are MONAI ``RandomizableTransform``
 s in a MONAI ``Compose``, so ``set_random_state`` seeds the whole chain.
+
+:class:`BatchClipAugment` is the same augmentation for a whole batch (B, ..., H, W) on any device,
+for GPU jobs: the loader ships uint8 clips and the accelerator augments them after the transfer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -140,12 +144,26 @@ class RandClipAffine(RandomizableTransform):
         super().randomize(None)
         if not self._do_transform:
             return
-        angle = math.radians(self.R.uniform(-self.rotate, self.rotate))
+        angle = self.R.uniform(-self.rotate, self.rotate)
         zoom = self.R.uniform(1.0 - self.scale, 1.0 + self.scale)
-        cos, sin = math.cos(angle), math.sin(angle)
         flips = np.where(self.R.rand(2) < 0.5, -1.0, 1.0) if self.flip else np.ones(2)
+        shift = self.R.uniform(-self.translate, self.translate, size=2)
+        self.set_params(angle, zoom, shift, flips)
+
+    def set_params(
+        self,
+        angle: float,
+        zoom: float,
+        shift: tuple[float, float] | np.ndarray = (0.0, 0.0),
+        flips: tuple[float, float] | np.ndarray = (1.0, 1.0),
+    ) -> None:
+        """Fix the affine that a call with ``randomize=False`` applies: rotation in degrees,
+        zoom, shift (x, y) as fractions of (W, H), flips (x, y) as +1 or -1."""
+        self._do_transform = True
+        cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        flips = np.asarray(flips, dtype=np.float64)
         self._matrix = np.array([[cos, -sin], [sin, cos]]) / zoom * flips  # flips the columns
-        self._shift = self.R.uniform(-self.translate, self.translate, size=2)
+        self._shift = np.asarray(shift, dtype=np.float64)
 
     def __call__(self, clip: torch.Tensor, randomize: bool = True) -> torch.Tensor:
         if randomize:
@@ -217,11 +235,7 @@ def clip_augment(config: AugmentConfig | dict[str, Any] | None = None) -> Compos
 
     Seed it with ``set_random_state(seed)``; the shard stream does so per worker and epoch.
     """
-    if config is None:
-        config = AugmentConfig()
-    elif isinstance(config, dict):
-        config = AugmentConfig.from_dict(config)
-    c = config
+    c = _as_config(config)
     return Compose(
         [
             RandClipIntensity(c.intensity_prob, c.gamma, c.intensity_scale),
@@ -229,3 +243,182 @@ def clip_augment(config: AugmentConfig | dict[str, Any] | None = None) -> Compos
             RandClipNoise(c.noise_prob, c.noise_std),
         ]
     )
+
+
+def _as_config(config: AugmentConfig | dict[str, Any] | None) -> AugmentConfig:
+    if config is None:
+        return AugmentConfig()
+    if isinstance(config, dict):
+        return AugmentConfig.from_dict(config)
+    return config
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    """One batch's draws, per sample (CPU tensors, first dimension B).
+
+    ``spatial``, ``intensity``, ``noise``: bool (B,), which samples get each transform;
+    ``angle`` (degrees), ``zoom``, ``gamma``, ``factor``: float64 (B,); ``shift`` (x, y) as
+    fractions of (W, H) and ``flips`` (x, y) as +1 or -1: float64 (B, 2); ``noise_seed`` seeds
+    the normals drawn on the clips' device.
+    """
+
+    spatial: torch.Tensor
+    angle: torch.Tensor
+    zoom: torch.Tensor
+    shift: torch.Tensor
+    flips: torch.Tensor
+    intensity: torch.Tensor
+    gamma: torch.Tensor
+    factor: torch.Tensor
+    noise: torch.Tensor
+    noise_seed: int
+
+
+class BatchClipAugment(torch.nn.Module):
+    """The pretraining augmentation on a whole batch, on whatever device the batch is:
+    uint8 or float (B, ..., H, W) -> float32 (B, ..., H, W) in [0, 1].
+
+    Same :class:`AugmentConfig`, order (intensity curve, affine, noise) and distributions as
+    :func:`clip_augment`, drawn independently per sample; every frame (and channel) of a sample
+    shares its curve and affine. Meant for ``on_after_batch_transfer``: the loader ships uint8
+    clips (a quarter of the float32 bytes) and the accelerator does the arithmetic, one
+    ``grid_sample`` for the batch. Parameters come from a CPU ``torch.Generator`` (seeded by
+    ``seed`` or :meth:`set_random_state`, or passed per call), so the same seed draws the same
+    parameters on every device; a sample whose transform is off is left bit-exact (x / 255).
+    """
+
+    def __init__(
+        self, config: AugmentConfig | dict[str, Any] | None = None, seed: int | None = None
+    ) -> None:
+        super().__init__()
+        self.config = _as_config(config)
+        self.generator = torch.Generator()
+        self._device_generators: dict[torch.device, torch.Generator] = {}
+        self.set_random_state(seed)
+
+    def set_random_state(self, seed: int | None = None) -> BatchClipAugment:
+        """Reseed the parameter draws (and through them the noise); None seeds from entropy."""
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+        return self
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BatchParams:
+        """Draw every sample's parameters (CPU ``generator``, default this module's own)."""
+        g = self.generator if generator is None else generator
+        c, n = self.config, batch_size
+
+        def uniform(low: float, high: float, *size: int) -> torch.Tensor:
+            return low + (high - low) * torch.rand(n, *size, generator=g, dtype=torch.float64)
+
+        def chance(prob: float, *size: int) -> torch.Tensor:
+            return torch.rand(n, *size, generator=g, dtype=torch.float64) < prob
+
+        flips = torch.where(chance(0.5, 2), -1.0, 1.0) if c.flip else torch.ones(n, 2)
+        return BatchParams(
+            spatial=chance(c.spatial_prob),
+            angle=uniform(-c.rotate, c.rotate),
+            zoom=uniform(1.0 - c.scale, 1.0 + c.scale),
+            shift=uniform(-c.translate, c.translate, 2),
+            flips=flips.to(torch.float64),
+            intensity=chance(c.intensity_prob),
+            gamma=uniform(*c.gamma),
+            factor=uniform(1.0 - c.intensity_scale, 1.0 + c.intensity_scale),
+            noise=chance(c.noise_prob),
+            noise_seed=int(torch.randint(2**62, (1,), generator=g)),
+        )
+
+    def forward(
+        self,
+        clips: torch.Tensor,
+        generator: torch.Generator | None = None,
+        params: BatchParams | None = None,
+    ) -> torch.Tensor:
+        """uint8 (or float in [0, 1]) (B, ..., H, W) -> float32 (B, ..., H, W), augmented.
+
+        ``params`` (from :meth:`sample`) fixes the draws; otherwise they come from
+        ``generator`` or this module's own.
+        """
+        if clips.ndim < 3 or not (clips.dtype == torch.uint8 or clips.is_floating_point()):
+            raise ValueError(
+                "clips must be a uint8 or float tensor (B, ..., H, W), got "
+                f"{clips.dtype} {tuple(clips.shape)}"
+            )
+        batch, (height, width) = clips.shape[0], clips.shape[-2:]
+        p = self.sample(batch, generator) if params is None else params
+        if len(p.spatial) != batch:
+            raise ValueError(f"params are for {len(p.spatial)} samples, the batch has {batch}")
+        c = self.config
+        x = to_unit(clips).reshape(batch, -1, height, width)  # frames (and channels) as channels
+        _apply(x, p.intensity, lambda sub, i: _curve(sub, p.gamma[i], p.factor[i]))
+        theta = _theta(p, height, width)
+        _apply(x, p.spatial, lambda sub, i: _warp(sub, theta[i], c.mode))
+        if c.noise_std > 0:
+            noise = self._device_generator(x.device).manual_seed(p.noise_seed)
+            _apply(x, p.noise, lambda sub, i: _add_noise(sub, c.noise_std, noise))
+        return x.view(clips.shape)
+
+    def _device_generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._device_generators:
+            self._device_generators[device] = torch.Generator(device=device)
+        return self._device_generators[device]
+
+
+def to_unit(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 x / 255 (a new tensor, exactly the CPU loader's values); float: a float32
+    copy."""
+    if clips.dtype != torch.uint8:
+        return clips.to(torch.float32, copy=True)
+    # A 0-dim tensor on the clips' device: CUDA turns division by a Python scalar into a
+    # multiplication by its reciprocal, which is off by an ulp for some values.
+    return clips.to(torch.float32).div_(torch.tensor(255.0, device=clips.device))
+
+
+def _apply(
+    x: torch.Tensor, mask: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> None:
+    """x[mask] = fn(x[mask], mask) in place (x: (B, C, H, W)); skipped samples stay untouched.
+
+    The mask is on the CPU, so choosing the samples never waits for the device.
+    """
+    if not mask.any():
+        return
+    if mask.all():
+        x.copy_(fn(x, mask))
+        return
+    index = mask.nonzero().squeeze(1)
+    on_device = index.to(x.device, non_blocking=True)
+    x.index_copy_(0, on_device, fn(x.index_select(0, on_device), index))
+
+
+def _curve(x: torch.Tensor, gamma: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """min(x ** gamma * factor, 1) per sample: (n, C, H, W) with gamma, factor (n,)."""
+    gamma = gamma.to(x.device, torch.float32).view(-1, 1, 1, 1)
+    factor = factor.to(x.device, torch.float32).view(-1, 1, 1, 1)
+    return x.clamp(0.0, 1.0).pow_(gamma).mul_(factor).clamp_(max=1.0)
+
+
+def _theta(p: BatchParams, height: int, width: int) -> torch.Tensor:
+    """(B, 2, 3) float64 ``affine_grid`` matrices, as :class:`RandClipAffine` builds them."""
+    radians = torch.deg2rad(p.angle)
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    matrix = rotation / p.zoom.view(-1, 1, 1) * p.flips.view(-1, 1, 2)  # flips the columns
+    # Rotation in pixel units: conjugate by diag(2/W, 2/H), as RandClipAffine does.
+    aspect = torch.tensor([[1.0, height / width], [width / height, 1.0]], dtype=torch.float64)
+    return torch.cat([matrix * aspect, 2.0 * p.shift.view(-1, 2, 1)], dim=2)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
+    """One affine per sample over all its channels: (n, C, H, W) with theta (n, 2, 3)."""
+    theta = theta.to(x.device, torch.float32)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def _add_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """x + N(0, std^2) per voxel, clipped to [0, 1]: normals drawn on x's device."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x.add_(noise, alpha=std).clamp_(0.0, 1.0)

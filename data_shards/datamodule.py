@@ -5,19 +5,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from data_shards.augment import AugmentConfig, clip_augment
+from data_shards.augment import AugmentConfig, BatchClipAugment, clip_augment, to_unit
 from data_shards.stream import pretrain_dataset
 
 
 class ClipDataModule(LightningDataModule):
     """Pretraining clips from webdataset shards; every argument is a plain YAML ``init_args`` value.
 
-    Batches are ``{"clip": float32 (B, 1, frames, H, W) in [0, 1], "modality": [str] * B,
-    "key": [str] * B, "slice": int64 (B,)}``. Mixed shard sets must share H and W.
+    Batches reach the model as ``{"clip": float32 (B, 1, frames, H, W) in [0, 1], "modality":
+    [str] * B, "key": [str] * B, "slice": int64 (B,)}``. Mixed shard sets must share H and W.
+    With ``augment_on: device`` the DataLoader yields uint8 clips and
+    :meth:`on_after_batch_transfer` makes them float (and augments them) on the model's device.
 
     Args:
         shards: a shard folder (with ``manifest.json``), a brace pattern, a single tar or a url
@@ -36,6 +39,11 @@ class ClipDataModule(LightningDataModule):
         stride: frame step inside a clip window, or a list of steps to draw one from per clip.
         augment: False for none, True for :class:`~data_shards.augment.AugmentConfig`'s
             defaults, or a mapping of its fields (``{rotate: 15, noise_prob: 0}``).
+        augment_on: ``"loader"``: each DataLoader worker augments its clips and ships float32;
+            ``"device"``: workers ship uint8 (a quarter of the bytes) and the batch is
+            converted and augmented after the transfer, batched on the accelerator
+            (:class:`~data_shards.augment.BatchClipAugment`, same distributions; only while
+            the trainer trains). The GPU choice: it frees the loader cores of the augmentation.
     """
 
     def __init__(
@@ -50,6 +58,7 @@ class ClipDataModule(LightningDataModule):
         seed: int = 0,
         stride: int | list[int] = 1,
         augment: bool | dict[str, Any] = False,
+        augment_on: str = "loader",
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -62,7 +71,12 @@ class ClipDataModule(LightningDataModule):
         ):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        if augment_on not in ("loader", "device"):
+            raise ValueError(f"augment_on must be 'loader' or 'device', got {augment_on!r}")
         self.augment_config = _augment_config(augment)  # an unknown option fails here, early
+        self.augment_on = augment_on
+        self._batch_augment: BatchClipAugment | None = None
+        self._augment_key: tuple[int, int] | None = None
         self.shards = shards
         self.frames = frames
         self.batch_size = batch_size
@@ -77,7 +91,8 @@ class ClipDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # with_epoch counts per worker, so split the epoch's clips among the workers.
         per_worker = math.ceil(self.epoch_length / max(1, self.num_workers))
-        augment = None if self.augment_config is None else clip_augment(self.augment_config)
+        on_loader = self.augment_on == "loader" and self.augment_config is not None
+        augment = clip_augment(self.augment_config) if on_loader else None
         dataset = pretrain_dataset(
             self.shards,
             frames=self.frames,
@@ -88,6 +103,7 @@ class ClipDataModule(LightningDataModule):
             seed=self.seed,
             stride=self.stride,
             augment=augment,
+            output="float" if self.augment_on == "loader" else "uint8",
         )
         return DataLoader(
             dataset,
@@ -96,6 +112,31 @@ class ClipDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``augment_on: device``: uint8 clips (B, 1, F, H, W) -> float32 in [0, 1] on the
+        batch's device, augmented while training (or when no trainer is attached)."""
+        if self.augment_on != "device" or batch["clip"].dtype != torch.uint8:
+            return batch
+        clip = batch["clip"]
+        trainer = self.trainer
+        if self.augment_config is not None and (trainer is None or trainer.training):
+            clip = self._device_augment(trainer)(clip)
+        else:
+            clip = to_unit(clip)
+        return {**batch, "clip": clip}
+
+    def _device_augment(self, trainer: Any) -> BatchClipAugment:
+        """The batch augmentation, reseeded from (seed, epoch, rank) when either changes: as in
+        the loader, each rank draws its own and a run resumed at an epoch start redraws the same."""
+        epoch, rank = (0, 0) if trainer is None else (trainer.current_epoch, trainer.global_rank)
+        if self._batch_augment is None:
+            self._batch_augment = BatchClipAugment(self.augment_config)
+        if self._augment_key != (epoch, rank):
+            state = np.random.SeedSequence([self.seed, epoch, rank]).generate_state(1, np.uint64)
+            self._batch_augment.set_random_state(int(state[0] >> 1))  # manual_seed: < 2**63
+            self._augment_key = (epoch, rank)
+        return self._batch_augment
 
 
 def _augment_config(augment: bool | dict[str, Any]) -> AugmentConfig | None:

@@ -11,6 +11,7 @@ DataLoader worker)::
       -> subjects of the kept splits (meta.json read first; label.npy never)
       -> one clip per slice (random start and stride, cyclic wrap), modality from meta
     -> mix the sets by weight -> shuffle buffer (uint8) -> augment -> float32 (1, F, H, W)
+                                                        or, output="uint8": uint8 (1, F, H, W)
 
 Exactly once per epoch (one-pass mode): ranks take every ``world_size``-th shard, then workers
 every ``num_workers``-th of those, so each subject of the kept splits is read by exactly one
@@ -181,8 +182,10 @@ class ClipSource(IterableDataset):
         seed: int,
         stride: int | Sequence[int],
         augment: Augment | None,
+        output: str = "float",
     ) -> None:
         self.sets = [(list(urls), weight) for urls, weight in sets]
+        self.output = output
         self.frames, self.splits, self.shuffle = frames, frozenset(splits), shuffle
         self.resampled, self.seed, self.stride, self.augment = resampled, seed, stride, augment
         self.epoch = -1
@@ -243,7 +246,9 @@ class ClipSource(IterableDataset):
 
     def _to_tensor(self, sample: dict[str, Any]) -> dict[str, Any]:
         clip = sample["clip"]  # uint8 (F, H, W)
-        if self.augment is not None:
+        if self.output == "uint8":  # augmented after the batch reaches the accelerator
+            tensor = torch.from_numpy(np.ascontiguousarray(clip[None]))
+        elif self.augment is not None:
             tensor = torch.as_tensor(self.augment(clip), dtype=torch.float32)[None]
         else:
             # numpy, not torch ops: torch's intra-op thread pool on a busy main process
@@ -251,7 +256,7 @@ class ClipSource(IterableDataset):
             array = clip[None].astype(np.float32)
             array /= 255.0
             tensor = torch.from_numpy(array)
-        return {**sample, "clip": tensor}  # (1, F, H, W) in [0, 1]
+        return {**sample, "clip": tensor}  # (1, F, H, W): float in [0, 1], or uint8
 
 
 class ClipDataset(wds.DataPipeline):
@@ -278,6 +283,7 @@ def pretrain_dataset(
     seed: int = 0,
     stride: int | Sequence[int] = 1,
     augment: Augment | None = None,
+    output: str = "float",
 ) -> ClipDataset:
     """Stream per-slice clips for self-supervised pretraining.
 
@@ -301,10 +307,15 @@ def pretrain_dataset(
         augment: uint8 (F, H, W) -> float32 (F, H, W) in [0, 1], e.g.
             :func:`data_shards.augment.clip_augment`; seeded per epoch and worker through its
             ``set_random_state`` when it has one. None: intensities / 255.
+        output: ``"float"``: float32 clips in [0, 1]; ``"uint8"``: the raw uint8 clips, a
+            quarter of the bytes to collate and send between processes, for augmentation on
+            the accelerator after the transfer (:class:`data_shards.augment.BatchClipAugment`);
+            ``augment`` must then be None.
 
     Returns:
-        An iterable of ``{"clip": float32 (1, F, H, W) in [0, 1], "modality": str, "key": str,
-        "slice": int}``; ``.skipped`` counts the data skipped as unreadable in this process.
+        An iterable of ``{"clip": float32 (1, F, H, W) in [0, 1] (uint8 with output="uint8"),
+        "modality": str, "key": str, "slice": int}``; ``.skipped`` counts the data skipped as
+        unreadable in this process.
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
@@ -316,6 +327,13 @@ def pretrain_dataset(
         raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
     if isinstance(splits, str):
         raise ValueError(f"splits must be a list of split names, got the string {splits!r}")
+    if output not in ("float", "uint8"):
+        raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
+    if output == "uint8" and augment is not None:
+        raise ValueError(
+            "output='uint8' yields the clips unaugmented: pass augment=None and augment the"
+            " batches on the device (data_shards.augment.BatchClipAugment)"
+        )
     strides = list(stride) if isinstance(stride, (list, tuple)) else [stride]
     if not strides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
         raise ValueError(f"stride must be an int >= 1 or a list of them, got {stride!r}")
@@ -334,6 +352,7 @@ def pretrain_dataset(
         seed=seed,
         stride=strides[0] if len(strides) == 1 else tuple(strides),
         augment=augment,
+        output=output,
     )
     dataset = ClipDataset(source)
     if epoch_length is not None:

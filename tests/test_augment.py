@@ -1,7 +1,9 @@
-"""Pretraining augmentation: off is exact, one geometry and curve per clip, seeded, in range."""
+"""Pretraining augmentation: off is exact, one geometry and curve per clip, seeded, in range;
+the batched (device-side) version draws the same distributions and applies the same transforms."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_shards.augment import AugmentConfig, clip_augment
+from data_shards.augment import AugmentConfig, BatchClipAugment, RandClipAffine, clip_augment
 from data_shards.record import Subject
 from data_shards.stream import pretrain_dataset
 from data_shards.writer import write_manifest, write_shards
@@ -194,3 +196,164 @@ def test_stream_augmentation_is_seeded_per_worker_and_epoch(tmp_path: Path) -> N
     one, two = epoch(augmented), epoch(augmented)
     assert one.keys() == two.keys()
     assert sum(not torch.equal(one[k], two[k]) for k in one) >= len(one) // 2
+
+
+def batch_clips(shape=(6, 1, 4, 24, 32), seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(random_clip(shape, seed))
+
+
+def only(params, *kept: str):
+    """The params with every transform but ``kept`` switched off for all samples."""
+    off = torch.zeros_like(params.spatial)
+    return dataclasses.replace(
+        params, **{k: off for k in ("spatial", "intensity", "noise") if k not in kept}
+    )
+
+
+def test_batch_off_is_the_plain_conversion() -> None:
+    clips = batch_clips()
+    out = BatchClipAugment(OFF, seed=0)(clips)
+    assert out.dtype == torch.float32 and out.shape == clips.shape
+    assert torch.equal(out, torch.from_numpy(clips.numpy().astype(np.float32) / np.float32(255)))
+    floats = clips.float() / 255
+    again = BatchClipAugment(OFF, seed=0)(floats)
+    assert torch.equal(again, out) and again.data_ptr() != floats.data_ptr()  # a copy
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_batch_affine_is_the_per_clip_affine_with_the_same_parameters(mode: str) -> None:
+    clips = batch_clips((12, 1, 3, 40, 64))  # non-square: rotation in pixel units
+    augment = BatchClipAugment({"spatial_prob": 0.7, "rotate": 30, "translate": 0.1,
+                                "flip": True, "mode": mode}, seed=3)  # fmt: skip
+    params = only(augment.sample(12), "spatial")
+    assert 0 < params.spatial.sum() < 12  # some samples warped, some not
+    out = augment(clips, params=params)
+    per_clip = RandClipAffine(1.0, 0, 0, 0, False, mode)
+    for i, clip in enumerate(clips[:, 0].float() / 255):
+        if not params.spatial[i]:
+            assert torch.equal(out[i, 0], clip)  # untouched: bit-exact x / 255
+            continue
+        per_clip.set_params(params.angle[i].item(), params.zoom[i].item(),
+                            params.shift[i].numpy(), params.flips[i].numpy())  # fmt: skip
+        torch.testing.assert_close(out[i, 0], per_clip(clip, randomize=False), atol=1e-5, rtol=0)
+
+
+def test_batch_rotation_by_a_quarter_turn_turns_the_pixels() -> None:
+    """A known angle, checked without the per-clip code: 90 degrees on a square is rot90."""
+    clips = batch_clips((2, 1, 2, 16, 16))
+    augment = BatchClipAugment({"spatial_prob": 1, "rotate": 90}, seed=0)
+    params = dataclasses.replace(
+        only(augment.sample(2), "spatial"),
+        angle=torch.tensor([90.0, -90.0], dtype=torch.float64),
+        zoom=torch.ones(2, dtype=torch.float64),
+        shift=torch.zeros(2, 2, dtype=torch.float64),
+    )
+    out = augment(clips, params=params)
+    unit = clips.float() / 255
+    torch.testing.assert_close(out[0], torch.rot90(unit[0], 1, dims=(-2, -1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], torch.rot90(unit[1], -1, dims=(-2, -1)), atol=1e-5, rtol=0)
+
+
+def test_batch_intensity_curve_per_sample() -> None:
+    ramp = torch.arange(256, dtype=torch.uint8).repeat(8, 1, 2, 4, 1)  # (8, 1, 2, 4, 256)
+    augment = BatchClipAugment({"intensity_prob": 0.6}, seed=1)
+    params = only(augment.sample(8), "intensity")
+    assert 0 < params.intensity.sum() < 8
+    out = augment(ramp, params=params)
+    x = np.arange(256) / 255
+    for i in range(8):
+        curve = out[i, 0, 0, 0].numpy()
+        if params.intensity[i]:
+            expected = np.minimum(x ** params.gamma[i].item() * params.factor[i].item(), 1)
+            np.testing.assert_allclose(curve, expected, atol=1e-5, rtol=0)
+        else:
+            assert np.array_equal(curve, np.arange(256, dtype=np.float32) / np.float32(255))
+        assert (out[i] == out[i, 0, 0, 0]).all()  # every frame and row: the same curve
+
+
+def test_batch_parameters_follow_the_config() -> None:
+    config = AugmentConfig(spatial_prob=0.8, rotate=10, scale=0.1, translate=0.05,
+                           intensity_prob=0.3, gamma=(0.7, 1.4), intensity_scale=0.2,
+                           noise_prob=0.5)  # fmt: skip
+    n = 4000
+    params = BatchClipAugment(config, seed=0).sample(n)
+    for name, prob in (("spatial", 0.8), ("intensity", 0.3), ("noise", 0.5)):
+        rate = getattr(params, name).double().mean().item()
+        assert abs(rate - prob) < 5 * math.sqrt(prob * (1 - prob) / n), name  # binomial s.e.
+    for name, low, high in (("angle", -10, 10), ("zoom", 0.9, 1.1), ("shift", -0.05, 0.05),
+                            ("gamma", 0.7, 1.4), ("factor", 0.8, 1.2)):  # fmt: skip
+        values = getattr(params, name)
+        width = high - low
+        assert values.min() >= low and values.max() <= high, name
+        assert values.min() < low + 0.01 * width and values.max() > high - 0.01 * width, name
+        # Uniform: mean at the centre within 5 standard errors (width / sqrt(12 n)).
+        assert abs(values.mean().item() - (low + high) / 2) < 5 * width / math.sqrt(12 * n), name
+    assert (params.flips == 1).all()  # flip off by default
+    flips = BatchClipAugment({"flip": True}, seed=0).sample(n).flips
+    assert set(flips.unique().tolist()) == {-1.0, 1.0}
+    assert abs((flips == -1).double().mean().item() - 0.5) < 5 * math.sqrt(0.25 / (2 * n))
+
+
+def test_batch_samples_differ_but_frames_share_a_transform() -> None:
+    frame = batch_clips((1, 1, 1, 24, 32))
+    clips = frame.repeat(6, 1, 5, 1, 1)  # six copies of one clip of five equal frames
+    augment = BatchClipAugment({"spatial_prob": 1, "intensity_prob": 1, "noise_prob": 0}, seed=0)
+    out = augment(clips)
+    assert all(not torch.equal(out[i], out[j]) for i in range(6) for j in range(i))
+    assert all(torch.equal(out[i, 0, f], out[i, 0, 0]) for i in range(6) for f in range(5))
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_batch_seeded() -> None:
+    clips = batch_clips()
+    options = {"spatial_prob": 1, "intensity_prob": 1, "noise_prob": 1}
+    augment = BatchClipAugment(options, seed=1)
+    first, second = augment(clips), augment(clips)
+    assert not torch.equal(first, second)  # each call draws anew
+    assert torch.equal(BatchClipAugment(options, seed=1)(clips), first)
+    assert torch.equal(augment.set_random_state(1)(clips), first)
+    assert not torch.equal(BatchClipAugment(options, seed=2)(clips), first)
+    own = BatchClipAugment(options, seed=9)
+    outs = [own(clips, generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(outs[0], outs[1])  # a passed generator decides, not the module's own
+
+
+def test_batch_noise_has_the_configured_std_per_voxel() -> None:
+    std = 0.05
+    clips = torch.full((4, 1, 8, 32, 32), 128, dtype=torch.uint8)
+    augment = BatchClipAugment({"spatial_prob": 0, "intensity_prob": 0, "noise_prob": 1,
+                                "noise_std": std}, seed=0)  # fmt: skip
+    noise = augment(clips) - 128 / 255
+    n = noise.numel()
+    assert abs(noise.std().item() - std) < 6 * std / math.sqrt(2 * n)
+    assert abs(noise.mean().item()) < 6 * std / math.sqrt(n)
+    assert not torch.equal(noise[0], noise[1]) and not torch.equal(noise[0, 0, 0], noise[0, 0, 1])
+
+
+def test_batch_rejects_wrong_inputs() -> None:
+    augment = BatchClipAugment(seed=0)
+    with pytest.raises(ValueError, match="uint8 or float"):
+        augment(torch.zeros(2, 1, 2, 8, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="params are for 3"):
+        augment(batch_clips(), params=augment.sample(3))
+
+
+def test_uint8_stream_yields_the_raw_clips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    subjects = [
+        Subject(f"s{i}", rng.integers(0, 256, (2, 5, 8, 8), dtype=np.uint8), None,
+                (8.0, 1.5, 1.5), {"modality": "cine", "split": "train"})
+        for i in range(2)
+    ]  # fmt: skip
+    samples = write_shards(subjects, tmp_path, maxcount=1)
+    write_manifest(tmp_path, sorted({s["shard"] for s in samples}), samples, {}, {})
+    floats = list(pretrain_dataset(tmp_path, frames=3, shuffle=2, seed=4))
+    uint8 = list(pretrain_dataset(tmp_path, frames=3, shuffle=2, seed=4, output="uint8"))
+    assert [(s["key"], s["slice"]) for s in uint8] == [(s["key"], s["slice"]) for s in floats]
+    for a, b in zip(floats, uint8, strict=True):
+        assert b["clip"].dtype == torch.uint8 and b["clip"].shape == (1, 3, 8, 8)
+        assert torch.equal(b["clip"].float() / 255, a["clip"])
+    with pytest.raises(ValueError, match="augment=None"):
+        pretrain_dataset(tmp_path, frames=3, output="uint8", augment=clip_augment())
+    with pytest.raises(ValueError, match="output"):
+        pretrain_dataset(tmp_path, frames=3, output="float16")

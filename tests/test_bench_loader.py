@@ -1,4 +1,5 @@
-"""`cmrfm bench loader`: both loaders measured on the same arrays, the ratio, the npy export.
+"""`cmrfm bench loader`: both loaders measured on the same arrays, the ratio, the npy export;
+augmentation in the loaders, or uint8 loaders with the device-side augmentation timed apart.
 
 No timing thresholds: the numbers depend on the machine; these tests pin down what is compared.
 """
@@ -41,13 +42,16 @@ def _quiet() -> Console:
     return Console(file=io.StringIO())
 
 
+@pytest.mark.parametrize(("augment_on", "dtype"), [("loader", "float32"), ("device", "uint8")])
 def test_result_holds_both_loaders_their_ratio_and_the_extrapolation(
-    shards: Path, tmp_path: Path
+    shards: Path, tmp_path: Path, augment_on: str, dtype: str
 ) -> None:
     out = tmp_path / "loader.json"
     result = bench_loader(shards, workers=[0, 1], frames=FRAMES, seconds=0.2, batch=4,
-                          augment=True, rounds=2, out=out, console=_quiet())  # fmt: skip
+                          augment=True, augment_on=augment_on, rounds=2, out=out,
+                          console=_quiet())  # fmt: skip
     assert result["config"]["augment"] is True
+    assert result["config"]["augment_on"] == augment_on
     assert [run["workers"] for run in result["runs"]] == [0, 1]
     for run in result["runs"]:
         shard, plain = run["shards"], run["plain"]
@@ -56,7 +60,7 @@ def test_result_holds_both_loaders_their_ratio_and_the_extrapolation(
         assert run["ratio_by_cpu"] == shard["clips_per_cpu_s"] / plain["clips_per_cpu_s"]
         # Same clips: shape (1, F, H, W), dtype, and the same (subject, slice) pairs to draw from.
         assert shard["clip_shape"] == plain["clip_shape"] == [1, FRAMES, 48, 48]
-        assert shard["clip_dtype"] == plain["clip_dtype"] == "torch.float32"
+        assert shard["clip_dtype"] == plain["clip_dtype"] == f"torch.{dtype}"
         assert shard["pairs_available"] == plain["pairs_available"] > 0
         for stats in (shard, plain):
             megabytes = stats["clips"] * FRAMES * 48 * 48 / 1e6  # uint8 payload
@@ -72,6 +76,14 @@ def test_result_holds_both_loaders_their_ratio_and_the_extrapolation(
         assert e["clips_per_s_by_cpu"] == pytest.approx(16 * e["clips_per_cpu_s"])
         # 6,000 clips/s of 16 x 128 x 128 is the same bytes/s as more of these smaller clips.
         assert e["target_clips_per_s"] == pytest.approx(6000 * 16 * 128 * 128 / (FRAMES * 48 * 48))
+    device = result["device_augment"]
+    if augment_on == "loader":
+        assert device is None  # the loaders' rates already include it
+    else:  # timed apart on batches of the same clips, at least one batch
+        assert device["cpu"]["clips"] >= 4 and device["cpu"]["clips"] % 4 == 0
+        cpu = device["cpu"]
+        assert cpu["ms_per_clip"] == pytest.approx(1e3 * cpu["seconds"] / cpu["clips"])
+        assert cpu["cpu_ms_per_clip"] == pytest.approx(1e3 * cpu["cpu_seconds"] / cpu["clips"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
 
 
@@ -87,42 +99,61 @@ def test_npy_export_round_trips_the_shard_arrays_byte_for_byte(
         assert array.tobytes() == subject["image"].tobytes()
 
 
-@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize(("augment", "output"), [(False, "float"), (True, "float"),
+                                                 (False, "uint8")])  # fmt: skip
 def test_both_loaders_cut_cyclic_windows_of_the_same_slices(
-    shards: Path, tmp_path: Path, augment: bool
+    shards: Path, tmp_path: Path, augment: bool, output: str
 ) -> None:
-    """Without augmentation every clip is a raw window of its slice; with it, not all are."""
+    """Without augmentation every clip is a raw window of its slice; with it, not all are.
+    The uint8 loaders of device-side augmentation ship the raw windows themselves."""
     images = {s["key"]: s["image"] for s in load_subjects(shards, splits=list(SPLITS))}
     files = export_npy(shards, tmp_path)
     loaders = {
-        "shards": shard_loader(shards, FRAMES, 8, 0, augmentation(augment), seed=0),
-        "plain": plain_loader(files, FRAMES, 8, 0, augmentation(augment), seed=0),
+        "shards": shard_loader(shards, FRAMES, 8, 0, augmentation(augment), 0, output),
+        "plain": plain_loader(files, FRAMES, 8, 0, augmentation(augment), 0, output),
     }
     for name, loader in loaders.items():
         batch = next(iter(loader))
+        assert batch["clip"].dtype == (torch.uint8 if output == "uint8" else torch.float32)
         raw = []
         for clip, key, index in zip(batch["clip"], batch["key"], batch["slice"].tolist()):
-            uint8 = np.rint(clip[0].numpy() * 255).astype(np.uint8)  # (F, H, W)
+            if output == "uint8":
+                uint8 = clip[0].numpy()
+            else:
+                uint8 = np.rint(clip[0].numpy() * 255).astype(np.uint8)  # (F, H, W)
             volume = images[key][index]  # (T, H, W)
             windows = [volume[cyclic_window(t, FRAMES, len(volume))] for t in range(len(volume))]
             raw.append(any(np.array_equal(uint8, w) for w in windows))
         assert all(raw) if not augment else not all(raw), name
 
 
-def test_cli_runs_the_benchmark_and_writes_json(shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment_on", [None, "loader"])
+def test_cli_runs_the_benchmark_and_writes_json(
+    shards: Path, tmp_path: Path, augment_on: str | None
+) -> None:
     out = tmp_path / "bench.json"
+    where = [] if augment_on is None else ["--augment-on", augment_on]
     main(["bench", "loader", "--shards", str(shards), "--workers", "0", "--frames", "2",
-          "--seconds", "0.1", "--batch", "2", "--no-augment", "--out", str(out)])  # fmt: skip
+          "--seconds", "0.1", "--batch", "2", "--no-augment", *where,
+          "--out", str(out)])  # fmt: skip
     result = json.loads(out.read_text())
     assert result["config"]["workers"] == [0]
     assert result["config"]["augment"] is False
+    assert result["config"]["augment_on"] == (augment_on or "device")  # a GPU job's default
     assert result["runs"][0]["shards"]["clip_shape"] == [1, 2, 48, 48]
+    dtype = "torch.uint8" if augment_on is None else "torch.float32"
+    assert result["runs"][0]["shards"]["clip_dtype"] == dtype
 
 
 @pytest.mark.parametrize("workers", ["", "a,1", "0,-1"])
 def test_cli_rejects_bad_worker_lists(workers: str) -> None:
     with pytest.raises(SystemExit):
         main(["bench", "loader", "--workers", workers])
+
+
+def test_cli_rejects_an_unknown_place_to_augment() -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "loader", "--augment-on", "gpu"])
 
 
 class _Logged(IterableDataset):

@@ -41,11 +41,12 @@ def test_shard_command_writes_manifest_and_empty_quarantine(tmp_path: Path) -> N
     assert json.loads((out / "quarantine.json").read_text()) == []
 
 
-def test_evaluate_names_a_missing_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
+def test_evaluate_names_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
         main(
             ["evaluate", "--checkpoint", str(tmp_path / "missing.ckpt"), "--shards", str(tmp_path)]
         )
+    assert "missing.ckpt" in capsys.readouterr().err
 
 
 def test_shard_flags_reach_the_conversion(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -66,3 +67,15 @@ def test_shard_flags_reach_the_conversion(monkeypatch: pytest.MonkeyPatch, tmp_p
     options = {a.dest: a for a in shard._actions}
     assert options["orientation"].choices == ORIENTATIONS and options["crop"].choices == CROPS
     assert all(name in options["source"].help for name in SOURCES)
+
+
+def test_a_missing_root_is_one_line_naming_it_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["shard", "--source", "acdc", "--root", str(missing), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cmrfm shard: error: ") and str(missing) in err
+    assert "Traceback" not in err
