@@ -1,22 +1,53 @@
-"""Backbone contract over every registered size, plus token dropping, positions, taps, registry."""
+"""Backbone contract over every registered size, plus token dropping, positions, taps, registry,
+modality/axis embeddings, old checkpoints, gradient checkpointing and torch.compile."""
 
 from __future__ import annotations
+
+import shutil
+import warnings
 
 import pytest
 import torch
 
 import foundation.vit as vit_module
 from foundation import BACKBONES, CardiacViT, create_backbone, register_backbone
-from foundation.vit import sincos_3d
+from foundation.checkpoint import load_backbone_weights
+from foundation.vit import AXES, MODALITIES, axis_index, modality_index, sincos_3d
 
 TINY_INPUT = (1, 1, 2, 32, 32)  # (B, C, T, H, W): a 1x2x2 token grid at tubelet 2, patch 16
 NAMES = sorted(BACKBONES)
+# The sizes the issue asks for: width, heads, depth.
+SIZES = {
+    "cmr_vit_tiny": (192, 3, 12),
+    "cmr_vit_small": (384, 6, 12),
+    "cmr_vit_base": (768, 12, 12),
+    "cmr_vit_large": (1024, 16, 24),
+}
+HEAVY = 50e6  # parameters; above this the contract runs the full width with a single block
+
+
+def meta_backbone(name: str, **kwargs) -> CardiacViT:
+    """The registered model built without allocating memory (shapes and counts only)."""
+    with torch.device("meta"):
+        return create_backbone(name, **kwargs)
+
+
+def n_params(model: CardiacViT) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# Base and large are ~86M and ~303M parameters: their forward/backward contract runs at full
+# width and heads with depth=1 (a registry override); their full depth is checked on meta below.
+REDUCED = {name: {"depth": 1} for name in NAMES if n_params(meta_backbone(name)) > HEAVY}
 
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, CardiacViT]:
     torch.manual_seed(0)
-    return {name: create_backbone(name, patch_size=16, tubelet=2).eval() for name in NAMES}
+    return {
+        name: create_backbone(name, patch_size=16, tubelet=2, **REDUCED.get(name, {})).eval()
+        for name in NAMES
+    }
 
 
 @pytest.fixture
@@ -31,7 +62,43 @@ def manual_blocks(model: CardiacViT, tokens: torch.Tensor, upto: int) -> torch.T
     return tokens
 
 
+def trained_context(model: CardiacViT, seed: int = 0) -> None:
+    """Give the (zero-initialised) modality and axis tables distinct rows, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for table in (model.modality_embed, model.axis_embed):
+            table.copy_(torch.randn(table.shape, generator=g))
+
+
 # --- contract over every registered backbone ---------------------------------------------------
+
+
+def test_registry_has_the_issue_sizes() -> None:
+    assert set(SIZES) <= set(BACKBONES)
+    assert "cmr_vit_test" in BACKBONES
+    for name, (width, heads, depth) in SIZES.items():
+        model = meta_backbone(name)
+        assert (model.embed_dim, model.num_heads, model.depth) == (width, heads, depth), name
+        assert len(model.blocks) == depth
+        assert model.blocks[0].attn.num_heads == heads
+    assert {"cmr_vit_base", "cmr_vit_large"} <= set(REDUCED)  # so the contract below is cheap
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("patch", "tubelet"), [(16, 2), (8, 1)])
+def test_parameter_count_matches_the_architecture(name, patch, tubelet) -> None:
+    model = meta_backbone(name, patch_size=patch, tubelet=tubelet)
+    d, c = model.embed_dim, model.in_chans
+    hidden = int(d * model.model_args["mlp_ratio"])
+    per_block = (3 * d * d + 3 * d) + (d * d + d) + (d * hidden + hidden) + (hidden * d + d) + 4 * d
+    expected = (
+        d * c * tubelet * patch * patch
+        + d  # tubelet embedding
+        + (len(MODALITIES) + len(AXES)) * d  # modality and axis tables
+        + model.depth * per_block
+        + 2 * d  # final norm
+    )
+    assert n_params(model) == expected
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -47,12 +114,17 @@ def test_forward_shape(models, name) -> None:
 def test_backward_reaches_every_parameter(models, name) -> None:
     model = models[name]
     model.zero_grad(set_to_none=True)
-    out = model(torch.rand(TINY_INPUT))
+    # One clip per modality and axis, so every row of both tables is used.
+    out = model(
+        torch.rand(2, *TINY_INPUT[1:]), modality=torch.tensor([0, 1]), axis=torch.tensor([1, 0])
+    )
     (out * torch.randn_like(out)).sum().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname
         assert p.grad.abs().sum() > 0, pname
+    for table in (model.modality_embed, model.axis_embed):
+        assert (table.grad.abs().sum(dim=1) > 0).all()  # each row learns from its own clips
     model.zero_grad(set_to_none=True)
 
 
@@ -73,7 +145,7 @@ def test_samples_in_a_batch_are_independent(models, name) -> None:
 def test_forward_intermediates_returns_requested_blocks(models, name) -> None:
     model = models[name]
     x = torch.rand(TINY_INPUT)
-    indices = [2, 0, -1]
+    indices = [0, -1] if model.depth < 3 else [2, 0, -1]
     with torch.no_grad():
         got = model.forward_intermediates(x, indices)
         tokens = model.embed(x)
@@ -82,29 +154,185 @@ def test_forward_intermediates_returns_requested_blocks(models, name) -> None:
         last_normed = model.forward_intermediates(x, [model.depth - 1], norm=True)[0]
         torch.testing.assert_close(last_normed, model.forward_features(x))
     assert len(got) == len(indices)
+    assert all(g.shape == (1, 4, model.embed_dim) for g in got)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_odd_grid(models, name) -> None:
+def test_forward_intermediates_see_modality_and_axis(models, name) -> None:
     model = models[name]
+    x, modality, axis = torch.rand(2, *TINY_INPUT[1:]), torch.tensor([1, 0]), torch.tensor([1, 1])
     with torch.no_grad():
-        out = model(torch.rand(1, 1, 6, 48, 80))
-        feats = model.forward_intermediates(torch.rand(1, 1, 6, 48, 80), [0])
-    assert out.shape == (1, 3 * 3 * 5, model.embed_dim)
-    assert feats[0].shape == out.shape
-    assert model.grid((1, 1, 6, 48, 80)) == (3, 3, 5)
+        last = model.forward_intermediates(x, [-1], norm=True, modality=modality, axis=axis)[0]
+        torch.testing.assert_close(last, model.forward_features(x, modality=modality, axis=axis))
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("shape", [(1, 1, 3, 32, 32), (1, 1, 2, 40, 32), (1, 1, 2, 32, 24)])
-def test_indivisible_input_raises(models, name, shape) -> None:
-    with pytest.raises(ValueError, match=r"tubelet.*patch_size|patch_size.*tubelet"):
+@pytest.mark.parametrize(
+    ("shape", "grid"),
+    [
+        ((1, 1, 6, 48, 80), (3, 3, 5)),
+        ((1, 1, 10, 80, 112), (5, 5, 7)),  # odd number of tubelets, 5 x 7 patches
+        ((1, 1, 2, 16, 16), (1, 1, 1)),  # a single token
+    ],
+)
+def test_odd_grid(models, name, shape, grid) -> None:
+    model = models[name]
+    x = torch.rand(shape)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_intermediates(x, [0])
+    t, h, w = grid
+    assert model.grid(shape) == grid
+    assert out.shape == (1, t * h * w, model.embed_dim)
+    assert feats[0].shape == out.shape
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    ("shape", "named"),
+    [
+        ((1, 1, 3, 32, 32), "T=3"),  # 3 frames at tubelet 2
+        ((1, 1, 2, 40, 32), "H=40"),
+        ((1, 1, 2, 32, 24), "W=24"),
+    ],
+)
+def test_indivisible_input_raises(models, name, shape, named) -> None:
+    with pytest.raises(ValueError, match=r"tubelet.*patch_size|patch_size.*tubelet") as info:
         models[name](torch.rand(shape))
+    assert named in str(info.value)
+
+
+def test_indivisible_input_error_suggests_valid_sizes(small) -> None:
+    with pytest.raises(ValueError) as info:
+        small(torch.rand(1, 1, 3, 20, 4))  # tubelet 2, patch 8
+    message = str(info.value)
+    assert "T=2 or 4" in message and "H=16 or 24" in message and "W=8" in message
+    with pytest.raises(ValueError, match=r"T=4, H=16 or 24, W=16\b"):
+        small(torch.rand(1, 1, 4, 20, 16))  # valid sizes are kept as they are
+    small(torch.rand(1, 1, 2, 16, 8))  # the first suggestion really is valid
 
 
 def test_wrong_channel_count_raises(small) -> None:
     with pytest.raises(ValueError, match="channel"):
         small(torch.rand(1, 3, 2, 16, 16))
+
+
+# --- modality and axis embeddings --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_modality_and_axis_change_the_output(models, name) -> None:
+    model = models[name]
+    saved = [model.modality_embed.detach().clone(), model.axis_embed.detach().clone()]
+    x = torch.rand(1, *TINY_INPUT[1:]).expand(2, -1, -1, -1, -1)  # the same clip twice
+    try:
+        trained_context(model)
+        with torch.no_grad():
+            by_modality = model(x, modality=torch.tensor([0, 1]))
+            by_axis = model(x, axis=torch.tensor([0, 1]))
+            default = model(x[:1])
+            named = model(x, modality=["cine", "lge"], axis=["depth", "time"])
+            indexed = model(x, modality=torch.tensor([0, 1]), axis=torch.tensor([1, 0]))
+        assert (by_modality[0] - by_modality[1]).abs().max() > 1e-3
+        assert (by_axis[0] - by_axis[1]).abs().max() > 1e-3
+        torch.testing.assert_close(default[0], by_modality[0])  # None = cine, time
+        torch.testing.assert_close(default[0], by_axis[0])
+        torch.testing.assert_close(named, indexed)
+    finally:
+        with torch.no_grad():
+            model.modality_embed.copy_(saved[0])
+            model.axis_embed.copy_(saved[1])
+
+
+def test_context_embeddings_start_at_zero_so_a_new_model_ignores_them(small) -> None:
+    assert not small.modality_embed.any() and not small.axis_embed.any()
+    assert small.modality_embed.shape == (len(MODALITIES), small.embed_dim)
+    assert small.axis_embed.shape == (len(AXES), small.embed_dim)
+    x = torch.rand(2, 1, 2, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            small(x, modality=["lge", "lge"], axis=["depth", "time"]), small(x)
+        )
+
+
+def test_modality_and_axis_names() -> None:
+    assert MODALITIES[:2] == ("cine", "lge") and AXES == ("time", "depth")
+    assert modality_index(["cine", "lge", "LGE"]).tolist() == [0, 1, 1]
+    assert modality_index(["lge"]).dtype == torch.long
+    assert axis_index(["time", "depth"]).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="'t1map'") as info:
+        modality_index(["cine", "t1map"])
+    assert "cine" in str(info.value) and "lge" in str(info.value)
+    with pytest.raises(ValueError, match="'slice'"):
+        axis_index(["slice"])
+    with pytest.raises(TypeError, match="single string"):
+        modality_index("cine")
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.tensor([0]), torch.tensor([0.0, 1.0]), torch.zeros(2, 1, dtype=torch.long)]
+)
+def test_modality_of_the_wrong_shape_or_type_raises(small, bad) -> None:
+    with pytest.raises(ValueError, match=r"modality must be a LongTensor of shape \(2,\)"):
+        small(torch.rand(2, 1, 2, 16, 16), modality=bad)
+
+
+def test_modality_and_axis_survive_token_dropping(small) -> None:
+    trained_context(small)
+    x, keep = torch.rand(1, 1, 2, 32, 32), torch.tensor([[0, 5, 9]])
+    with torch.no_grad():
+        subset = small.forward_features(x, keep=keep, modality=torch.tensor([1]))
+        tokens = small.embed(x, modality=torch.tensor([1]))[:, keep[0]]
+        torch.testing.assert_close(
+            subset, small.norm(manual_blocks(small, tokens, small.depth - 1))
+        )
+
+
+# --- checkpoints from before the modality/axis embeddings --------------------------------------
+
+
+def old_state(model: CardiacViT) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if k not in vit_module.CONTEXT_EMBEDDINGS}
+
+
+def test_state_dict_without_context_embeddings_loads_as_zeros() -> None:
+    torch.manual_seed(0)
+    before = create_backbone("cmr_vit_test", patch_size=8).eval()  # zero tables: the old model
+    state = old_state(before)
+    after = create_backbone("cmr_vit_test", patch_size=8).eval()
+    trained_context(after)
+    with pytest.warns(UserWarning, match="modality_embed"):
+        after.load_state_dict(state, strict=True)
+    assert not after.modality_embed.any() and not after.axis_embed.any()
+    x = torch.rand(2, 1, 2, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(after(x), before(x))
+    assert set(state) == set(old_state(after))  # the caller's dict was not filled in
+
+
+def test_old_lightning_checkpoint_loads_through_load_backbone_weights(tmp_path) -> None:
+    torch.manual_seed(0)
+    source = create_backbone("cmr_vit_test", patch_size=8).eval()
+    path = tmp_path / "old.ckpt"
+    state = {f"mae.encoder.{k}": v for k, v in old_state(source).items()}
+    torch.save({"state_dict": {**state, "mae.mask_token": torch.zeros(1, 1, 8)}}, path)
+    target = create_backbone("cmr_vit_test", patch_size=8).eval()
+    with pytest.warns(UserWarning, match="axis_embed"):
+        load_backbone_weights(target, path)
+    x = torch.rand(1, 1, 2, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
+
+
+def test_other_missing_keys_still_fail_strictly(tmp_path) -> None:
+    source = create_backbone("cmr_vit_test", patch_size=8)
+    state = {k: v for k, v in source.state_dict().items() if k != "norm.weight"}
+    with pytest.raises(RuntimeError, match=r"norm\.weight"):
+        create_backbone("cmr_vit_test", patch_size=8).load_state_dict(state, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a current checkpoint loads without the old-format warning
+        create_backbone("cmr_vit_test", patch_size=8).load_state_dict(source.state_dict())
 
 
 # --- token dropping (the MAE encoder path) -----------------------------------------------------
@@ -261,3 +489,88 @@ def test_grad_checkpointing_gives_identical_outputs_and_grads(small, monkeypatch
     assert ckpt_grads.keys() == plain_grads.keys()
     for name in plain_grads:
         torch.testing.assert_close(ckpt_grads[name], plain_grads[name], msg=name)
+
+
+# --- torch.compile -----------------------------------------------------------------------------
+
+
+def counting_backend(calls: list[int]):
+    """A torch.compile backend that runs the captured graph eagerly and counts its calls."""
+
+    def backend(graph_module, example_inputs):
+        def run(*args):
+            calls.append(1)
+            return graph_module.forward(*args)
+
+        return run
+
+    return backend
+
+
+def test_compile_blocks_routes_every_block_through_compiled_code(small) -> None:
+    x, w = torch.rand(2, 1, 2, 16, 24), torch.randn(2, 6, small.embed_dim)
+    eager_out = small(x)
+    (eager_out * w).sum().backward()
+    eager_grads = {n: p.grad.clone() for n, p in small.named_parameters()}
+    small.zero_grad(set_to_none=True)
+    keys = list(small.state_dict())
+
+    calls: list[int] = []
+    torch._dynamo.reset()
+    assert small.compile_blocks(backend=counting_backend(calls)) is small
+    out = small(x)
+    (out * w).sum().backward()
+    assert len(calls) == small.depth  # one compiled graph call per block, nothing left eager
+    torch.testing.assert_close(out, eager_out)
+    for name, p in small.named_parameters():
+        torch.testing.assert_close(p.grad, eager_grads[name], msg=name)
+    assert list(small.state_dict()) == keys  # checkpoints of compiled models load anywhere
+
+
+def test_compile_flag_compiles_at_construction(monkeypatch) -> None:
+    compiled: list[dict] = []
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self, **kw: compiled.append(kw), raising=True
+    )
+    model = create_backbone("cmr_vit_test", compile=True)
+    assert len(compiled) == model.depth
+    assert "compile" not in model.model_args  # a runtime switch, not part of the architecture
+    create_backbone("cmr_vit_test")
+    assert len(compiled) == model.depth  # off by default
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")),
+    reason="torch.compile's default (inductor) backend needs a C++ compiler on CPU",
+)
+def test_inductor_compiled_blocks_match_eager() -> None:
+    # ~30 s on 2 CPU cores when the inductor cache is cold, hence slow.
+    torch.manual_seed(0)
+    model = create_backbone("cmr_vit_test", depth=2, patch_size=8).eval()
+    trained_context(model)
+    x, modality = torch.rand(2, 1, 2, 16, 24), torch.tensor([0, 1])
+    with torch.no_grad():
+        eager = model(x, modality=modality)
+        torch._dynamo.reset()
+        compiled = model.compile_blocks()(x, modality=modality)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
+
+
+def test_tables_from_before_a_row_was_appended_get_zero_rows() -> None:
+    # A checkpoint written when MODALITIES had only "cine" (rows are append-only).
+    torch.manual_seed(0)
+    source = create_backbone("cmr_vit_test", patch_size=8).eval()
+    trained_context(source)
+    state = source.state_dict()
+    state["modality_embed"] = state["modality_embed"][:1].clone()
+    target = create_backbone("cmr_vit_test", patch_size=8).eval()
+    target.load_state_dict(state, strict=True)
+    torch.testing.assert_close(target.modality_embed[0], source.modality_embed[0])
+    assert not target.modality_embed[1:].any()
+    x = torch.rand(1, 1, 2, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x, modality=["cine"]), source(x, modality=["cine"]))
+    state["axis_embed"] = torch.zeros(2, 16)  # a different width is still an error
+    with pytest.raises(RuntimeError, match="axis_embed"):
+        target.load_state_dict(state, strict=True)
