@@ -1,4 +1,5 @@
-"""MAE: tube masking, patch layout, the masked loss against a reference, encoder isolation, fitting."""
+"""MAE: tube and random masking, patch layout, the loss against a direct reference (per modality
+ratios, mixed batches), encoder isolation, the objective protocol, fitting."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from foundation import create_backbone
-from pretext.mae import MAE, masked_patch_loss, patchify, tube_mask, unpatchify
+from pretext.mae import MAE, masked_patch_loss, patchify, random_mask, tube_mask, unpatchify
 
 
-def make_mae(norm_pix_loss: bool = True, mask_ratio: float = 0.75) -> MAE:
+def make_mae(
+    norm_pix_loss: bool = True, mask_ratio: float | dict[str, float] = 0.75, mask_type: str = "tube"
+) -> MAE:
     torch.manual_seed(0)
     encoder = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)
     return MAE(
@@ -20,6 +23,7 @@ def make_mae(norm_pix_loss: bool = True, mask_ratio: float = 0.75) -> MAE:
         decoder_depth=1,
         decoder_heads=2,
         norm_pix_loss=norm_pix_loss,
+        mask_type=mask_type,
     )
 
 
@@ -78,6 +82,30 @@ def test_tube_mask_generator_makes_it_deterministic() -> None:
     other, _ = tube_mask(4, (2, 4, 4), 0.5, gen(8))
     assert torch.equal(first, again) and torch.equal(keep1, keep2)
     assert not torch.equal(first, other)
+
+
+# --- random space-time masking -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grid", [(1, 4, 4), (3, 4, 5), (4, 2, 7)])
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9, 0.999])
+def test_random_mask_counts_and_keep(grid, ratio) -> None:
+    n_tokens = grid[0] * grid[1] * grid[2]
+    mask, keep = random_mask(6, grid, ratio, gen(0))
+    n_masked = min(round(ratio * n_tokens), n_tokens - 1)  # one token always stays visible
+    assert mask.shape == (6, n_tokens) and mask.dtype == torch.bool
+    assert (mask.sum(dim=1) == n_masked).all()
+    assert keep.shape == (6, n_tokens - n_masked)
+    for b in range(6):
+        assert keep[b].tolist() == (~mask[b]).nonzero().flatten().tolist()
+
+
+def test_random_mask_differs_across_time_and_covers_every_token_uniformly() -> None:
+    mask, _ = random_mask(2000, (2, 4, 4), 0.5, gen(0))
+    per_step = mask.view(2000, 2, 16)
+    assert (per_step[:, 0] != per_step[:, 1]).any(dim=1).float().mean() > 0.9  # not tubes
+    frequency = mask.float().mean(dim=0)  # every (t, h, w) token masked about half the time
+    assert (frequency - 0.5).abs().max() < 0.06
 
 
 # --- patch layout ------------------------------------------------------------------------------
@@ -169,10 +197,162 @@ def test_masked_patch_loss_with_nothing_masked_is_zero(loss_inputs) -> None:
 # --- the MAE model -----------------------------------------------------------------------------
 
 
+def pixel_patch(
+    x: torch.Tensor, b: int, token: int, grid, tubelet: int, patch: int
+) -> torch.Tensor:
+    """Token `token` (t-major) of sample b cut straight from the pixels, flattened (tubelet, p, p, C)."""
+    _, h, w = grid
+    t0, h0, w0 = token // (h * w) * tubelet, token // w % h * patch, token % w * patch
+    block = x[b, :, t0 : t0 + tubelet, h0 : h0 + patch, w0 : w0 + patch]  # (C, tubelet, p, p)
+    return block.permute(1, 2, 3, 0).flatten()
+
+
+def reference_mae_loss(x, pred, mask, grid, tubelet, patch, norm_pix: bool) -> float:
+    """Slow loop: mean over every masked patch of the batch of the patch's mean squared error."""
+    total, count = 0.0, 0
+    for b in range(x.shape[0]):
+        for token in range(mask.shape[1]):
+            if not mask[b, token]:
+                continue
+            target = pixel_patch(x, b, token, grid, tubelet, patch).double()
+            if norm_pix:
+                mean = target.sum() / target.numel()
+                var = ((target - mean) ** 2).sum() / (target.numel() - 1)
+                target = (target - mean) / (var + 1e-6).sqrt()
+            total += float(((pred[b, token].double() - target) ** 2).mean())
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("mask_type", ["tube", "random"])
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_mae_loss_matches_direct_reference(mask_type, norm_pix) -> None:
+    model = make_mae(norm_pix_loss=norm_pix, mask_type=mask_type)
+    x = smooth_clip(3, seed=2) * 3 + torch.rand(3, 1, 4, 32, 32, generator=gen(4))
+    with torch.no_grad():
+        loss, pred, mask = model.loss(x, generator=gen(0))
+    assert (mask.sum(dim=1) == 2 * round(0.75 * 16)).all()
+    if mask_type == "tube":
+        assert (mask.view(3, 2, 16)[:, 0] == mask.view(3, 2, 16)[:, 1]).all()
+    expected = reference_mae_loss(x, pred, mask, (2, 4, 4), 2, 8, norm_pix)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+MIXED = ["cine", "lge", "lge", "cine"]
+RATIOS = {"cine": 0.75, "lge": 0.5}
+
+
+@pytest.mark.parametrize("mask_type", ["tube", "random"])
+def test_mixed_modality_batch_masks_per_modality_and_matches_reference(mask_type) -> None:
+    model = make_mae(mask_ratio=RATIOS, mask_type=mask_type).eval()
+    x = smooth_clip(4, seed=3)
+    with torch.no_grad():
+        loss, pred, mask = model.loss(x, MIXED, gen(0))
+    # grid (2, 4, 4): cine masks 12 of 16 positions, lge 8 (tube: per time step; random: 24 / 16
+    # of the 32 tokens).
+    assert mask.sum(dim=1).tolist() == [24, 16, 16, 24]
+    expected = reference_mae_loss(x, pred, mask, (2, 4, 4), 2, 8, norm_pix=True)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)  # weighted by masked-token counts
+
+    # Each group is its own sub-batch, masks drawn in order of first appearance (cine, then lge):
+    # the same generator over the groups alone gives the same masks and predictions, in place.
+    g = gen(0)
+    with torch.no_grad():
+        cine = model.forward_masked(x[[0, 3]], ["cine", "cine"], g)
+        lge = model.forward_masked(x[[1, 2]], ["lge", "lge"], g)
+    for rows, (group_pred, group_mask, _) in (([0, 3], cine), ([1, 2], lge)):
+        assert torch.equal(mask[rows], group_mask)
+        torch.testing.assert_close(pred[rows], group_pred)
+
+
+def spy_encoder(model: MAE, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Record (batch size, keep length, modality) of every encoder call."""
+    calls: list[dict] = []
+    original = model.encoder.forward_features
+
+    def spy(x, **kwargs):
+        modality = kwargs.get("modality")
+        keep = kwargs["keep"]
+        calls.append({"batch": x.shape[0], "keep": keep.shape[1], "modality": modality})
+        return original(x, **kwargs)
+
+    monkeypatch.setattr(model.encoder, "forward_features", spy)
+    return calls
+
+
+def test_encoder_runs_once_per_ratio_group_with_modality_indices(monkeypatch) -> None:
+    model = make_mae(mask_ratio=RATIOS)
+    calls = spy_encoder(model, monkeypatch)
+    model({"clip": smooth_clip(4), "modality": MIXED}, gen(0))
+    assert [(c["batch"], c["keep"]) for c in calls] == [(2, 8), (2, 16)]
+    assert [c["modality"].tolist() for c in calls] == [[0, 0], [1, 1]]  # MODALITIES order
+
+    calls.clear()
+    model({"clip": smooth_clip(4), "modality": ["lge"] * 4}, gen(0))
+    assert [(c["batch"], c["keep"], c["modality"].tolist()) for c in calls] == [(4, 16, [1] * 4)]
+
+    # Equal ratios: one group, however the modalities mix.
+    same = make_mae(mask_ratio={"cine": 0.5, "lge": 0.5})
+    calls = spy_encoder(same, monkeypatch)
+    same({"clip": smooth_clip(4), "modality": MIXED}, gen(0))
+    assert [(c["batch"], c["modality"].tolist()) for c in calls] == [(4, [0, 1, 1, 0])]
+
+
+def test_batch_without_modality_counts_as_cine(monkeypatch) -> None:
+    model = make_mae(mask_ratio=RATIOS)
+    calls = spy_encoder(model, monkeypatch)
+    _, _, mask = model.loss(smooth_clip(2), generator=gen(0))
+    assert (mask.sum(dim=1) == 24).all()  # the cine ratio
+    assert calls[0]["modality"] is None  # the encoder's own default (cine)
+
+
+def test_mask_ratio_errors_name_the_problem() -> None:
+    model = make_mae(mask_ratio={"cine": 0.75})
+    with pytest.raises(ValueError, match="no entry for modality 'lge'"):
+        model.loss(smooth_clip(2), ["cine", "lge"])
+    with pytest.raises(ValueError, match="ratio"):
+        make_mae(mask_ratio={"cine": 1.0})
+    with pytest.raises(ValueError, match="ratio"):
+        make_mae(mask_ratio=-0.5)
+    with pytest.raises(ValueError, match="flair"):
+        make_mae(mask_ratio={"cine": 0.9, "flair": 0.5})
+    with pytest.raises(ValueError, match="mask_type"):
+        make_mae(mask_type="block")
+    with pytest.raises(ValueError, match="3 modality names"):
+        make_mae().loss(smooth_clip(2), ["cine"] * 3)
+
+
+def test_forward_takes_a_batch_dict_and_returns_named_losses() -> None:
+    model = make_mae(mask_ratio=RATIOS)
+    x = smooth_clip(4)
+    out = model({"clip": x, "modality": MIXED, "key": ["a", "b", "c", "d"]}, gen(0))
+    assert set(out) == {"loss", "mae"}
+    expected, _, _ = model.loss(x, MIXED, gen(0))
+    torch.testing.assert_close(out["loss"], expected)
+    torch.testing.assert_close(out["mae"], expected)
+    out["loss"].backward()
+    assert model.encoder.patch_embed.weight.grad.abs().sum() > 0
+    assert model.decoder_pred.weight.grad.abs().sum() > 0
+    with pytest.raises(TypeError, match=r"MAE\.loss"):
+        model(x)
+
+
+def test_reconstruct_for_pictures_returns_pixels_and_pixel_mask() -> None:
+    model = make_mae(mask_ratio=RATIOS, mask_type="random")
+    x = smooth_clip(2)
+    rec, pixel_mask = model.reconstruct(x, ["cine", "lge"], gen(0))
+    _, pred, mask = model.loss(x, ["cine", "lge"], gen(0))
+    assert rec.shape == pixel_mask.shape == x.shape and pixel_mask.dtype == torch.bool
+    assert not rec.requires_grad
+    assert torch.equal(patchify(pixel_mask, 2, 8), mask[..., None].expand(-1, -1, 128))
+    assert torch.equal(rec[~pixel_mask], x[~pixel_mask])
+    torch.testing.assert_close(rec, model.fill_masked(x, pred, mask).detach())
+
+
 def test_forward_shapes() -> None:
     model = make_mae()
     x = smooth_clip(2)  # grid (2, 4, 4) at tubelet 2, patch 8
-    loss, pred, mask = model(x, gen(0))
+    loss, pred, mask = model.loss(x, generator=gen(0))
     assert loss.shape == () and torch.isfinite(loss)
     assert pred.shape == (2, 32, 2 * 8 * 8)
     assert mask.shape == (2, 32) and mask.dtype == torch.bool
@@ -180,8 +360,9 @@ def test_forward_shapes() -> None:
     torch.testing.assert_close(loss, model.forward_loss(x, pred, mask))
 
 
-def test_encoder_sees_only_visible_pixels() -> None:
-    model = make_mae().eval()
+@pytest.mark.parametrize("mask_type", ["tube", "random"])
+def test_encoder_sees_only_visible_pixels(mask_type) -> None:
+    model = make_mae(mask_type=mask_type).eval()
     x = smooth_clip(2)
     mask, keep = model.random_masking(x, gen(0))
     noise = torch.randn(2, 32, 128, generator=gen(1))
@@ -206,18 +387,18 @@ def test_same_generator_same_forward() -> None:
     model = make_mae().eval()
     x = smooth_clip(2)
     with torch.no_grad():
-        first, again, other = model(x, gen(5)), model(x, gen(5)), model(x, gen(6))
+        first, again, other = (model.loss(x, generator=gen(s)) for s in (5, 5, 6))
     assert torch.equal(first[2], again[2]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[2], other[2])
 
 
 @pytest.mark.parametrize("norm_pix", [True, False])
-def test_reconstruct_keeps_visible_and_maps_predictions_back(norm_pix) -> None:
+def test_fill_masked_keeps_visible_and_maps_predictions_back(norm_pix) -> None:
     model = make_mae(norm_pix_loss=norm_pix)
     x = smooth_clip(2)
     with torch.no_grad():
-        _, pred, mask = model(x, gen(0))
-        rec = model.reconstruct(x, pred, mask)
+        _, pred, mask = model.loss(x, generator=gen(0))
+        rec = model.fill_masked(x, pred, mask)
     assert rec.shape == x.shape
     assert torch.equal(patchify(rec, 2, 8)[~mask], patchify(x, 2, 8)[~mask])
     assert not torch.allclose(patchify(rec, 2, 8)[mask], patchify(x, 2, 8)[mask])
@@ -228,7 +409,7 @@ def test_reconstruct_keeps_visible_and_maps_predictions_back(norm_pix) -> None:
         mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
         target = (target - mean) / (var + 1e-6).sqrt()
     assert float(model.forward_loss(x, target, mask)) == pytest.approx(0.0, abs=1e-10)
-    torch.testing.assert_close(model.reconstruct(x, target, mask), x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.fill_masked(x, target, mask), x, atol=1e-5, rtol=1e-5)
 
 
 def test_optimisation_reduces_loss_on_a_fixed_batch() -> None:
@@ -237,7 +418,7 @@ def test_optimisation_reduces_loss_on_a_fixed_batch() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):
-        loss, _, _ = model(x, gen(1))  # the same mask every step
+        loss = model({"clip": x}, gen(1))["loss"]  # the same mask every step
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
