@@ -140,8 +140,8 @@ def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: in
         torch.from_numpy(take_window(subject["image"], z, 0, frames)).float().div(255)[None, None]
     )  # (1, 1, T, H, W)
     with torch.no_grad():
-        _, pred, mask = mae(clip, generator=torch.Generator().manual_seed(seed))
-        recon = mae.reconstruct(clip, pred, mask)
+        _, pred, mask = mae.loss(clip, generator=torch.Generator().manual_seed(seed))
+        recon = mae.fill_masked(clip, pred, mask)
     enc = mae.encoder
     mask_px = mask.float().reshape(1, *enc.grid(clip.shape), 1).repeat_interleave(enc.tubelet, 1)
     mask_px = mask_px.repeat_interleave(enc.patch_size, 2).repeat_interleave(enc.patch_size, 3)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_shards.augment import AugmentConfig, BatchClipAugment, clip_augment, to_unit
-from data_shards.stream import pretrain_dataset
+from data_shards.stream import ClipDataset, pretrain_dataset
 
 
 class ClipDataModule(LightningDataModule):
@@ -44,6 +47,13 @@ class ClipDataModule(LightningDataModule):
             converted and augmented after the transfer, batched on the accelerator
             (:class:`~data_shards.augment.BatchClipAugment`, same distributions; only while
             the trainer trains). The GPU choice: it frees the loader cores of the augmentation.
+        views: 1, or 2 for contrastive objectives (``clip2``: another slice of the same
+            subject, its own window and augmentation).
+
+    Exact resume: the number of batches handed to training is saved in checkpoints
+    (``state_dict``); a run resumed from one continues the stream where it stopped (the
+    epoch's pass starts again and each worker draws and drops the clips it had delivered, so
+    shard order, windows, shuffle and augmentation come out as in an uninterrupted run).
     """
 
     def __init__(
@@ -59,6 +69,7 @@ class ClipDataModule(LightningDataModule):
         stride: int | list[int] = 1,
         augment: bool | dict[str, Any] = False,
         augment_on: str = "loader",
+        views: int = 1,
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -76,7 +87,7 @@ class ClipDataModule(LightningDataModule):
         self.augment_config = _augment_config(augment)  # an unknown option fails here, early
         self.augment_on = augment_on
         self._batch_augment: BatchClipAugment | None = None
-        self._augment_key: tuple[int, int] | None = None
+        self._batches = 0  # batches handed to training since the run began (checkpointed)
         self.shards = shards
         self.frames = frames
         self.batch_size = batch_size
@@ -86,6 +97,9 @@ class ClipDataModule(LightningDataModule):
         self.epoch_length = epoch_length
         self.seed = seed
         self.stride = stride if isinstance(stride, int) else list(stride)
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views}")
+        self.views = views
         self.save_hyperparameters()
 
     def train_dataloader(self) -> DataLoader:
@@ -104,7 +118,11 @@ class ClipDataModule(LightningDataModule):
             stride=self.stride,
             augment=augment,
             output="float" if self.augment_on == "loader" else "uint8",
+            views=self.views,
         )
+        if self._batches and self.trainer is not None:
+            dataset = _resume(dataset, self._batches, self.trainer.current_epoch,
+                              max(1, self.num_workers), self.batch_size, per_worker)  # fmt: skip
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -113,30 +131,84 @@ class ClipDataModule(LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Counted here, when training takes the batch: Lightning fetches one batch ahead.
+        if self.trainer is not None and self.trainer.training:
+            self._batches += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches": self._batches, "layout": self._layout()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("layout") != self._layout():
+            warnings.warn(
+                f"the checkpoint's stream had batch_size, num_workers, epoch_length, seed = "
+                f"{state.get('layout')}, this run {self._layout()}: the stream restarts its "
+                "epoch instead of resuming exactly where it stopped",
+                stacklevel=2,
+            )
+            return
+        self._batches = int(state["batches"])
+
+    def _layout(self) -> list[int]:
+        """What maps a batch count onto each worker's position in the stream."""
+        return [self.batch_size, self.num_workers, self.epoch_length, self.seed]
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With ``augment_on: device``: uint8 clips (B, 1, F, H, W) -> float32 in [0, 1] on the
         batch's device, augmented while training (or when no trainer is attached)."""
         if self.augment_on != "device" or batch["clip"].dtype != torch.uint8:
             return batch
-        clip = batch["clip"]
         trainer = self.trainer
-        if self.augment_config is not None and (trainer is None or trainer.training):
-            clip = self._device_augment(trainer)(clip)
-        else:
-            clip = to_unit(clip)
-        return {**batch, "clip": clip}
+        augmenting = self.augment_config is not None and (trainer is None or trainer.training)
+        # Seeded once per batch, so the two views of a pair take different draws.
+        augment = self._device_augment(trainer) if augmenting else to_unit
+        views = {key: augment(batch[key]) for key in ("clip", "clip2") if key in batch}
+        return {**batch, **views}
 
     def _device_augment(self, trainer: Any) -> BatchClipAugment:
-        """The batch augmentation, reseeded from (seed, epoch, rank) when either changes: as in
-        the loader, each rank draws its own and a run resumed at an epoch start redraws the same."""
-        epoch, rank = (0, 0) if trainer is None else (trainer.current_epoch, trainer.global_rank)
+        """The batch augmentation, reseeded for every batch from (seed, rank, batch count): each
+        rank draws its own, and a resumed run draws what an uninterrupted one would."""
+        rank = 0 if trainer is None else trainer.global_rank
         if self._batch_augment is None:
             self._batch_augment = BatchClipAugment(self.augment_config)
-        if self._augment_key != (epoch, rank):
-            state = np.random.SeedSequence([self.seed, epoch, rank]).generate_state(1, np.uint64)
-            self._batch_augment.set_random_state(int(state[0] >> 1))  # manual_seed: < 2**63
-            self._augment_key = (epoch, rank)
+        entropy = [self.seed, rank, self._batches]
+        state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
+        self._batch_augment.set_random_state(int(state[0] >> 1))  # manual_seed: < 2**63
         return self._batch_augment
+
+
+class _Resumed(IterableDataset):
+    """A clip stream whose first pass continues a checkpointed one: each worker drops the clips
+    it had delivered (``skip``), or the pass is empty when the epoch had ended (``empty``)."""
+
+    def __init__(self, dataset: ClipDataset, skip: list[int], empty: bool) -> None:
+        self.dataset, self.skip, self.empty = dataset, skip, empty
+        self.first = True  # per process: each DataLoader worker has its own copy
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        first, self.first = self.first, False
+        if first and self.empty:
+            self.dataset.source.epoch += 1  # that pass is over; the next one is the next epoch
+            return iter(())
+        clips = iter(self.dataset)
+        if not first:
+            return clips
+        info = get_worker_info()
+        return islice(clips, self.skip[0 if info is None else info.id], None)
+
+
+def _resume(
+    dataset: ClipDataset, batches: int, epoch: int, workers: int, batch_size: int, per_worker: int
+) -> _Resumed:
+    """Position dataset so that its next pass continues Lightning's epoch `epoch` after `batches`
+    batches of the whole run (workers deliver whole batches round-robin)."""
+    per_epoch = workers * math.ceil(per_worker / batch_size)
+    done = batches - epoch * per_epoch  # batches of this epoch already trained on
+    dataset.source.epoch = epoch - 1  # ClipSource counts passes; the next is this epoch's
+    skip = [len(range(w, done, workers)) * batch_size for w in range(workers)]
+    return _Resumed(dataset, skip, empty=done >= per_epoch)
 
 
 def _augment_config(augment: bool | dict[str, Any]) -> AugmentConfig | None:

@@ -183,9 +183,11 @@ class ClipSource(IterableDataset):
         stride: int | Sequence[int],
         augment: Augment | None,
         output: str = "float",
+        views: int = 1,
     ) -> None:
         self.sets = [(list(urls), weight) for urls, weight in sets]
         self.output = output
+        self.views = views
         self.frames, self.splits, self.shuffle = frames, frozenset(splits), shuffle
         self.resampled, self.seed, self.stride, self.augment = resampled, seed, stride, augment
         self.epoch = -1
@@ -236,6 +238,10 @@ class ClipSource(IterableDataset):
 
     def _clips(self, urls: Iterable[str], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
         subjects = (s for url in urls for s in shard_subjects(url, self.splits, self._skip))
+        if self.views == 2:
+            from data_shards.views import slice_pairs  # views imports this module
+
+            return slice_pairs(subjects, self.frames, rng, self.stride)
         return slice_clips(subjects, self.frames, rng, self.stride)
 
     def _skip(self, message: str) -> None:
@@ -245,7 +251,12 @@ class ClipSource(IterableDataset):
         )
 
     def _to_tensor(self, sample: dict[str, Any]) -> dict[str, Any]:
-        clip = sample["clip"]  # uint8 (F, H, W)
+        converted = {key: self._tensor(sample[key]) for key in ("clip", "clip2") if key in sample}
+        return {**sample, **converted}
+
+    def _tensor(self, clip: np.ndarray) -> torch.Tensor:
+        """uint8 (F, H, W) -> (1, F, H, W): float in [0, 1] (augmented), or uint8; each view of
+        a pair gets its own augmentation draw."""
         if self.output == "uint8":  # augmented after the batch reaches the accelerator
             tensor = torch.from_numpy(np.ascontiguousarray(clip[None]))
         elif self.augment is not None:
@@ -256,7 +267,7 @@ class ClipSource(IterableDataset):
             array = clip[None].astype(np.float32)
             array /= 255.0
             tensor = torch.from_numpy(array)
-        return {**sample, "clip": tensor}  # (1, F, H, W): float in [0, 1], or uint8
+        return tensor
 
 
 class ClipDataset(wds.DataPipeline):
@@ -284,6 +295,7 @@ def pretrain_dataset(
     stride: int | Sequence[int] = 1,
     augment: Augment | None = None,
     output: str = "float",
+    views: int = 1,
 ) -> ClipDataset:
     """Stream per-slice clips for self-supervised pretraining.
 
@@ -311,12 +323,17 @@ def pretrain_dataset(
             quarter of the bytes to collate and send between processes, for augmentation on
             the accelerator after the transfer (:class:`data_shards.augment.BatchClipAugment`);
             ``augment`` must then be None.
+        views: 1, or 2 for contrastive objectives: each sample then also holds ``clip2``, the
+            same subject at another slice with its own window and augmentation
+            (:func:`data_shards.views.slice_pairs`), plus ``modality2`` and ``slice2``.
 
     Returns:
         An iterable of ``{"clip": float32 (1, F, H, W) in [0, 1] (uint8 with output="uint8"),
         "modality": str, "key": str, "slice": int}``; ``.skipped`` counts the data skipped as
         unreadable in this process.
     """
+    if views not in (1, 2):
+        raise ValueError(f"views must be 1 or 2, got {views}")
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     if seed < 0:
@@ -353,6 +370,7 @@ def pretrain_dataset(
         stride=strides[0] if len(strides) == 1 else tuple(strides),
         augment=augment,
         output=output,
+        views=views,
     )
     dataset = ClipDataset(source)
     if epoch_length is not None:

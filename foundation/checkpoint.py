@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-PREFIXES = ("mae.encoder.", "model.backbone.")  # where pretraining / fine-tuning keep the backbone
+# Where systems keep the backbone: pretraining (before the objective registry: mae.), fine-tuning.
+PREFIXES = ("objective.encoder.", "mae.encoder.", "model.backbone.")
 M = TypeVar("M", bound=nn.Module)
 
 

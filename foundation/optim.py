@@ -3,21 +3,50 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import torch
 from torch import nn
 
+# Parameter names (any dotted component) that AdamW must not decay even when they are matrices:
+# learned tokens (MAE mask token, class tokens) and positional codes (learned positions, the
+# backbone's modality and axis tables). Decay would pull these codes towards zero.
+NO_DECAY_NAMES = ("pos_embed", "modality_embed", "axis_embed")
+
+
+def decays(name: str, param: nn.Parameter, skip: Collection[str] = ()) -> bool:
+    """Whether AdamW decays this parameter: weight matrices and kernels do; norms and biases
+    (ndim <= 1), tokens, positions, modality/axis embeddings and names in skip do not."""
+    if param.ndim <= 1 or name in skip:
+        return False
+    parts = name.split(".")
+    return not any(p.endswith("token") or p in NO_DECAY_NAMES for p in parts)
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters that submodules list in timm's ``no_weight_decay()``."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        listed = getattr(module, "no_weight_decay", None)
+        if callable(listed):
+            names |= {f"{prefix}.{n}" if prefix else n for n in listed()}
+    return names
+
 
 def param_groups(
-    named: Iterable[tuple[str, nn.Parameter]], weight_decay: float, lr: float
+    named: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    lr: float,
+    skip: Collection[str] = (),
 ) -> list[dict]:
-    """Split parameters into decayed weights and undecayed norms, biases and tokens (ndim <= 1)."""
+    """Two AdamW groups: decayed weights, and undecayed parameters (see :func:`decays`).
+
+    Frozen parameters (requires_grad False) are left out.
+    """
     decay, no_decay = [], []
     for name, p in named:
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith("token") else decay).append(p)
+        if p.requires_grad:
+            (decay if decays(name, p, skip) else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay, "lr": lr},
         {"params": no_decay, "weight_decay": 0.0, "lr": lr},

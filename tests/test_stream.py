@@ -189,6 +189,35 @@ def test_datamodule_batches(shards: Path) -> None:
         ClipDataModule(shards=str(shards), frames=0)
 
 
+def is_window_of(clip: torch.Tensor, stored: np.ndarray) -> bool:
+    """clip (1, F, H, W) in [0, 1] is a cyclic window of stored (T, H, W) uint8."""
+    frames, n_frames = clip.shape[1], stored.shape[0]
+    return any(
+        torch.equal(clip[0], torch.from_numpy(stored[(s + np.arange(frames)) % n_frames]) / 255)
+        for s in range(n_frames)
+    )
+
+
+def test_two_views_are_other_slices_of_the_same_subject(shards: Path, images) -> None:
+    samples = list(pretrain_dataset(shards, frames=3, shuffle=8, seed=2, views=2))
+    assert {(s["key"], s["slice"]) for s in samples} == kept()  # every slice once as view 1
+    for sample in samples:
+        stored = images[sample["key"]]
+        assert sample["slice2"] != sample["slice"]  # S = 3: always another slice
+        assert is_window_of(sample["clip"], stored[sample["slice"]])
+        assert is_window_of(sample["clip2"], stored[sample["slice2"]])
+    module = ClipDataModule(shards=str(shards), frames=3, batch_size=4, epoch_length=4, views=2,
+                            augment={"spatial_prob": 1.0}, augment_on="device")  # fmt: skip
+    raw = next(iter(module.train_dataloader()))
+    raw["clip2"] = raw["clip"].clone()  # identical views: only the augmentation can differ
+    batch = module.on_after_batch_transfer(raw, 0)
+    assert batch["clip"].dtype == batch["clip2"].dtype == torch.float32
+    assert batch["clip2"].shape == batch["clip"].shape == (4, 1, 3, SHAPE[2], SHAPE[3])
+    assert not torch.equal(batch["clip"], batch["clip2"])  # each view its own draw
+    with pytest.raises(ValueError, match="views"):
+        pretrain_dataset(shards, frames=3, views=3)
+
+
 # --- one pass over ranks x workers ----------------------------------------------------------
 
 

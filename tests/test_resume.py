@@ -1,0 +1,258 @@
+"""Exact resume: a run killed after its step-k checkpoint and resumed from it ends at step n with
+the weights, step count and data of a run that was never interrupted.
+
+The pretraining stream is an IterableDataset, so resuming means continuing the stream where the
+checkpoint left it. The datamodule here follows the contract ClipDataModule needs (see
+``StreamDataModule``): it counts the batches handed to training, saves that count in the
+checkpoint (``state_dict``) and, on resume, starts Lightning's current epoch's pass of the stream
+with the clips each worker had already delivered drawn and dropped. Masks and drop path are
+seeded per micro-batch by the system, so they need no saved random state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from cmrfm.train import pop_flag, run_training
+from pretext.system import PretrainSystem
+
+CLIP = (1, 4, 16, 16)  # (C, T, H, W): a 2 x 2 x 2 token grid at tubelet 2, patch 8
+
+
+class ClipStream(IterableDataset):
+    """Clips drawn in sequence from one generator per (seed, pass, worker), like ClipSource.
+
+    Resume contract: ``epoch`` counts passes (the next pass is epoch + 1); before the first pass
+    after a resume, ``skip[worker]`` clips are drawn and dropped (so the generator ends where the
+    interrupted run's did), or ``empty`` makes that pass yield nothing.
+    """
+
+    def __init__(self, clips_per_worker: int, seed: int) -> None:
+        self.clips_per_worker, self.seed = clips_per_worker, seed
+        self.epoch = -1
+        self.skip: dict[int, int] = {}
+        self.empty = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.epoch += 1
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        if self.empty:
+            self.empty = False
+            return iter(())
+        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        clips = (
+            {"clip": torch.from_numpy(rng.random(CLIP, dtype=np.float32)), "modality": "cine"}
+            for _ in range(self.clips_per_worker)
+        )
+        return itertools.islice(clips, self.skip.pop(worker, 0), None)
+
+
+def resume_position(
+    stream: ClipStream, batches: int, epoch: int, workers: int, batch_size: int
+) -> None:
+    """Position stream so that its next pass continues Lightning's epoch `epoch` after `batches`
+    batches of the whole run were trained on (workers deliver batches round-robin)."""
+    per_epoch = workers * math.ceil(stream.clips_per_worker / batch_size)
+    done = batches - epoch * per_epoch  # batches of this epoch already trained on
+    stream.epoch = epoch - 1
+    if done >= per_epoch:  # saved at the epoch's last batch; Lightning still has to end it
+        stream.empty = True
+    else:
+        stream.skip = {w: len(range(w, done, workers)) * batch_size for w in range(workers)}
+
+
+class StreamDataModule(L.LightningDataModule):
+    """The resume contract on a deterministic stream; ``resume=False`` restarts the stream
+    (what a datamodule without the contract does), the control that shows the test can fail."""
+
+    def __init__(
+        self, batch_size: int = 4, epoch_length: int = 16, num_workers: int = 0, resume: bool = True
+    ) -> None:
+        super().__init__()
+        self.batch_size, self.epoch_length = batch_size, epoch_length
+        self.num_workers, self.resume = num_workers, resume
+        self.batches = 0  # batches handed to training since the run began (saved)
+
+    def train_dataloader(self) -> DataLoader:
+        workers = max(1, self.num_workers)
+        stream = ClipStream(math.ceil(self.epoch_length / workers), seed=7)
+        if self.resume and self.batches:
+            resume_position(stream, self.batches, self.trainer.current_epoch, workers,
+                            self.batch_size)  # fmt: skip
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)  # fmt: skip
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Counted here, not when the loader yields: Lightning fetches one batch ahead.
+        if self.trainer is not None and self.trainer.training:
+            self.batches += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batches = state["batches"]
+
+
+class Kill(L.Callback):
+    """Crash at the start of the batch after step k (its checkpoint is already written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise SystemError(f"killed at step {self.step}")
+
+
+class Seen(L.Callback):
+    """Fingerprint of each trained batch, by the step it was trained at."""
+
+    def __init__(self) -> None:
+        self.sums: dict[int, list[float]] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, *args: Any) -> None:
+        self.sums.setdefault(trainer.global_step, []).append(float(batch["clip"].sum()))
+
+
+def make_system(seed: int) -> PretrainSystem:
+    L.seed_everything(seed)
+    return PretrainSystem(
+        "cmr_vit_test",
+        {"patch_size": 8, "tubelet": 2, "drop_path_rate": 0.1},
+        "mae",
+        {"mask_ratio": 0.5, "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
+        lr=3e-3, scale_lr=False, warmup_steps=2,
+    )  # fmt: skip
+
+
+def fit(
+    out: Path, steps: int, every: int, data: StreamDataModule, seed: int = 0,
+    accumulate: int = 1, callbacks: tuple = (), ckpt: Path | None = None,
+) -> tuple[PretrainSystem, L.Trainer]:  # fmt: skip
+    system = make_system(seed)
+    checkpoints = ModelCheckpoint(out, "{step}", every_n_train_steps=every, save_top_k=-1)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=steps, accumulate_grad_batches=accumulate,
+        gradient_clip_val=1.0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[checkpoints, *callbacks],
+    )  # fmt: skip
+    trainer.fit(system, datamodule=data, ckpt_path=ckpt)
+    return system, trainer
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "accumulate", "workers"),
+    [(3, 6, 1, 0), (4, 6, 1, 2), (2, 4, 2, 0)],
+    ids=["mid-epoch", "epoch-end-2-workers", "accumulate-2"],
+)
+def test_resumed_run_matches_the_uninterrupted_one(
+    tmp_path: Path, k: int, n: int, accumulate: int, workers: int
+) -> None:
+    # 16 clips per epoch in batches of 4: 4 batches an epoch, so both runs cross an epoch.
+    seen_full, seen_resumed = Seen(), Seen()
+    full, full_trainer = fit(tmp_path / "full", n, k, StreamDataModule(num_workers=workers),
+                             accumulate=accumulate, callbacks=(seen_full,))  # fmt: skip
+    with pytest.raises(SystemError, match=f"killed at step {k}"):
+        fit(tmp_path / "killed", n, k, StreamDataModule(num_workers=workers),
+            accumulate=accumulate, callbacks=(Kill(k),))  # fmt: skip
+    ckpt = tmp_path / "killed" / f"step={k}.ckpt"
+    # Another initialisation seed: everything must come from the checkpoint.
+    resumed, trainer = fit(tmp_path / "resumed", n, k, StreamDataModule(num_workers=workers),
+                           seed=1, accumulate=accumulate, callbacks=(seen_resumed,), ckpt=ckpt)  # fmt: skip
+
+    assert trainer.global_step == full_trainer.global_step == n
+    assert resumed.micro_batches == full.micro_batches == n * accumulate
+    assert seen_resumed.sums == {s: seen_full.sums[s] for s in range(k, n)}  # same data
+    torch.testing.assert_close(resumed.state_dict(), full.state_dict())
+
+
+def test_restarting_the_stream_instead_breaks_the_match(tmp_path: Path) -> None:
+    """The control: resuming weights but not the stream position trains on other data."""
+    full, _ = fit(tmp_path / "full", 6, 3, StreamDataModule())
+    with pytest.raises(SystemError):
+        fit(tmp_path / "killed", 6, 3, StreamDataModule(), callbacks=(Kill(3),))
+    restarted, trainer = fit(tmp_path / "restarted", 6, 3, StreamDataModule(resume=False),
+                             ckpt=tmp_path / "killed" / "step=3.ckpt")  # fmt: skip
+    assert trainer.global_step == 6
+    weights, reference = restarted.state_dict(), full.state_dict()
+    assert any(not torch.allclose(weights[key], reference[key]) for key in reference)
+
+
+def test_checkpoints_are_written_every_n_steps_and_carry_the_stream_position(
+    tmp_path: Path,
+) -> None:
+    fit(tmp_path, 6, 2, StreamDataModule())
+    names = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert names == ["step=2.ckpt", "step=4.ckpt", "step=6.ckpt"]
+    ckpt = torch.load(tmp_path / "step=4.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert ckpt["StreamDataModule"] == {"batches": 4}
+    assert ckpt["pretrain_state"]["micro_batches"] == 4
+
+
+def test_cli_resume_continues_a_run_from_its_checkpoint(
+    make_phantom_shards: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "pretrain_mae_phantom.yaml"
+    args = ["--config", str(config), "--shards", str(make_phantom_shards(4, 2)),
+            "--model.init_args.backbone", "cmr_vit_test", "--trainer.logger", "false",
+            "--data.init_args.batch_size", "2", "--data.init_args.epoch_length", "8"]  # fmt: skip
+    first = run_training([*args, "--out", str(tmp_path / "a"), "--max-steps", "2"])
+    resumed = run_training([*args, "--out", str(tmp_path / "b"), "--max-steps", "3",
+                            "--resume", str(first)])  # fmt: skip
+    state = torch.load(resumed, weights_only=True)
+    assert state["global_step"] == 3  # 2 restored + 1 trained, not 3 from scratch
+    assert state["pretrain_state"]["micro_batches"] == 3
+
+
+def test_resume_flag_is_taken_out_of_the_lightning_arguments() -> None:
+    assert pop_flag(["--a", "1", "--resume", "x.ckpt", "--b"], "--resume") == (
+        ["--a", "1", "--b"],
+        "x.ckpt",
+    )
+    assert pop_flag(["--resume=last"], "--resume") == ([], "last")
+    assert pop_flag(["--a"], "--resume") == (["--a"], None)
+
+
+@pytest.fixture(scope="module")
+def phantom(make_phantom_shards: Callable[..., Path]) -> Path:
+    return make_phantom_shards(6, 2)
+
+
+@pytest.mark.parametrize(
+    ("k", "workers", "augment_on"),
+    [(3, 0, "loader"), (4, 2, "loader"), (3, 2, "device")],
+    ids=["mid-epoch", "epoch-end-2-workers", "device-augment-2-workers"],
+)
+def test_clip_datamodule_resumes_its_stream_exactly(
+    phantom: Path, tmp_path: Path, k: int, workers: int, augment_on: str
+) -> None:
+    from data_shards.datamodule import ClipDataModule
+
+    def data() -> ClipDataModule:
+        return ClipDataModule(str(phantom), frames=4, batch_size=4, num_workers=workers,
+                              shuffle=8, epoch_length=16, augment=True, augment_on=augment_on)  # fmt: skip
+
+    seen_full, seen_resumed = Seen(), Seen()
+    full, _ = fit(tmp_path / "full", 6, k, data(), callbacks=(seen_full,))
+    with pytest.raises(SystemError):
+        fit(tmp_path / "killed", 6, k, data(), callbacks=(Kill(k),))
+    resumed, trainer = fit(tmp_path / "resumed", 6, k, data(), seed=1, callbacks=(seen_resumed,),
+                           ckpt=tmp_path / "killed" / f"step={k}.ckpt")  # fmt: skip
+    assert trainer.global_step == 6
+    assert seen_resumed.sums == {s: seen_full.sums[s] for s in range(k, 6)}
+    torch.testing.assert_close(resumed.state_dict(), full.state_dict())
