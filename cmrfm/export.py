@@ -1,0 +1,404 @@
+"""`cmrfm export` and `cmrfm publish`: a training checkpoint (a Lightning file or a DeepSpeed
+ZeRO-2/3 folder) -> a hub folder (foundation.hub), and a hub folder -> a Hugging Face Hub repo.
+
+Nothing is unpickled beyond plain containers and tensors: Lightning files are read with
+``weights_only=True``; DeepSpeed's own ZeRO reconstruction runs with torch.load forced to
+``weights_only=True`` and only DeepSpeed's bookkeeping classes allowlisted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from foundation.card import dataset_names, detect_datasets
+from foundation.checkpoint import read_checkpoint
+from foundation.hub import check_hub_folder, from_pretrained, save_pretrained
+from foundation.registry import BACKBONES, create_backbone
+from foundation.vit import CONTEXT_EMBEDDINGS, MODALITIES, CardiacViT
+
+# Where systems keep the backbone, in order of preference when several prefixes fit (an EMA
+# teacher next to the student, say). Any other prefix is found too: see find_encoder_prefix.
+ENCODER_PREFIXES = ("objective.encoder.", "mae.encoder.", "model.backbone.", "encoder.")
+RUNTIME_ARGS = frozenset({"compile"})  # backbone kwargs that are not architecture
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class TrainingCheckpoint:
+    """Weights and the rest of a training checkpoint, whatever wrote it."""
+
+    path: Path
+    kind: str  # "Lightning checkpoint" or "DeepSpeed ZeRO-<stage> checkpoint"
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)  # hyper_parameters, global_step, ...
+
+
+# --- reading checkpoints -----------------------------------------------------------------------
+
+
+def read_training_checkpoint(path: Path) -> TrainingCheckpoint:
+    """A Lightning .ckpt file, or a DeepSpeed ZeRO folder (Lightning's `xxx.ckpt/` directory,
+    or its tag folder holding `*_model_states.pt`), as fp32 weights + metadata."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_zero_folder(path)
+    ckpt = read_checkpoint(path)  # weights_only=True; errors name the file
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path}: no 'state_dict'; is this a Lightning checkpoint?")
+    state = ckpt.pop("state_dict")
+    ckpt.pop("optimizer_states", None)
+    return TrainingCheckpoint(path, "Lightning checkpoint", state, ckpt)
+
+
+def _zero_tag_folder(path: Path) -> tuple[Path, str]:
+    """(DeepSpeed checkpoint dir, tag) of a Lightning ZeRO folder or of its tag folder."""
+    if any(path.glob("*_model_states.pt")):
+        return path.parent, path.name
+    latest = path / "latest"
+    if latest.is_file():
+        return path, latest.read_text().strip()
+    tags = [d for d in sorted(path.iterdir()) if d.is_dir() and any(d.glob("*_model_states.pt"))]
+    if len(tags) == 1:
+        return path, tags[0].name
+    raise FileNotFoundError(
+        f"{path}: a folder, but not a DeepSpeed checkpoint (no 'latest' file and "
+        f"{len(tags)} tag folders with *_model_states.pt)"
+    )
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Force every torch.load inside (DeepSpeed's zero_to_fp32 asks for weights_only=False) to
+    weights_only=True, allowlisting only the plain bookkeeping classes DeepSpeed pickles."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        allow = [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+        with torch.serialization.safe_globals(allow):
+            yield
+    finally:
+        if before is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
+
+
+def _read_zero_folder(path: Path) -> TrainingCheckpoint:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    ds_dir, tag = _zero_tag_folder(path)
+    tag_dir = ds_dir / tag
+    # Lightning keeps its own state (hyper_parameters, global_step) in rank 0's model states.
+    client_file = next(
+        (tag_dir / n for n in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt") if (tag_dir / n).is_file()),
+        None,
+    )  # fmt: skip
+    if client_file is None:
+        raise FileNotFoundError(f"{tag_dir}: no rank-0 model states file (mp_rank_00_...)")
+    meta = read_checkpoint(client_file)
+    stage = meta.get("ds_config", {}).get("zero_optimization", {}).get("stage", "?")
+    for key in ("module", "optimizer", "param_shapes", "frozen_param_shapes", "shared_params"):
+        meta.pop(key, None)  # DeepSpeed's partition bookkeeping, not the model's metadata
+    try:
+        # DeepSpeed prints progress on stdout; keep stdout for cmrfm's own summary.
+        with _weights_only_loads(), contextlib.redirect_stdout(sys.stderr):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag=tag)
+    except Exception as err:
+        raise ValueError(
+            f"{tag_dir}: cannot rebuild fp32 weights from the ZeRO shards ({type(err).__name__}: "
+            f"{err})"
+        ) from err
+    return TrainingCheckpoint(path, f"DeepSpeed ZeRO-{stage} checkpoint", dict(state), meta)
+
+
+# --- finding the backbone ----------------------------------------------------------------------
+
+
+def backbone_spec(hparams: Mapping[str, Any], name: str | None = None) -> tuple[str, dict]:
+    """(registered name, constructor kwargs) from a system's hyper-parameters: `backbone` (name)
+    with `backbone_kwargs` (PretrainSystem) or top-level patch_size/tubelet/... (MAEPretrainer)."""
+    name = name or hparams.get("backbone")
+    if not isinstance(name, str) or name not in BACKBONES:
+        raise ValueError(
+            f"hyper_parameters name no registered backbone (backbone={hparams.get('backbone')!r}, "
+            f"registered: {sorted(BACKBONES)}); pass --backbone NAME"
+        )
+    args = set(inspect.signature(CardiacViT).parameters) - RUNTIME_ARGS
+    kwargs = {k: v for k, v in hparams.items() if k in args}
+    kwargs.update(hparams.get("backbone_kwargs") or {})
+    return name, {k: v for k, v in kwargs.items() if k not in RUNTIME_ARGS}
+
+
+def find_encoder_prefix(keys: Sequence[str], backbone_keys: set[str], source: Path) -> str:
+    """The prefix under which a checkpoint holds every key of the backbone, found by matching the
+    backbone's own key names (no per-objective knowledge); raises naming the candidates."""
+    required = backbone_keys - set(CONTEXT_EMBEDDINGS)  # older checkpoints lack these
+    anchor = "patch_embed.weight"
+    keyset = set(keys)
+    candidates = sorted(
+        {k[: -len(anchor)] for k in keys if k == anchor or k.endswith("." + anchor)}
+    )
+    fits = [p for p in candidates if all(p + r in keyset for r in required)]
+    if len(fits) == 1:
+        return fits[0]
+    if len(fits) > 1:
+        preferred = [p for p in ENCODER_PREFIXES if p in fits]
+        if preferred:
+            return preferred[0]
+        raise ValueError(f"{source}: several backbones fit ({fits}); pass --prefix")
+    if not candidates:
+        raise ValueError(f"{source}: no backbone weights (no key ends with {anchor!r})")
+    gaps = {p: sorted(r for r in required if p + r not in keyset)[:3] for p in candidates}
+    raise ValueError(
+        f"{source}: no prefix holds all keys of the configured backbone; missing e.g. {gaps} "
+        "(check --backbone and the checkpoint's backbone_kwargs: depth, patch_size, tubelet)"
+    )
+
+
+def extract_backbone(
+    ckpt: TrainingCheckpoint, name: str | None = None, prefix: str | None = None
+) -> CardiacViT:
+    """The trained backbone of a checkpoint, rebuilt from its hyper-parameters and loaded
+    strictly (every backbone key present, no stray key under its prefix, shapes equal)."""
+    name, kwargs = backbone_spec(ckpt.meta.get("hyper_parameters") or {}, name)
+    with torch.device("meta"):  # key names only, no memory
+        keys = set(create_backbone(name, **kwargs).state_dict())
+    if prefix is None:
+        prefix = find_encoder_prefix(list(ckpt.state_dict), keys, ckpt.path)
+    tops = {k.split(".")[0] for k in keys}  # patch_embed, blocks, norm, ... (not a sibling head)
+    state = {
+        k[len(prefix) :]: v
+        for k, v in ckpt.state_dict.items()
+        if k.startswith(prefix) and k[len(prefix) :].split(".")[0] in tops
+    }
+    model = create_backbone(name, **kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{ckpt.path}: the weights under {prefix!r} do not fit {name} {kwargs}: {err}"
+        ) from err
+    return model.eval()
+
+
+# --- data, preprocessing and training facts for the card --------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_manifests(datamodule_hparams: Mapping[str, Any]) -> tuple[list[Path], list[str]]:
+    """(manifest files found, shard locations without one here) of a data module's `shards`
+    (a folder, a list, or a {folder: weight} mixture); remote urls count as not found."""
+    shards = datamodule_hparams.get("shards")
+    if shards is None:
+        return [], []
+    specs = [shards] if isinstance(shards, str) else list(shards)  # dict -> its keys
+    found, missing = [], []
+    for spec in map(str, specs):
+        local = "://" not in spec and not spec.startswith("pipe:") and "{" not in spec
+        path = Path(spec)
+        folder = path.parent if path.suffix == ".tar" else path
+        if local and (folder / MANIFEST).is_file():
+            found.append(folder / MANIFEST)
+        else:
+            missing.append(spec)
+    return found, missing
+
+
+def manifest_summary(path: Path) -> dict[str, Any]:
+    """What the card says about one shard manifest: sha256, source, counts, modalities,
+    datasets, and its preprocessing."""
+    manifest = json.loads(Path(path).read_text())
+    samples = manifest.get("samples", [])
+    seen = {s.get("modality") for s in samples}
+    return {
+        "sha256": sha256_file(path),
+        "source": manifest.get("source"),
+        "subjects": len({s.get("subject", s.get("key")) for s in samples}),
+        "samples": len(samples),
+        "modalities": [m for m in MODALITIES if m in seen] + sorted(seen - {*MODALITIES, None}),
+        "datasets": detect_datasets(manifest),
+        "preprocess": manifest.get("preprocess", {}),
+    }
+
+
+def data_and_preprocess(
+    manifests: Sequence[Path], frames: int | None, overrides: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(card data, config preprocess) from the shard manifests the model was trained on."""
+    summaries = [manifest_summary(p) for p in manifests]
+    shared = ("spacing", "size", "percentiles", "orientation", "crop")
+    settings = {json.dumps({k: s["preprocess"].get(k) for k in shared}) for s in summaries}
+    if len(settings) > 1:
+        raise ValueError(
+            f"the manifests {[str(p) for p in manifests]} were preprocessed differently "
+            f"({sorted(settings)}); a backbone expects one preprocessing"
+        )
+    pre: dict[str, Any] = dict(json.loads(settings.pop())) if settings else {}
+    pre = {k: v for k, v in pre.items() if v is not None or k == "spacing"}
+    seen = {m for s in summaries for m in s["modalities"]}
+    pre["modalities"] = [m for m in MODALITIES if m in seen]
+    if frames is not None:
+        pre["frames"] = frames
+    pre.update(overrides or {})
+    datasets = sorted({d for s in summaries for d in s["datasets"]})
+    data = {"datasets": datasets, "manifests": [_card_fields(s) for s in summaries]}
+    return data, pre
+
+
+def _card_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("sha256", "source", "subjects", "samples", "modalities")}
+
+
+def training_facts(ckpt: TrainingCheckpoint) -> dict[str, Any]:
+    """Objective, steps, epoch, checkpoint kind and hyper-parameters for the card."""
+    hparams = {k: v for k, v in (ckpt.meta.get("hyper_parameters") or {}).items() if k[0] != "_"}
+    objective = hparams.get("objective")
+    system = (ckpt.meta.get("hyper_parameters") or {}).get("_class_path", "")
+    if not isinstance(objective, str):
+        objective = "mae" if system.endswith("MAEPretrainer") else None
+    dm = ckpt.meta.get("datamodule_hyper_parameters") or {}
+    facts = {
+        "objective": objective,
+        "steps": ckpt.meta.get("global_step"),
+        "epoch": ckpt.meta.get("epoch"),
+        "checkpoint": ckpt.kind,
+        "lightning": ckpt.meta.get("pytorch-lightning_version"),
+        "system": system or None,
+        # data module settings without local paths (they say nothing to a reader of the card)
+        "data_module": {k: v for k, v in dm.items() if k[0] != "_" and k != "shards"} or None,
+        "hyper_parameters": hparams,
+    }
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def read_metrics(text: str | None) -> dict[str, Any] | None:
+    """--card-metrics: a JSON object, or a .json file of one (an evaluate report's "summary")."""
+    if text is None:
+        return None
+    path = Path(text)
+    try:
+        value = json.loads(path.read_text() if path.is_file() else text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--card-metrics {text!r}: neither a JSON file nor JSON ({err})") from err
+    if isinstance(value, dict) and isinstance(value.get("summary"), dict):
+        value = value["summary"]
+    if not isinstance(value, dict):
+        raise ValueError(f"--card-metrics must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+def export(
+    checkpoint: Path,
+    out: Path,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    manifests: Sequence[Path] | None = None,
+    datasets: Sequence[str] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    backbone: str | None = None,
+    prefix: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Checkpoint -> hub folder out (model.safetensors, config.json, README.md, LICENSE.md).
+
+    Args:
+        checkpoint: Lightning .ckpt file or DeepSpeed ZeRO-2/3 checkpoint folder.
+        manifests: shard manifests (files or their folders) it was trained on; default: those
+            its data module's `shards` point to, resolved from the working directory.
+        datasets: names for the card when the manifests do not say (ACDC, EMIDEC, ...).
+        preprocess: overrides of config.json's preprocessing (e.g. {"frames": 16}).
+        backbone, prefix: the registered backbone and its key prefix, when the checkpoint's
+            hyper-parameters do not say or several backbones fit.
+
+    Returns:
+        A summary: out, architecture, checkpoint kind, steps, datasets, manifest hashes.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty; pass --overwrite to replace it")
+    ckpt = read_training_checkpoint(checkpoint)
+    model = extract_backbone(ckpt, backbone, prefix)
+    dm = ckpt.meta.get("datamodule_hyper_parameters") or {}
+    if manifests:
+        files = [Path(m) / MANIFEST if Path(m).is_dir() else Path(m) for m in manifests]
+        absent = [str(f) for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"manifest(s) not found: {absent}")
+    else:
+        files, missing = shard_manifests(dm)
+        if missing or not files:
+            raise FileNotFoundError(
+                f"{checkpoint}: cannot find the training data's manifest.json (shards: "
+                f"{missing or dm.get('shards')}); pass --manifest SHARD_FOLDER so the card can name "
+                "the data and config.json its preprocessing"
+            )
+    data, pre = data_and_preprocess(files, dm.get("frames"), preprocess)
+    if datasets:
+        data["datasets"] = dataset_names([*data["datasets"], *datasets])
+    save_pretrained(
+        model, out, preprocess=pre, data=data, training=training_facts(ckpt), metrics=metrics
+    )
+    reloaded = from_pretrained(out)  # the folder must give back exactly these weights
+    for key, value in model.state_dict().items():
+        if not torch.equal(reloaded.state_dict()[key], value):
+            raise RuntimeError(f"{out}: {key} did not survive the round trip")
+    return {
+        "out": str(out),
+        "architecture": model.architecture,
+        "checkpoint": ckpt.kind,
+        "steps": ckpt.meta.get("global_step"),
+        "datasets": data["datasets"],
+        "manifests": [m["sha256"] for m in data["manifests"]],
+    }
+
+
+def publish(
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload cmrfm backbone",
+) -> str:
+    """Upload a checked hub folder (only its hub files) to a Hugging Face model repo, creating
+    the repo if needed; the token comes from `huggingface-cli login` or HF_TOKEN. Returns the
+    commit url."""
+    from huggingface_hub import HfApi
+
+    files = check_hub_folder(folder)  # refuses an incomplete folder before any network call
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        revision=revision,
+        allow_patterns=[f.name for f in files],
+        commit_message=commit_message,
+    )
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,274 @@
+"""Model card (README.md) and licence note of a hub folder: which data, objective, steps, config,
+metrics, the datasets' terms and citations, intended use and limits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from foundation.vit import AXES, MODALITIES
+
+SYNTHETIC = "phantom"  # the project's own synthetic source: no third-party terms
+LICENCE_NAME = "LICENSE.md"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A public dataset a model may have seen: how to recognise it, its terms, its citation."""
+
+    name: str
+    aliases: tuple[str, ...]  # lower-case fragments of a manifest's root, source or sample keys
+    citation: str
+    terms: str = "non-commercial research use only; the dataset's own terms of use apply"
+
+
+# Citations as /work/shared/data/README.md asks for them; every one is non-commercial research.
+DATASETS: dict[str, Dataset] = {
+    d.name: d
+    for d in (
+        Dataset(
+            "ACDC",
+            ("acdc",),
+            "O. Bernard et al., IEEE TMI 37(11):2514-2525, 2018, doi:10.1109/TMI.2018.2837502.",
+        ),
+        Dataset(
+            "Sunnybrook",
+            ("sunnybrook",),
+            'P. Radau et al., "Evaluation Framework for Algorithms Segmenting Short Axis Cardiac '
+            'MRI", The MIDAS Journal, 2009.',
+        ),
+        Dataset(
+            "M&Ms-2",
+            ("mnms2", "mnms-2", "m&ms-2", "mnm2"),
+            "The Multi-Disease, Multi-View and Multi-Centre Right Ventricular Segmentation in "
+            "Cardiac MRI challenge (STACOM 2021); C. Martin-Isla et al., IEEE JBHI, 2023.",
+        ),
+        Dataset(
+            "EMIDEC",
+            ("emidec",),
+            'A. Lalande et al., "Emidec: a database usable for the automatic evaluation of '
+            'myocardial infarction from delayed-enhancement cardiac MRI", Data 5(4):89, 2020.',
+        ),
+        Dataset(
+            "CineMyoPS",
+            ("cinemyops",),
+            "The demo data of the CineMyoPS repository (multi-centre cine for myocardial "
+            "pathology segmentation).",
+        ),
+    )
+}
+
+INTENDED_USE = (
+    "Research on cardiac MRI representation learning: a backbone to fine-tune or probe for "
+    "segmentation, function or tissue characterisation on research data. **Not for clinical "
+    "use**: it is not a medical device, has not been validated for diagnosis, treatment or any "
+    "decision about a patient, and its outputs must not be used as such."
+)
+
+
+def dataset_names(names: Iterable[str]) -> list[str]:
+    """Canonical names (DATASETS keys, or SYNTHETIC) for user-given names; unknown ones kept."""
+    by_alias = {a: d.name for d in DATASETS.values() for a in (d.name.lower(), *d.aliases)}
+    out = [by_alias.get(n.lower(), SYNTHETIC if n.lower() == SYNTHETIC else n) for n in names]
+    return sorted(set(out))
+
+
+def detect_datasets(manifest: Mapping[str, Any]) -> list[str]:
+    """Datasets a shard manifest was converted from, recognised by name in its source, root,
+    options and sample keys (e.g. 'npz-cinemyops_case1002' -> CineMyoPS); sorted names."""
+    text = json.dumps(
+        [
+            manifest.get("source"),
+            manifest.get("root"),
+            manifest.get("source_options"),
+            [(s.get("key"), s.get("source")) for s in manifest.get("samples", [])],
+        ],
+        default=str,
+    ).lower()
+    found = {d.name for d in DATASETS.values() if any(a in text for a in d.aliases)}
+    if manifest.get("source") == SYNTHETIC:
+        found.add(SYNTHETIC)
+    return sorted(found)
+
+
+def licence(datasets: Sequence[str]) -> dict[str, str]:
+    """Front-matter licence fields: the project's Apache-2.0 for synthetic data only, otherwise
+    'other' pointing at LICENSE.md (weights inherit the training data's non-commercial terms)."""
+    if datasets and set(datasets) == {SYNTHETIC}:
+        return {"license": "apache-2.0"}
+    return {
+        "license": "other",
+        "license_name": "non-commercial-research-data",
+        "license_link": LICENCE_NAME,
+    }
+
+
+def licence_text(datasets: Sequence[str]) -> str:
+    """LICENSE.md of a folder whose weights saw third-party data."""
+    lines = [
+        "# Terms of use of these weights",
+        "",
+        "These weights were trained on cardiac MRI released for **non-commercial research only**."
+        " They are offered under the same restriction: use them for non-commercial research, "
+        "follow each dataset's own terms, and cite the datasets as listed below and in README.md."
+        " The cmrfm code is Apache-2.0; that licence does not extend to these weights.",
+        "",
+        *_dataset_lines(datasets),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _dataset_lines(datasets: Sequence[str]) -> list[str]:
+    if not datasets:
+        return [
+            "- **Unidentified data**: the training data could not be named from its manifest. "
+            "Check the terms of every dataset it used before sharing these weights."
+        ]
+    lines = []
+    for name in datasets:
+        if name == SYNTHETIC:
+            lines.append("- **Synthetic phantom** (generated by cmrfm): no third-party terms.")
+        elif name in DATASETS:
+            d = DATASETS[name]
+            lines.append(f"- **{d.name}**: {d.terms}. Cite: {d.citation}")
+        else:
+            lines.append(
+                f"- **{name}**: terms unknown to cmrfm; check them before sharing these weights."
+            )
+    return lines
+
+
+def _front_matter(datasets: Sequence[str], objective: str | None) -> str:
+    from huggingface_hub import ModelCardData  # writes the YAML the Hub parses
+
+    tags = ["cmrfm", "cardiac-mri", "mri", "medical-imaging", "vision-transformer", "pytorch"]
+    tags += ["safetensors", "self-supervised"]
+    if objective and "mae" in objective:
+        tags.append("masked-autoencoder")
+    if objective and "contrastive" in objective:
+        tags.append("contrastive-learning")
+    data = ModelCardData(
+        **licence(datasets),
+        tags=tags,
+        datasets=[d.lower() for d in datasets],
+        pipeline_tag="image-feature-extraction",
+    )
+    return f"---\n{data.to_yaml()}\n---\n"
+
+
+def _table(rows: Iterable[tuple[Any, Any]], head: tuple[str, str] = ("", "")) -> list[str]:
+    lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in rows]
+    return lines
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text.replace("|", "\\|")
+
+
+def card_text(
+    config: Mapping[str, Any],
+    *,
+    data: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> str:
+    """README.md for a hub folder from its config.json contents.
+
+    data: {"datasets": [names], "manifests": [{"path", "sha256", "source", "subjects",
+    "samples", "modalities"}]}; training: {"objective", "steps", "epochs", "hyper_parameters",
+    ...}; metrics: {name: value}. Missing parts are said to be missing, not left out.
+    """
+    data, training, metrics = dict(data or {}), dict(training or {}), dict(metrics or {})
+    datasets = list(data.get("datasets") or [])
+    arch = config.get("architecture") or "CardiacViT"
+    args, pre = config["model_args"], config["preprocess"]
+    objective = training.get("objective")
+    seen = ", ".join(datasets) if datasets else "unidentified data"
+    lines = [
+        _front_matter(datasets, objective),
+        f"# {arch}: a cardiac MRI backbone (cmrfm)",
+        "",
+        f"A spatiotemporal ViT ({args['embed_dim']} wide, {args['depth']} blocks, "
+        f"{args['num_heads']} heads; tubelets of {args['tubelet']} x {args['patch_size']} x "
+        f"{args['patch_size']}) pretrained with **{objective or 'an unrecorded objective'}** for "
+        f"**{training.get('steps', 'an unrecorded number of')} steps** on {seen}.",
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "from foundation.hub import from_pretrained",
+        "",
+        'model = from_pretrained("THIS_REPO_OR_FOLDER")  # eval mode; model.hub_config = config.json',
+        "# clip: float (B, 1, T, H, W) in [0, 1], preprocessed as below",
+        'tokens = model.forward_features(clip, modality=["cine"] * B, axis=["time"] * B)',
+        "# tokens: (B, T/tubelet * H/patch * W/patch, width), t-major order",
+        "```",
+        "",
+        "## Input and preprocessing",
+        "",
+        "Inputs must be prepared as in training (`cmrfm shard` does this):",
+        "",
+        *_table(pre.items(), ("setting", "value")),
+        "",
+        f"Modality rows of the embedding: {list(config.get('modalities', MODALITIES))}; axis rows:"
+        f" {list(config.get('axes', AXES))}.",
+        "",
+        "## Architecture (config.json `model_args`)",
+        "",
+        *_table(args.items(), ("argument", "value")),
+        "",
+        "## Training data",
+        "",
+        f"Datasets: {seen}.",
+        "",
+    ]
+    manifests = data.get("manifests") or []
+    if manifests:
+        lines += [
+            "| manifest sha256 | source | subjects | samples | modalities |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{m.get('sha256', '?')}` | {m.get('source', '?')} | {m.get('subjects', '?')} | "
+            f"{m.get('samples', '?')} | {', '.join(m.get('modalities', [])) or '?'} |"
+            for m in manifests
+        ]
+    else:
+        lines.append("No data manifest was recorded for this model.")
+    lines += ["", "## Objective and training", ""]
+    facts = [(k, v) for k, v in training.items() if k != "hyper_parameters"]
+    lines += _table(facts, ("item", "value")) if facts else ["Not recorded."]
+    if training.get("hyper_parameters"):
+        hparams = json.dumps(training["hyper_parameters"], indent=1, sort_keys=True, default=str)
+        lines += ["", "Hyper-parameters:", "", "```json", hparams, "```"]
+    lines += ["", "## Metrics", ""]
+    lines += _table(metrics.items(), ("metric", "value")) if metrics else ["None reported."]
+    lines += ["", "## Data licences and citations", "", *_dataset_lines(datasets), ""]
+    lines += ["## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
+    lines += _limitations(datasets, pre)
+    return "\n".join(lines) + "\n"
+
+
+def _limitations(datasets: Sequence[str], pre: Mapping[str, Any]) -> list[str]:
+    unseen = [m for m in MODALITIES if m not in set(pre.get("modalities") or [])]
+    unseen += [f"{a} as the third axis" for a in AXES if a not in set(pre.get("axes") or [])]
+    lines = [
+        f"- Pretrained on a small number of public datasets ({', '.join(datasets) or 'unidentified'})"
+        ": few centres, vendors, field strengths and pathologies. Expect a domain shift on other "
+        "scanners, protocols and populations; validate on your own data.",
+        "- Features are only meaningful for inputs preprocessed as above (spacing, crop, intensity"
+        " percentiles, frames, value range).",
+        "- Self-supervised features: downstream accuracy depends on the fine-tuning data and head.",
+    ]
+    if unseen:
+        lines.append(
+            f"- Never saw {', '.join(unseen)} during training: those rows of the modality/axis "
+            "embeddings are untrained."
+        )
+    if SYNTHETIC in datasets:
+        lines.append("- Part or all of the training data is a synthetic phantom, not real MRI.")
+    return lines

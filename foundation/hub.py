@@ -1,0 +1,220 @@
+"""Hub folders for the backbone: save_pretrained / from_pretrained with safetensors weights,
+config.json (architecture + preprocessing) and a model card, laid out as huggingface_hub's
+PyTorchModelHubMixin and timm's save_for_hf do."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from foundation.card import LICENCE_NAME, card_text, licence, licence_text
+from foundation.registry import BACKBONES, create_backbone
+from foundation.vit import AXES, MODALITIES, CardiacViT
+
+WEIGHTS_NAME = "model.safetensors"  # huggingface_hub.constants.SAFETENSORS_SINGLE_FILE
+CONFIG_NAME = "config.json"  # huggingface_hub.constants.CONFIG_NAME
+CARD_NAME = "README.md"
+HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)  # a folder without one of these is refused
+FORMAT = "cmrfm-backbone"
+FORMAT_VERSION = 1
+# What a user must do to an image before the backbone sees it.
+PREPROCESS_KEYS = ("spacing", "size", "frames", "percentiles", "modalities")
+_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def hub_config(model: CardiacViT, preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """config.json contents: architecture name + every constructor argument, the embedding row
+    order, the preprocessing the weights expect, and the cmrfm version that wrote them.
+
+    preprocess needs spacing (mm, in-plane; None = native grid), size (crop, pixels), frames,
+    percentiles ([lo, hi] mapped to 0 and 255), modalities (seen in training); axes defaults to
+    ["time"] and value_range to [0, 1]; further keys (orientation, crop, ...) are kept.
+    """
+    missing = [k for k in PREPROCESS_KEYS if k not in preprocess]
+    if missing:
+        raise ValueError(f"preprocess lacks {missing}; it needs {list(PREPROCESS_KEYS)}")
+    pre = {**preprocess}
+    pre.setdefault("axes", ["time"])
+    pre.setdefault("value_range", [0.0, 1.0])
+    for key, known in (("modalities", MODALITIES), ("axes", AXES)):
+        unknown = sorted(set(pre[key]) - set(known))
+        if unknown:
+            raise ValueError(f"preprocess {key} {unknown} are not known; known: {list(known)}")
+    if len(pre["percentiles"]) != 2:
+        raise ValueError(f"preprocess percentiles must be [lo, hi], got {pre['percentiles']}")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": model.architecture,  # None: build CardiacViT(**model_args) directly
+        "model_args": dict(model.model_args),
+        "num_features": model.embed_dim,
+        "modalities": list(MODALITIES),  # row order of modality_embed
+        "axes": list(AXES),  # row order of axis_embed
+        "input": {"layout": "B C T H W", "channels": model.in_chans, "dtype": "float32"},
+        "preprocess": json.loads(json.dumps(pre)),  # tuples -> lists, fails early if not JSON
+        "cmrfm_version": _version(),
+    }
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cmrfm")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def save_pretrained(
+    model: CardiacViT,
+    folder: Path,
+    *,
+    preprocess: Mapping[str, Any],
+    data: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write model.safetensors, config.json, README.md (and LICENSE.md unless the data was only
+    synthetic) into folder; returns folder. data/training/metrics feed the model card
+    (see foundation.card.card_text)."""
+    from safetensors.torch import save_model
+
+    if not isinstance(model, CardiacViT):
+        raise TypeError(f"save_pretrained takes a CardiacViT, got {type(model).__name__}")
+    config = hub_config(model, preprocess)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # save_model drops duplicate names of shared tensors (safetensors refuses aliasing).
+    save_model(model, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
+    card = card_text(config, data=data, training=training, metrics=metrics)
+    (folder / CARD_NAME).write_text(card)
+    datasets = list((data or {}).get("datasets") or [])
+    licence_file = folder / LICENCE_NAME
+    if licence(datasets).get("license_link") == LICENCE_NAME:
+        licence_file.write_text(licence_text(datasets))
+    elif licence_file.exists():
+        licence_file.unlink()  # left from an earlier save into this folder
+    return folder
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """A hub folder's config.json, checked for the fields from_pretrained needs."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; is this a cmrfm hub folder?") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {config['format_version']} is newer than this cmrfm reads "
+            f"({FORMAT_VERSION}); upgrade cmrfm"
+        )
+    for key, ours in (("modalities", MODALITIES), ("axes", AXES)):
+        theirs = tuple(config.get(key, ()))
+        if theirs != ours[: len(theirs)]:  # rows are only ever appended
+            raise ValueError(
+                f"{path}: embedding rows {key}={list(theirs)} differ from this cmrfm's {list(ours)}"
+            )
+    if not isinstance(config.get("model_args"), dict) or "preprocess" not in config:
+        raise ValueError(f"{path}: needs 'model_args' and 'preprocess'")
+    return config
+
+
+def build_from_config(config: Mapping[str, Any], **overrides: Any) -> CardiacViT:
+    """An untrained backbone of config's architecture; overrides (drop_path_rate, compile)."""
+    name, args = config.get("architecture"), {**config["model_args"], **overrides}
+    if name is None:
+        model = CardiacViT(**args)
+    elif name in BACKBONES:
+        model = create_backbone(name, **args)
+    else:
+        raise ValueError(
+            f"architecture {name!r} is not registered; registered: {sorted(BACKBONES)}"
+        )
+    return model
+
+
+def resolve_folder(
+    folder_or_repo_id: str | Path, *, revision: str | None = None, local_files_only: bool = False
+) -> Path:
+    """A local folder as is; otherwise a Hub repo id fetched (or found in the cache) with
+    huggingface_hub.snapshot_download, only the hub files."""
+    path = Path(folder_or_repo_id).expanduser()
+    if path.is_dir():
+        return path
+    text = str(folder_or_repo_id)
+    if path.exists() or not _REPO_ID.match(text) or text.startswith("."):
+        raise FileNotFoundError(f"{text}: not a folder, and not a Hub repo id like 'owner/name'")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id=text,
+                revision=revision,
+                local_files_only=local_files_only,
+                allow_patterns=[*HUB_FILES, LICENCE_NAME],
+            )
+        )
+    except Exception as err:  # offline, unknown repo, no access: say which and why
+        raise OSError(
+            f"{text}: not a local folder, and fetching it from the Hugging Face Hub failed "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
+def from_pretrained(
+    folder_or_repo_id: str | Path,
+    *,
+    revision: str | None = None,
+    local_files_only: bool = False,
+    device: str = "cpu",
+    **overrides: Any,
+) -> CardiacViT:
+    """The backbone saved by save_pretrained, weights loaded strictly from safetensors (nothing
+    is unpickled), in eval mode; ``model.hub_config`` holds its config.json."""
+    from safetensors.torch import load_model
+
+    folder = resolve_folder(folder_or_repo_id, revision=revision, local_files_only=local_files_only)
+    config = read_config(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing; cmrfm hub folders hold safetensors weights")
+    model = build_from_config(config, **overrides)
+    try:
+        load_model(model, str(weights), strict=True, device=device)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{weights}: weights do not fit config.json's architecture: {err}"
+        ) from err
+    model.hub_config = config
+    return model.to(device).eval()
+
+
+def check_hub_folder(folder: Path) -> list[Path]:
+    """The files to publish from folder, after checking that it is a complete hub folder whose
+    weights load into its config's architecture; raises naming what is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    missing = [name for name in HUB_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: missing {', '.join(missing)}; write the folder with `cmrfm export` "
+            "(or foundation.hub.save_pretrained)"
+        )
+    card = (folder / CARD_NAME).read_text()
+    if not card.startswith("---\n") or "\nlicense:" not in card.split("\n---\n", 1)[0]:
+        raise ValueError(f"{folder / CARD_NAME}: no YAML front matter with a license")
+    from_pretrained(folder)  # the weights must load into the recorded architecture
+    files = [folder / name for name in HUB_FILES]
+    if (folder / LICENCE_NAME).is_file():
+        files.append(folder / LICENCE_NAME)
+    return files
