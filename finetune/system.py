@@ -22,7 +22,8 @@ class SegFinetuner(L.LightningModule):
 
     Args:
         backbone, patch_size, tubelet: registered backbone and its tubelet size.
-        pretrained: a pretraining checkpoint (Lightning .ckpt) to start from; None = from scratch.
+        pretrained: a pretraining checkpoint (Lightning .ckpt) or a hub folder (`cmrfm export`)
+            to start from; None = from scratch.
         num_classes: output classes including background (cine: 4).
         feature_size: decoder width at full resolution.
         lr: learning rate of the decoder; the backbone gets lr * backbone_lr_scale.

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 # Where systems keep the backbone: pretraining (before the objective registry: mae.), fine-tuning.
@@ -34,7 +35,14 @@ def restore(cls: type[M], path: Path, **overrides: Any) -> tuple[M, dict[str, An
 
 
 def backbone_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Backbone tensors from a pretraining or fine-tuning checkpoint, prefix stripped."""
+    """Backbone tensors from a pretraining or fine-tuning checkpoint (prefix stripped) or from
+    a hub folder (``model.safetensors``, what ``cmrfm export`` writes and users download)."""
+    path = Path(path)
+    if path.is_dir():
+        weights = path / "model.safetensors"  # foundation.hub.WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path}: a folder, but no model.safetensors in it")
+        return load_file(weights)  # safetensors: tensors only, nothing unpickled
     state = read_checkpoint(path).get("state_dict", {})
     for prefix in PREFIXES:
         found = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

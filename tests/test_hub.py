@@ -280,3 +280,14 @@ def test_check_hub_folder_lists_only_hub_files(saved) -> None:
     _, folder = saved
     (folder / "last.ckpt").write_bytes(b"not for upload")
     assert sorted(p.name for p in check_hub_folder(folder)) == sorted([*HUB_FILES, LICENCE_NAME])
+
+
+def test_a_hub_folder_is_a_starting_point_for_fine_tuning(saved) -> None:
+    from foundation.checkpoint import load_backbone_weights
+
+    model, folder = saved
+    fresh = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)
+    load_backbone_weights(fresh, folder)  # what `cmrfm finetune --pretrained FOLDER` calls
+    torch.testing.assert_close(outputs(fresh.eval()), outputs(model), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+        load_backbone_weights(fresh, folder.parent)
