@@ -96,6 +96,26 @@ def _bench_loader(args: argparse.Namespace) -> None:
     )
 
 
+def _bench_pretrain(args: argparse.Namespace) -> None:
+    from cmrfm.bench_pretrain import bench_pretrain, resolve_options
+
+    try:
+        given = {name: getattr(args, name) for name in BENCH_PRETRAIN_OPTIONS}
+        options = resolve_options(args.preset, **given)
+        bench_pretrain(
+            **options,
+            compile=args.compile,
+            strategies=args.strategies,
+            peak_tflops=args.peak_tflops,
+            rounds=args.rounds,
+            threads=args.threads,
+            seed=args.seed,
+            out=args.out,
+        )
+    except ValueError as error:  # an option that does not fit: say which, no trace
+        raise SystemExit(f"cmrfm bench pretrain: error: {error}") from None
+
+
 def _worker_counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
@@ -119,7 +139,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: loader")
+    bench = sub.add_parser("bench", help="benchmarks: loader, pretrain")
     group = bench.add_subparsers(dest="benchmark", required=True)
     p = group.add_parser(
         "loader", help="clips/s streaming from shards vs a plain .npy reader of the same arrays"
@@ -148,6 +168,56 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, default=Path(".cache/bench"), help="phantom shards")
     p.add_argument("--out", type=Path, default=Path("runs/bench/loader.json"))
     p.set_defaults(func=_bench_loader)
+    _add_bench_pretrain(group)
+
+
+# `bench pretrain` options a --preset sets (cmrfm.bench_pretrain.DEFAULTS; not imported here:
+# it loads torch, which `cmrfm --help` should not wait for).
+BENCH_PRETRAIN_OPTIONS = {"backbone": str, "frames": int, "size": int, "patch": int,
+                          "tubelet": int, "batch": int, "steps": int, "warmup": int,
+                          "mask": float, "precision": str, "decoder_dim": int,
+                          "decoder_depth": int, "decoder_heads": int}  # fmt: skip
+
+
+def _add_bench_pretrain(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser(
+        "pretrain",
+        help="clips/s and MFU of the MAE step: Lightning vs a bare loop, compiled or not, "
+        "masked or not, DDP vs DeepSpeed ZeRO-2",
+    )
+    p.add_argument(
+        "--preset",
+        choices=["cpu", "h100"],
+        default=None,
+        help="cpu (default): cmr_vit_test, 4x32x32 clips, patch 8, batch 8, 32-true; h100: "
+        "ViT-B, 16x128x128, patch 16, batch 64, bf16-mixed; the options below override it",
+    )
+    for name, kind in BENCH_PRETRAIN_OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "precision":
+            p.add_argument(flag, choices=["32-true", "bf16-mixed"], default=None)
+        else:
+            p.add_argument(flag, type=kind, default=None)
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure torch.compile'd backbone blocks",
+    )
+    p.add_argument(
+        "--strategies", default="ddp,deepspeed_stage_2", help="Lightning strategies, one device"
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak for MFU (default: the GPU's dense bf16 peak; none on a CPU)",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="measurements per run, order alternated")
+    p.add_argument("--threads", type=int, default=None, help="torch threads on a CPU (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/bench/pretrain.json"))
+    p.set_defaults(func=_bench_pretrain)
 
 
 def _export(args: argparse.Namespace) -> None:
