@@ -13,6 +13,7 @@ and one import line at the bottom of this file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,18 @@ class UnknownSourceError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would print the message wrapped in quotes
         return str(self.args[0]) if self.args else ""
+
+
+def named_regex(pattern: str, option: str, groups: set[str], flags: int = 0) -> re.Pattern:
+    """Compile a source's file-name pattern option; ValueError if invalid or lacking a group."""
+    try:
+        regex = re.compile(pattern, flags)
+    except re.error as err:
+        raise ValueError(f"{option} {pattern!r} is not a valid regex: {err}") from None
+    missing = groups - set(regex.groupindex)
+    if missing:
+        raise ValueError(f"{option} {pattern!r} lacks the named group(s) {sorted(missing)}")
+    return regex
 
 
 def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
@@ -76,6 +89,7 @@ __all__ = [
     "dicom",
     "get_source",
     "lge_slices",
+    "named_regex",
     "nifti",
     "npz",
     "phantom",

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from data_shards.record import BACKGROUND, IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, Subject
-from data_shards.sources import SourceError, register_source
+from data_shards.sources import SourceError, named_regex, register_source
 from data_shards.split import SPLITS
 
 PATTERN = r"(?P<case>Case_(?P<group>[NP])\d+)_slice(?P<slice>\d+)"
@@ -113,14 +113,7 @@ def lge_slices(
 
 
 def _compile(pattern: str) -> re.Pattern:
-    try:
-        regex = re.compile(pattern)
-    except re.error as err:
-        raise ValueError(f"pattern {pattern!r} is not a valid regex: {err}") from None
-    missing = {"case", "slice"} - set(regex.groupindex)
-    if missing:
-        raise ValueError(f"pattern {pattern!r} lacks the named groups {sorted(missing)}")
-    return regex
+    return named_regex(pattern, "pattern", {"case", "slice"})
 
 
 def _label_lut(label_map: Mapping[int | str, int]) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from data_shards.record import BACKGROUND, IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, RV, Subject
-from data_shards.sources import SourceError, register_source
+from data_shards.sources import SourceError, named_regex, register_source
 from data_shards.sources.nifti_io import TO_LPS, NiftiVolume, frames_equal, read_nifti
 
 # Source label -> ours, by dataset. "cmrfm" (the default) means already in our convention.
@@ -176,16 +176,7 @@ def map_labels(label: np.ndarray, mapping: dict[int, int], path: Path) -> np.nda
 
 
 def _compile_grouping(group_by: str | None) -> re.Pattern | None:
-    if group_by is None:
-        return None
-    try:
-        grouping = re.compile(group_by, re.IGNORECASE)
-    except re.error as err:
-        raise ValueError(f"group_by {group_by!r} is not a valid regex: {err}") from None
-    missing = {"id", "phase"} - set(grouping.groupindex)
-    if missing:
-        raise ValueError(f"group_by {group_by!r} lacks the named group(s) {sorted(missing)}")
-    return grouping
+    return None if group_by is None else named_regex(group_by, "group_by", {"id", "phase"}, re.I)
 
 
 def _stem(path: Path) -> str:
