@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,17 @@ import torch
 from rich.progress import track
 from torch import nn
 
-from data_shards.record import IGNORE
+from data_shards.record import IGNORE, LABEL_NAMES, RV
 from data_shards.stream import cyclic_window, load_subjects, shard_urls
-from finetune.metrics import dice_per_class, lv_ef
+from finetune.metrics import (
+    AGREEMENT_STATS,
+    CLINICAL_INDICES,
+    agreement,
+    clinical_indices,
+    dice_per_class,
+    hd95_per_class,
+    hd95_undefined,
+)
 from finetune.system import SegFinetuner
 from foundation.checkpoint import restore
 
@@ -45,49 +54,119 @@ def predict_study(model: nn.Module, image: np.ndarray, frames: int, batch: int =
     return pred
 
 
+PHASES = ("ed", "es")
+
+
 def score_subject(pred: np.ndarray, subject: dict, num_classes: int) -> dict:
-    """Dice per structure at every labelled frame (ED, ES) and LV EF error for one subject."""
+    """One subject's row: pred (S, T, H, W) against subject["label"] (S, T, H, W).
+
+    Dice and HD95 (mm) per structure at every labelled phase (`dice_lv_ed`, `hd95_rv_es`, ...),
+    `hd95_undefined_{structure}_{phase}` (1 where the structure is in only one of prediction and
+    truth, so its HD95 is NaN), and every clinical index as `{index}_true` / `{index}_pred`, plus
+    `lv_ef_error` (pred - true, EF points).
+    """
     label, meta = subject["label"], subject["meta"]
-    spacing = tuple(meta["spacing"])
-    ed, es = int(meta["ed"]), int(meta["es"])
+    spacing = tuple(float(s) for s in meta["spacing"])
+    frames = {"ed": int(meta["ed"]), "es": int(meta["es"])}
     row: dict = {"subject": subject["key"], "group": meta.get("group")}
-    for name, f in (("ed", ed), ("es", es)):
-        if (label[:, f] != IGNORE).any():
-            for structure, d in dice_per_class(pred[:, f], label[:, f], num_classes).items():
-                row[f"dice_{structure}_{name}"] = d
-    truth, predicted = lv_ef(label, spacing, ed, es), lv_ef(pred, spacing, ed, es)
-    row |= {f"lv_{k}_true": float(v) for k, v in truth.items()}
-    row |= {f"lv_{k}_pred": float(v) for k, v in predicted.items()}
+    for phase, f in frames.items():
+        if not (label[:, f] != IGNORE).any():
+            continue  # no ground truth at this phase
+        p, t = pred[:, f], label[:, f]
+        for structure, d in dice_per_class(p, t, num_classes).items():
+            row[f"dice_{structure}_{phase}"] = d
+        for structure, h in hd95_per_class(p, t, num_classes, spacing).items():
+            row[f"hd95_{structure}_{phase}"] = h
+        for structure, undefined in hd95_undefined(p, t, num_classes).items():
+            row[f"hd95_undefined_{structure}_{phase}"] = int(undefined)
+    # RV indices only where the truth has an RV at all (not for LV-only labels like Sunnybrook).
+    rv = num_classes > RV and bool((label == RV).any())
+    truth = clinical_indices(label, spacing, frames["ed"], frames["es"], rv=rv)
+    predicted = clinical_indices(pred, spacing, frames["ed"], frames["es"], rv=rv)
+    for index in CLINICAL_INDICES:
+        row[f"{index}_true"], row[f"{index}_pred"] = truth[index], predicted[index]
     row["lv_ef_error"] = row["lv_ef_pred"] - row["lv_ef_true"]
     return row
 
 
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the non-NaN values; NaN (without numpy's warning) when there are none."""
+    vals = np.asarray(values, dtype=float)
+    vals = vals[~np.isnan(vals)]
+    return float(vals.mean()) if vals.size else float("nan")
+
+
 def summarise(rows: Sequence[dict], structures: Sequence[str]) -> dict:
-    """Means over subjects: Dice per structure (ED and ES pooled), mean Dice, LV EF MAE and bias."""
+    """Summary over subject rows (see `score_subject`).
+
+    dice_{st} and hd95_{st}: mean over subjects and phases (ED and ES pooled); dice_{st}_{phase},
+    hd95_{st}_{phase}: per phase; dice_mean, hd95_mean: mean over structures; hd95_undefined_{st}:
+    how many (subject, phase) pairs left out of hd95_{st} because the structure was in only one
+    of prediction and truth; for every clinical index its agreement, `{index}_{stat}` for stat in
+    n, mae, bias, sd, loa_low, loa_high, r (e.g. lv_ef_mae, lv_ef_bias).
+    """
     out: dict = {"n_subjects": len(rows)}
-    per_structure = []
+    for metric in ("dice", "hd95"):
+        for st in structures:
+            keys = [f"{metric}_{st}_{phase}" for phase in PHASES]
+            for key in keys:
+                out[key] = _nanmean([r[key] for r in rows if key in r])
+            out[f"{metric}_{st}"] = _nanmean([r[k] for r in rows for k in keys if k in r])
+        out[f"{metric}_mean"] = _nanmean([out[f"{metric}_{st}"] for st in structures])
     for st in structures:
-        vals = [r[k] for r in rows for k in (f"dice_{st}_ed", f"dice_{st}_es") if k in r]
-        out[f"dice_{st}"] = float(np.nanmean(vals)) if vals else float("nan")
-        per_structure.append(out[f"dice_{st}"])
-    out["dice_mean"] = float(np.nanmean(per_structure))
-    errors = np.array([r["lv_ef_error"] for r in rows], dtype=float)
-    out["lv_ef_mae"] = float(np.nanmean(np.abs(errors)))
-    out["lv_ef_bias"] = float(np.nanmean(errors))
+        keys = [f"hd95_undefined_{st}_{phase}" for phase in PHASES]
+        out[f"hd95_undefined_{st}"] = int(sum(r.get(k, 0) for r in rows for k in keys))
+    for index in CLINICAL_INDICES:
+        stats = agreement([r[f"{index}_pred"] for r in rows], [r[f"{index}_true"] for r in rows])
+        out |= {f"{index}_{stat}": stats[stat] for stat in AGREEMENT_STATS}
     return out
 
 
-def evaluate(model: nn.Module, subjects: Sequence[dict], frames: int, num_classes: int = 4) -> dict:
-    """Score every labelled subject; returns {"summary": {...}, "subjects": [rows]}."""
-    model.eval()
+def foreground_structures(num_classes: int) -> list[str]:
+    """Names of the foreground classes 1 .. num_classes - 1 (lv, myo, rv, infarct, mvo)."""
+    return [LABEL_NAMES[c] for c in range(1, num_classes)]
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run the block on one torch thread: the metrics' many small tensor ops only lose to
+    threading overhead, several-fold on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def evaluate_predictions(
+    preds: Mapping[str, np.ndarray], subjects: Sequence[dict], num_classes: int = 4
+) -> dict:
+    """Score given predictions {subject key: (S, T, H, W) label map} against labelled subjects.
+
+    Subjects without labels are skipped; a labelled subject without a prediction is an error.
+    Returns {"summary": {...}, "subjects": [rows]} like `evaluate`.
+    """
     rows = []
-    for subject in track(subjects, description="evaluating", transient=True):
-        if subject["label"] is None:
-            continue
-        pred = predict_study(model, subject["image"], frames)
-        rows.append(score_subject(pred, subject, num_classes))
-    structures = ["lv", "myo", "rv"][: num_classes - 1]
-    return {"summary": summarise(rows, structures), "subjects": rows}
+    with _one_torch_thread():
+        for subject in subjects:
+            if subject["label"] is None:
+                continue
+            if subject["key"] not in preds:
+                raise KeyError(f"no prediction for labelled subject {subject['key']!r}")
+            rows.append(score_subject(preds[subject["key"]], subject, num_classes))
+    return {"summary": summarise(rows, foreground_structures(num_classes)), "subjects": rows}
+
+
+def evaluate(model: nn.Module, subjects: Sequence[dict], frames: int, num_classes: int = 4) -> dict:
+    """Predict and score every labelled subject; returns {"summary": {...}, "subjects": [rows]}."""
+    model.eval()
+    labelled = [s for s in subjects if s["label"] is not None]
+    preds = {
+        s["key"]: predict_study(model, s["image"], frames)
+        for s in track(labelled, description="evaluating", transient=True)
+    }
+    return evaluate_predictions(preds, labelled, num_classes)
 
 
 def load_finetuned(checkpoint: Path) -> tuple[SegFinetuner, int, dict]:
