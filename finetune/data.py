@@ -1,7 +1,9 @@
-"""Few-shot labelled data: draw N labelled training subjects by seed, serve augmented clips."""
+"""Few-shot labelled data: draw N labelled training subjects by seed, serve augmented clips
+(segmentation) or whole subjects' slice stacks (EF regression, diagnosis)."""
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -146,15 +148,190 @@ class FewShotSegData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = LabelledClips(self.subjects, self.frames, self.augment)
-        generator = torch.Generator().manual_seed(self.seed)
-        sampler = RandomSampler(
-            dataset, replacement=True, num_samples=self.epoch_length, generator=generator
+        return sampled_loader(
+            dataset, self.seed, self.epoch_length, self.batch_size, self.num_workers
         )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=True,
+
+
+def sampled_loader(
+    dataset: Dataset, seed: int, epoch_length: int, batch_size: int, num_workers: int
+) -> DataLoader:
+    """epoch_length items drawn with replacement by seed, in batches (the last partial one dropped)."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(
+        dataset, replacement=True, num_samples=epoch_length, generator=generator
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        drop_last=True,
+    )
+
+
+# --- subject-level data (EF regression, diagnosis) ----------------------------------------------
+
+
+def stack_frames(t: int, frames: int, ed: int | None, es: int | None) -> list[int]:
+    """Frame indices of a subject-level clip: `frames` frames from ED to ES along the cycle.
+
+    The first is ED and the last ES, the rest evenly between them (wrapping past the last frame),
+    so the clip always shows the contraction that EF measures; ACDC (T = 2, ED 0, ES 1) with
+    frames = 2 gives [ED, ES]. Without ED / ES (or ED = ES) the frames spread over the cycle.
+    """
+    if frames < 1:
+        raise ValueError(f"frames={frames} must be >= 1")
+    start = 0 if ed is None else int(ed) % t
+    span = 0 if es is None else (int(es) - start) % t
+    if frames == 1:
+        return [start]
+    if span == 0:
+        return [(start + round(i * t / frames)) % t for i in range(frames)]
+    return [(start + round(i * span / (frames - 1))) % t for i in range(frames)]
+
+
+def stack_slices(s: int, max_slices: int) -> list[int]:
+    """All s slices, or max_slices of them evenly spaced from base to apex when there are more."""
+    if s <= max_slices:
+        return list(range(s))
+    return np.linspace(0, s - 1, max_slices).round().astype(int).tolist()
+
+
+def subject_stack(
+    subject: dict, frames: int, max_slices: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A subject's slice clips for the subject-level heads (training and evaluation alike).
+
+    subject: {"image" (S, T, H, W) uint8, "meta" with ed / es} -> stack (max_slices, 1, frames,
+    H, W) float in [0, 1], zero-padded past the real slices, and mask (max_slices,) bool (True =
+    a real slice). Frames: :func:`stack_frames`; slices: :func:`stack_slices`.
+    """
+    image = subject["image"]
+    s, t = image.shape[:2]
+    meta = subject.get("meta", {})
+    rows = stack_slices(s, max_slices)
+    cols = stack_frames(t, frames, meta.get("ed"), meta.get("es"))
+    clips = image[np.ix_(rows, cols)].astype(np.float32) / 255.0  # (S', frames, H, W)
+    stack = torch.zeros(max_slices, 1, frames, *image.shape[2:])
+    stack[: len(rows), 0] = torch.from_numpy(clips)
+    mask = torch.zeros(max_slices, dtype=torch.bool)
+    mask[: len(rows)] = True
+    return stack, mask
+
+
+def subject_augmentation() -> mt.Compose:
+    """One random affine + intensity change per subject, the same for all its slices and frames
+    (slices are channels of one 2D image), so the stack stays a consistent heart.
+
+    Rotation, translation and a small scale (+-5%: the heart's size is a diagnostic cue, e.g.
+    dilated cardiomyopathy); no flips (see :func:`augmentation`).
+    """
+    return mt.Compose(
+        [
+            mt.RandAffine(
+                prob=0.8,
+                rotate_range=np.pi / 6,
+                scale_range=0.05,
+                translate_range=6,
+                padding_mode="zeros",
+            ),
+            mt.RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
+            mt.RandScaleIntensity(prob=0.5, factors=0.15),
+            mt.RandGaussianNoise(prob=0.3, std=0.03),
+        ]
+    )
+
+
+class LabelledSubjects(Dataset):
+    """Whole subjects for the subject-level heads: items {"stack" (max_slices, 1, frames, H, W)
+    float in [0, 1], "mask" (max_slices,) bool, "ef" (2,) LVEF and RVEF in percent (NaN =
+    unknown), "group" index in ACDC_GROUPS or -1}; targets come from the unaugmented ground
+    truth (:func:`finetune.subject.subject_targets`). task ("ef" or "cls"), when given, only
+    warns when no subject has that target."""
+
+    def __init__(
+        self,
+        subjects: Sequence[dict],
+        frames: int,
+        max_slices: int = 16,
+        task: str | None = None,
+        augment: bool = False,
+    ) -> None:
+        from finetune.subject import subject_targets
+
+        self.subjects, self.frames, self.max_slices = list(subjects), frames, max_slices
+        self.targets = [subject_targets(s) for s in self.subjects]
+        known = {
+            "ef": any(np.isfinite(t["ef"]).any() for t in self.targets),
+            "cls": any(t["group"] >= 0 for t in self.targets),
+        }
+        if task is not None and not known.get(task, True):
+            warnings.warn(
+                f"none of the {len(self.subjects)} subjects has a {task} target: the loss is 0",
+                stacklevel=2,
+            )
+        self.transform = subject_augmentation() if augment else None
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, i: int) -> dict:
+        stack, mask = subject_stack(self.subjects[i], self.frames, self.max_slices)
+        if self.transform is not None:
+            n, frames = int(mask.sum()), self.frames
+            real = stack[:n, 0].reshape(
+                n * frames, *stack.shape[-2:]
+            )  # slices x frames as channels
+            moved = torch.as_tensor(self.transform(real)).float().clamp(0, 1)
+            stack[:n, 0] = moved.reshape(n, frames, *stack.shape[-2:])
+        target = self.targets[i]
+        return {
+            "stack": stack,
+            "mask": mask,
+            "ef": torch.from_numpy(target["ef"]),
+            "group": torch.tensor(target["group"], dtype=torch.long),
+        }
+
+
+class FewShotSubjectData(L.LightningDataModule):
+    """N labelled subjects drawn exactly as for segmentation (:func:`draw_labelled`); whole
+    subjects sampled with replacement for EF regression or diagnosis.
+
+    Args:
+        shards, labels, seed, epoch_length, num_workers: as in :class:`FewShotSegData`
+            (epoch_length counts subjects).
+        frames: frames per slice clip, from ED to ES (:func:`stack_frames`).
+        max_slices: slices per subject (padded, or evenly subsampled when there are more).
+    """
+
+    def __init__(
+        self,
+        shards: str,
+        labels: int = 4,
+        seed: int = 0,
+        frames: int = 2,
+        batch_size: int = 4,
+        epoch_length: int = 256,
+        augment: bool = True,
+        max_slices: int = 16,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # stored in checkpoints: evaluation needs frames, max_slices
+        self.shards, self.labels, self.seed, self.frames = shards, labels, seed, frames
+        self.batch_size, self.epoch_length, self.augment = batch_size, epoch_length, augment
+        self.max_slices, self.num_workers = max_slices, num_workers
+        self.subjects: list[dict] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.subjects:
+            train = load_subjects(shard_urls(self.shards), splits=["train"])
+            self.subjects = draw_labelled(train, self.labels, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = LabelledSubjects(self.subjects, self.frames, self.max_slices, None, self.augment)
+        return sampled_loader(
+            dataset, self.seed, self.epoch_length, self.batch_size, self.num_workers
         )

@@ -1,21 +1,89 @@
-"""Lightning system that fine-tunes a (pre)trained backbone + UNETR decoder for segmentation."""
+"""Lightning systems that fine-tune a (pre)trained backbone: per-frame segmentation (UNETR decoder,
+or a MONAI U-Net baseline) and subject-level EF regression or diagnosis classification."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from monai.losses import DiceCELoss
+from torch import nn
+from torch.nn import functional as F
 
 from data_shards.record import IGNORE
+from finetune.protocols import apply_protocol, check_protocol, eval_frozen, layer_decay_groups
+from finetune.subject import ACDC_GROUPS, SubjectModel
+from finetune.unet import UNet2DSegmenter
 from finetune.unetr import UNETRSegmenter
 from foundation.checkpoint import load_backbone_weights
 from foundation.optim import param_groups, warmup_cosine
 from foundation.registry import create_backbone
+from foundation.vit import CardiacViT
+
+ARCHS = ("unetr", "unet")
+# Frozen modules are put in eval mode on purpose (`_Finetuner.train`); Lightning warns about it.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
 
-class SegFinetuner(L.LightningModule):
+def build_backbone(
+    name: str,
+    patch_size: int,
+    tubelet: int,
+    pretrained: str | None,
+    protocol: str,
+    last_k: int,
+    lora_rank: int,
+) -> CardiacViT:
+    """A registered backbone, its pretrained weights loaded (before LoRA renames its layers), with
+    the protocol's trainable parameters (see :func:`finetune.protocols.apply_protocol`)."""
+    encoder = create_backbone(name, patch_size=patch_size, tubelet=tubelet)
+    if pretrained:
+        load_backbone_weights(encoder, Path(pretrained))
+    return apply_protocol(
+        encoder, protocol, last_k=last_k, lora_rank=lora_rank, lora_alpha=2 * lora_rank
+    )
+
+
+class _Finetuner(L.LightningModule):
+    """Shared optimiser (head at lr, backbone by layer-wise decay) and frozen-module modes."""
+
+    model: nn.Module
+
+    def train(self, mode: bool = True) -> _Finetuner:
+        # Frozen parts (linear probe backbone, partial's frozen blocks) never see dropout or
+        # drop-path noise; Lightning keeps the mode the module is in, so set it here and at each
+        # training epoch start.
+        super().train(mode)
+        if mode:
+            eval_frozen(self.model)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        eval_frozen(self.model)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        backbone = getattr(self.model, "backbone", None)
+        in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+        head = [(n, p) for n, p in self.model.named_parameters() if id(p) not in in_backbone]
+        groups = param_groups(head, hp.weight_decay, hp.lr)
+        if backbone is not None:
+            groups += layer_decay_groups(
+                backbone.named_parameters(),
+                hp.lr * hp.backbone_lr_scale,
+                hp.layer_decay,
+                hp.weight_decay,
+                matcher=backbone.group_matcher(),
+            )
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1000
+        schedule = warmup_cosine(optimizer, hp.warmup_steps, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class SegFinetuner(_Finetuner):
     """Per-frame segmentation; batches are dicts with "clip" (B, 1, T, H, W), "label" (B, T, H, W).
 
     Frames holding any IGNORE pixel (no or partial ground truth) are left out of the loss.
@@ -26,8 +94,13 @@ class SegFinetuner(L.LightningModule):
             to start from; None = from scratch.
         num_classes: output classes including background (cine: 4).
         feature_size: decoder width at full resolution.
-        lr: learning rate of the decoder; the backbone gets lr * backbone_lr_scale.
-        freeze_backbone: linear-probe style: train the decoder only.
+        lr: learning rate of the decoder; the backbone's top layer gets lr * backbone_lr_scale,
+            each layer below layer_decay times less (`finetune.protocols.layer_decay_groups`).
+        freeze_backbone: the same as protocol="linear" (kept for older configs and checkpoints).
+        arch: "unetr" (backbone + UNETR decoder) or "unet" (MONAI 2D U-Net from scratch: the
+            backbone arguments are ignored, pretrained and non-"full" protocols are errors).
+        protocol: "linear", "partial" (last_k blocks + final norm), "full" or "lora" (adapters of
+            rank lora_rank, alpha 2 x rank, on the attention layers).
     """
 
     def __init__(
@@ -43,15 +116,33 @@ class SegFinetuner(L.LightningModule):
         weight_decay: float = 0.01,
         warmup_steps: int = 20,
         freeze_backbone: bool = False,
+        arch: str = "unetr",
+        protocol: str = "full",
+        last_k: int = 2,
+        layer_decay: float = 0.75,
+        lora_rank: int = 8,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        encoder = create_backbone(backbone, patch_size=patch_size, tubelet=tubelet)
-        if pretrained:
-            load_backbone_weights(encoder, Path(pretrained))
-        encoder.requires_grad_(not freeze_backbone)
-        self.model = UNETRSegmenter(encoder, num_classes, feature_size)
+        self.protocol = _resolve_protocol(protocol, freeze_backbone)
+        if arch == "unet":
+            if pretrained:
+                raise ValueError(
+                    f"arch='unet' trains MONAI's U-Net from scratch; pretrained={pretrained!r} "
+                    "has no backbone to load into (set pretrained: null or arch: unetr)"
+                )
+            if self.protocol != "full":
+                raise ValueError(f"arch='unet' has no backbone to apply protocol {protocol!r} to")
+            self.model: nn.Module = UNet2DSegmenter(num_classes)
+        elif arch == "unetr":
+            encoder = build_backbone(
+                backbone, patch_size, tubelet, pretrained, self.protocol, last_k, lora_rank
+            )
+            self.model = UNETRSegmenter(encoder, num_classes, feature_size)
+        else:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {list(ARCHS)}")
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        self.train()
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         return self.model(clip)  # (B, K, T, H, W)
@@ -62,17 +153,81 @@ class SegFinetuner(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
 
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        named = list(self.model.named_parameters())
-        backbone = [(n, p) for n, p in named if n.startswith("backbone.")]
-        decoder = [(n, p) for n, p in named if not n.startswith("backbone.")]
-        groups = param_groups(decoder, hp.weight_decay, hp.lr)
-        groups += param_groups(backbone, hp.weight_decay, hp.lr * hp.backbone_lr_scale)
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1000
-        schedule = warmup_cosine(optimizer, hp.warmup_steps, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+class SubjectFinetuner(_Finetuner):
+    """Subject-level EF regression or diagnosis; batches are dicts with "stack"
+    (B, S, 1, T, H, W), "mask" (B, S) bool, "ef" (B, 2) percent (NaN = unknown), "group" (B,)
+    (index in ACDC_GROUPS, -1 = unknown).
+
+    forward(stack, mask) -> (B, 2) (LVEF, RVEF) in percent for task "ef", (B, num_classes)
+    logits for "cls". EF loss: smooth L1 on EF / 100 over the known targets; cls loss:
+    cross-entropy with label_smoothing over subjects with a known group. Other arguments as in
+    :class:`SegFinetuner`; hidden and dropout size the pooling and the MLP head.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "cmr_vit_tiny",
+        patch_size: int = 16,
+        tubelet: int = 2,
+        pretrained: str | None = None,
+        task: str = "ef",
+        num_classes: int = len(ACDC_GROUPS),
+        protocol: str = "full",
+        last_k: int = 2,
+        layer_decay: float = 0.75,
+        lora_rank: int = 8,
+        lr: float = 1e-3,
+        backbone_lr_scale: float = 0.3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 20,
+        hidden: int = 128,
+        dropout: float = 0.1,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        check_protocol(protocol)
+        encoder = build_backbone(
+            backbone, patch_size, tubelet, pretrained, protocol, last_k, lora_rank
+        )
+        outputs = 2 if task == "ef" else num_classes
+        self.model = SubjectModel(encoder, task, outputs, hidden, dropout)
+        self.task = task
+        self.train()
+
+    def forward(self, stack: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(stack, mask)
+
+    def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Loss of outputs (B, K) against the batch's targets; 0 (with grad) when none is known."""
+        if self.task == "ef":
+            target = batch["ef"].to(outputs.dtype)  # (B, 2) percent
+            known = torch.isfinite(target)
+            if not known.any():
+                return outputs.sum() * 0.0
+            return F.smooth_l1_loss(outputs[known] / 100, target[known] / 100, beta=0.05)
+        group = batch["group"].long()
+        known = group >= 0
+        if not known.any():
+            return outputs.sum() * 0.0
+        smoothing = self.hparams.label_smoothing
+        return F.cross_entropy(outputs[known], group[known], label_smoothing=smoothing)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self(batch["stack"], batch["mask"]), batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["mask"].shape[0])
+        return loss
+
+
+def _resolve_protocol(protocol: str, freeze_backbone: bool) -> str:
+    check_protocol(protocol)
+    if freeze_backbone and protocol not in ("full", "linear"):
+        raise ValueError(
+            f"freeze_backbone=True means protocol 'linear' but protocol={protocol!r} was given: "
+            "set one of them"
+        )
+    return "linear" if freeze_backbone else protocol
 
 
 def frame_loss(loss_fn: DiceCELoss, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
