@@ -10,7 +10,12 @@ import pytest
 from cmrfm.train import run_training
 from foundation.checkpoint import read_checkpoint
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# LightningCLI configs; fewshot_*.yaml are benchmark configs (tests/test_fewshot.py loads them).
+CONFIGS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
+    if not p.name.startswith("fewshot_")
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,191 @@
+"""The few-shot benchmark: same draws for every method, disjoint evaluation, resumable results,
+honest summaries (mean +- std over seeds, pretrained-minus-scratch paired by seed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finetune.fewshot import (
+    FewShotBenchmark,
+    FewShotConfig,
+    group_rows,
+    load_config,
+    read_jsonl,
+    steps_for_budget,
+)
+from finetune.report import markdown, summary_rows
+from foundation.hub import save_pretrained
+from foundation.registry import create_backbone
+
+TEST_MODEL = {"backbone": "cmr_vit_test", "patch_size": 8, "tubelet": 2, "warmup_steps": 2}
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_config_rejects_what_cannot_run():
+    with pytest.raises(ValueError, match="task"):
+        FewShotConfig(task="survival")
+    with pytest.raises(ValueError, match="'0'"):
+        FewShotConfig(labels=["0"], methods=["unet"])
+    with pytest.raises(ValueError, match="unknown seg method"):
+        FewShotConfig(methods=["unet", "radiomics"])
+    with pytest.raises(ValueError, match="--pretrained"):
+        FewShotConfig(methods=["pretrained", "unet"])  # no weights given
+
+
+def test_yaml_keys_map_onto_the_config_and_flags_win(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: seg\nlabels: [1, all]\nmethods: [unet]\nbudget_s: 5\n")
+    cfg = load_config(path, {"budget_s": 2.0, "seeds": None})
+    assert cfg.labels == ["1", "all"] and cfg.budget_s == 2.0 and cfg.seeds == 3
+    path.write_text("task: seg\nmethods: [unet]\nepochs: 3\n")
+    with pytest.raises(ValueError, match="epochs"):
+        load_config(path, {})
+
+
+def test_every_shipped_config_loads():
+    configs = sorted(Path(__file__).resolve().parents[1].glob("configs/fewshot_*.yaml"))
+    assert {p.stem for p in configs} >= {"fewshot_seg_acdc", "fewshot_ef_acdc", "fewshot_cls_acdc"}
+    for path in configs:
+        cfg = load_config(path, {"pretrained": "somewhere"})
+        assert cfg.task in path.stem
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for method, offset in (("pretrained", 0.1), ("scratch", 0.0)):
+        for n, spec in ((1, "1"), (5, "5")):
+            for seed in range(3):
+                value = 0.5 + offset + 0.01 * n + 0.02 * seed
+                rows.append(
+                    {"run": f"{method}_n{n}_s{seed}", "method": method, "n": n, "labels": spec}
+                    | {"seed": seed, "dice_mean": value}
+                )
+    return rows
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    grouped = group_rows(_rows(), "dice_mean")
+    n, spec, mean, std, runs = grouped["pretrained"][0]
+    values = [0.61, 0.63, 0.65]
+    assert (n, spec, runs) == (1, "1", 3)
+    assert mean == pytest.approx(np.mean(values)) and std == pytest.approx(np.std(values, ddof=1))
+    rows = summary_rows(_rows(), ["dice_mean"])
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"pretrained", "scratch"}
+
+
+def test_non_finite_values_are_left_out_not_averaged():
+    rows = _rows()
+    rows[0]["dice_mean"] = float("nan")
+    assert group_rows(rows, "dice_mean")["pretrained"][0][4] == 2
+
+
+def test_markdown_pairs_pretrained_and_scratch_by_seed():
+    text = markdown(_rows(), "seg", ["dice_mean"], ["pretrained", "scratch"])
+    assert "| 1 | 0.630 ± 0.020 (3) | 0.530 ± 0.020 (3) |" in text
+    assert "| 1 | +0.100 ± 0.000 (3) |" in text  # the same seed's draw: differences pair up
+
+
+def test_a_line_cut_by_a_killed_job_is_dropped(tmp_path: Path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"run": "a"}) + "\n" + '{"run": "b", "dice')
+    assert read_jsonl(path) == [{"run": "a"}]
+
+
+# ----------------------------------------------------------------------------- time budget
+
+
+def test_budget_probe_scales_steps_and_leaves_weights_alone():
+    net = torch.nn.Linear(64, 64)
+    before = net.weight.detach().clone()
+    x = torch.randn(256, 64)
+    few, per_step = steps_for_budget(lambda: net(x).square().mean(), budget_s=0.5)
+    many, _ = steps_for_budget(lambda: net(x).square().mean(), budget_s=5.0)
+    assert per_step > 0 and many > few
+    assert torch.equal(net.weight, before)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def shards(make_phantom_shards) -> Path:
+    return make_phantom_shards(n=16, slices=2)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> Path:
+    backbone = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)
+    folder = tmp_path_factory.mktemp("hub")
+    preprocess = {"spacing": 3.0, "size": 48, "frames": 2, "percentiles": [0.5, 99.5]}
+    return save_pretrained(backbone, folder, preprocess=preprocess | {"modalities": ["cine"]})
+
+
+def _config(shards: Path, out: Path, **kw) -> FewShotConfig:
+    base = {
+        "task": "seg",
+        "shards": str(shards),
+        "out": str(out),
+        "labels": ["1", "2"],
+        "seeds": 2,
+        "budget_s": 0.5,
+        "eval_split": "test",
+        "model": TEST_MODEL | {"num_classes": 4, "feature_size": 8},
+        "method_args": {"unet": {"lr": 1e-3}},
+    }
+    return FewShotConfig(**(base | kw))
+
+
+def test_evaluation_split_is_disjoint_from_every_draw(shards: Path, tmp_path: Path):
+    bench = FewShotBenchmark(_config(shards, tmp_path, methods=["unet"]))
+    eval_keys = {s["key"] for s in bench.eval}
+    for run in bench.runs():
+        assert not eval_keys & {s["key"] for s in bench.draw(run)}
+
+
+def test_segmentation_benchmark_end_to_end_and_resume(shards: Path, hub: Path, tmp_path: Path):
+    cfg = _config(shards, tmp_path, methods=["pretrained", "unet"], pretrained=str(hub))
+    bench = FewShotBenchmark(cfg)
+    summary = bench.run()
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert len(results) == 2 * 2 * 2  # methods x labels x seeds
+    # the same labelled subjects for every method at each (N, seed)
+    by_cell: dict = {}
+    for r in results:
+        by_cell.setdefault((r["n"], r["seed"]), set()).add(tuple(r["train_subjects"]))
+        assert 0.0 <= r["dice_mean"] <= 1.0 and r["steps"] >= 10
+    assert all(len(draws) == 1 for draws in by_cell.values())
+    assert by_cell[(1, 0)] != by_cell[(1, 1)] or len(bench.labelled) == 1  # seeds differ
+    draws = json.loads((tmp_path / "draws.json").read_text())
+    assert draws["n2_s0"][:1] == draws["n1_s0"]  # larger draws extend smaller ones
+    assert {r["metric"] for r in summary} >= {"dice_mean", "hd95_mean", "lv_ef_mae"}
+    assert (tmp_path / "summary.md").read_text().count("| 2 |") >= 1
+    assert (tmp_path / "dice_mean_vs_n.png").stat().st_size > 0
+    assert len(list((tmp_path / "predictions").glob("*.npz"))) == 8
+
+    # a re-run trains nothing; a run whose result line was lost is redone alone
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    (tmp_path / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    trained = []
+    original = FewShotBenchmark.run_one
+    FewShotBenchmark.run_one = lambda self, run: trained.append(run.name) or original(self, run)
+    try:
+        FewShotBenchmark(cfg).run()
+    finally:
+        FewShotBenchmark.run_one = original
+    assert trained == [json.loads(lines[-1])["run"]]
+
+
+def test_a_folder_of_another_benchmark_is_refused(shards: Path, tmp_path: Path):
+    (tmp_path / "config.json").write_text(json.dumps({"task": "seg", "budget_s": 99.0}))
+    with pytest.raises(FileExistsError, match="budget_s"):
+        FewShotBenchmark(_config(shards, tmp_path, methods=["unet"])).run()
