@@ -1,4 +1,4 @@
-"""`cmrfm`: the command line (shard, inspect, pretrain, finetune, evaluate, demo, bench)."""
+"""`cmrfm`: the command line (shard, inspect, pretrain, finetune, evaluate, predict, demo, bench)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,36 @@ def _shard(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         resume=args.resume,
     )
+
+
+def _fewshot(args: argparse.Namespace) -> None:
+    from finetune.fewshot import FewShotBenchmark, load_config
+
+    config = args.config or CONFIGS / f"fewshot_{args.task or 'seg'}_acdc.yaml"
+    split = lambda text: None if text is None else [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    overrides = {
+        "task": args.task,
+        "shards": args.shards,
+        "out": args.out,
+        "labels": split(args.labels),
+        "seeds": args.seeds,
+        "methods": split(args.methods),
+        "pretrained": args.pretrained,
+        "budget_s": args.budget_s,
+        "eval_split": args.eval_split,
+        "seg_from": args.seg_from,
+    }
+    try:
+        cfg = load_config(Path(config), overrides)
+    except ValueError as error:  # a bad option is the user's to fix: one line, exit 2
+        print(f"cmrfm fewshot: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    FewShotBenchmark(cfg).run()
+    print(f"results: {cfg.out_dir / 'summary.md'}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -257,7 +287,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="a Lightning checkpoint or DeepSpeed ZeRO folder -> hub folder (model.safetensors, "
-        "config.json, README.md model card)",
+        "config.json, README.md model card); a fine-tuning checkpoint -> a fine-tuned model "
+        "folder for `cmrfm predict`",
     )
     p.add_argument("checkpoint", type=Path, help="a .ckpt file, or a DeepSpeed ZeRO-2/3 folder")
     p.add_argument("out", type=Path, help="the hub folder to write")
@@ -283,6 +314,61 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default=None, help="backbone key prefix, if several fit")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.set_defaults(func=_export)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import time
+
+    from cmrfm.predict import predict
+    from data_shards.sources import SourceError
+
+    start = time.perf_counter()
+    try:
+        volumes = predict(
+            args.study, args.model, args.out, frames=args.frames, batch=args.batch,
+            ed=args.ed, es=args.es, affine_space=args.affine_space,
+        )  # fmt: skip
+    except (SourceError, ValueError) as error:  # an unreadable study or model folder: one line
+        if os.environ.get("CMRFM_DEBUG"):
+            raise
+        print(f"cmrfm predict: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    lv, rv, f = volumes["lv"], volumes["rv"], volumes["frames"]
+
+    def show(value: float | None, unit: str) -> str:
+        return "n/a" if value is None else f"{value:.1f}{unit}"
+
+    s, t, h, w = volumes["shape_stwh"]
+    print(
+        f"{volumes['study']} ({s} x {t} x {h} x {w}, ED frame {f['ed']}, ES frame {f['es']}): "
+        f"LV EDV {show(lv['edv_ml'], ' ml')}, ESV {show(lv['esv_ml'], ' ml')}, "
+        f"EF {show(lv['ef_percent'], '%')}, mass {show(lv['mass_g'], ' g')}; "
+        f"RV EDV {show(rv['edv_ml'], ' ml')}, EF {show(rv['ef_percent'], '%')} -> {args.out}"
+    )
+    steps = ", ".join(f"{k} {v:.2f}" for k, v in volumes["seconds"].items() if k != "total")
+    print(f"predicted in {time.perf_counter() - start:.2f} s ({steps})")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment a NIfTI file or DICOM series folder with a fine-tuned model folder: label "
+        "map in the study's geometry, volumes (JSON, CSV) and an overlay PNG",
+    )
+    p.add_argument("study", type=Path, help="a .nii/.nii.gz file (3D or 4D cine) or a DICOM folder")
+    p.add_argument("--model", type=Path, required=True, help="fine-tuned model folder (export)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--frames", type=int, default=None, help="clip length (default: the model's)")
+    p.add_argument("--batch", type=int, default=16, help="clips per forward pass")
+    p.add_argument("--ed", type=int, default=None, help="ED frame (default: largest LV volume)")
+    p.add_argument("--es", type=int, default=None, help="ES frame (default: smallest LV volume)")
+    p.add_argument(
+        "--affine-space",
+        choices=("ras", "lps"),
+        default=None,
+        help="NIfTI affine convention (default: lps for M&Ms-2 file names, else ras)",
+    )
+    p.set_defaults(func=_predict)
 
 
 def _add_publish(sub: argparse._SubParsersAction) -> None:
@@ -364,6 +450,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
+        "fewshot",
+        help="few-shot benchmark: methods x labelled subjects x seeds on a fixed evaluation split",
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML (default configs/fewshot_TASK_acdc.yaml)"
+    )
+    p.add_argument("--task", choices=["seg", "ef", "cls"], default=None)
+    p.add_argument("--shards", default=None, help="labelled shard folder (default: the config's)")
+    p.add_argument("--out", default=None, help="results folder; a re-run resumes it")
+    p.add_argument("--labels", default=None, help="labelled subjects per run, e.g. 1,2,5,10,20,all")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..SEEDS-1 (different draws)")
+    p.add_argument("--methods", default=None, help="e.g. pretrained,scratch,unet")
+    p.add_argument("--pretrained", default=None, help="hub folder or pretraining checkpoint")
+    p.add_argument("--budget-s", type=float, default=None, help="training seconds per run")
+    p.add_argument("--eval-split", default=None, help="evaluation split (default: test)")
+    p.add_argument("--seg-from", default=None, help="segmentation benchmark folder to reuse")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=_fewshot)
+
+    p = sub.add_parser(
         "demo", help="phantom -> shards -> pretrain -> fine-tune -> evaluate -> report"
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -379,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_bench(sub)
     _add_export(sub)
+    _add_predict(sub)
     _add_publish(sub)
     return parser
 

@@ -1,5 +1,8 @@
 """`cmrfm export` and `cmrfm publish`: a training checkpoint (a Lightning file or a DeepSpeed
 ZeRO-2/3 folder) -> a hub folder (foundation.hub), and a hub folder -> a Hugging Face Hub repo.
+A fine-tuning checkpoint (finetune.system.SegFinetuner) becomes a fine-tuned model folder
+(finetune.package) instead: the whole model, its preprocessing and clip length, for
+`cmrfm predict`.
 
 Nothing is unpickled beyond plain containers and tensors: Lightning files are read with
 ``weights_only=True``; DeepSpeed's own ZeRO reconstruction runs with torch.load forced to
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import inspect
 import json
 import os
@@ -32,6 +36,7 @@ from foundation.vit import CONTEXT_EMBEDDINGS, MODALITIES, CardiacViT
 ENCODER_PREFIXES = ("objective.encoder.", "mae.encoder.", "model.backbone.", "encoder.")
 RUNTIME_ARGS = frozenset({"compile"})  # backbone kwargs that are not architecture
 MANIFEST = "manifest.json"
+SEG_FINETUNER = "finetune.system.SegFinetuner"
 
 
 @dataclass
@@ -312,6 +317,102 @@ def read_metrics(text: str | None) -> dict[str, Any] | None:
 # --- the commands ------------------------------------------------------------------------------
 
 
+def training_manifests(ckpt: TrainingCheckpoint, manifests: Sequence[Path] | None) -> list[Path]:
+    """The manifest.json files given (files or shard folders), else those of the checkpoint's
+    data module `shards`; FileNotFoundError saying to pass --manifest when none is found."""
+    if manifests:
+        files = [Path(m) / MANIFEST if Path(m).is_dir() else Path(m) for m in manifests]
+        absent = [str(f) for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"manifest(s) not found: {absent}")
+        return files
+    dm = ckpt.meta.get("datamodule_hyper_parameters") or {}
+    files, missing = shard_manifests(dm)
+    if missing or not files:
+        raise FileNotFoundError(
+            f"{ckpt.path}: cannot find the training data's manifest.json (shards: "
+            f"{missing or dm.get('shards')}); pass --manifest SHARD_FOLDER so the card can name "
+            "the data and config.json its preprocessing"
+        )
+    return files
+
+
+def finetuned_class_path(ckpt: TrainingCheckpoint) -> str | None:
+    """The fine-tuning system that wrote a checkpoint (LightningCLI records `_class_path`; a
+    plain Trainer's SegFinetuner is known by its hyper-parameters and weights), else None."""
+    hparams = ckpt.meta.get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path")
+    if isinstance(class_path, str):
+        return class_path if class_path.startswith("finetune.") else None
+    seg_args = {"num_classes", "feature_size", "backbone"} <= set(hparams)
+    if seg_args and any(k.startswith("model.") for k in ckpt.state_dict):
+        return SEG_FINETUNER
+    return None
+
+
+def export_finetuned(
+    ckpt: TrainingCheckpoint,
+    class_path: str,
+    out: Path,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    manifests: Sequence[Path] | None = None,
+    datasets: Sequence[str] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A fine-tuning checkpoint -> a fine-tuned model folder (finetune.package): the system
+    rebuilt from its hyper-parameters (pretrained=None), weights loaded strictly, preprocessing
+    and clip length from the training shards' manifest and data module."""
+    from finetune.package import FILE_ARGS, load_finetuned, save_finetuned
+
+    hparams = {k: v for k, v in (ckpt.meta.get("hyper_parameters") or {}).items() if k[0] != "_"}
+    args = {k: (None if k in FILE_ARGS else v) for k, v in hparams.items()}
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+        model = cls(**args)
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except (ImportError, AttributeError, TypeError, RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"{ckpt.path}: cannot rebuild {class_path} from its hyper-parameters and weights "
+            f"({type(err).__name__}: {err})"
+        ) from err
+    dm = ckpt.meta.get("datamodule_hyper_parameters") or {}
+    data, pre = data_and_preprocess(
+        training_manifests(ckpt, manifests), dm.get("frames"), preprocess
+    )
+    frames = pre.get("frames")
+    if frames is None:
+        raise ValueError(
+            f"{ckpt.path}: the clip length is not recorded (no data module `frames`); pass "
+            "--preprocess '{\"frames\": N}'"
+        )
+    if datasets:
+        data["datasets"] = dataset_names([*data["datasets"], *datasets])
+    task = hparams.get("task") if hparams.get("task") in ("ef", "cls") else "seg"
+    facts = {k: v for k, v in training_facts(ckpt).items() if k != "hyper_parameters"}
+    if "labels" in dm or "seed" in dm:
+        facts["labelled_subjects"], facts["seed"] = dm.get("labels"), dm.get("seed")
+    save_finetuned(
+        model, out, preprocess=pre, frames=int(frames), task=task, training=facts,
+        metrics=metrics, datasets=data["datasets"], init_args=args, class_path=class_path,
+    )  # fmt: skip
+    reloaded, _ = load_finetuned(out)  # the folder must give back exactly these weights
+    mine = model.state_dict()
+    for key, value in reloaded.state_dict().items():
+        if not torch.equal(mine[key], value):
+            raise RuntimeError(f"{out}: {key} did not survive the round trip")
+    return {
+        "out": str(out),
+        "architecture": f"{name} ({hparams.get('arch', 'unetr')}, {hparams.get('backbone')})",
+        "checkpoint": ckpt.kind,
+        "steps": ckpt.meta.get("global_step"),
+        "datasets": data["datasets"],
+        "manifests": [m["sha256"] for m in data["manifests"]],
+        "package": "finetuned",
+    }
+
+
 def export(
     checkpoint: Path,
     out: Path,
@@ -342,21 +443,15 @@ def export(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty; pass --overwrite to replace it")
     ckpt = read_training_checkpoint(checkpoint)
+    finetuned = finetuned_class_path(ckpt)
+    if finetuned is not None:
+        return export_finetuned(
+            ckpt, finetuned, out, metrics=metrics, manifests=manifests, datasets=datasets,
+            preprocess=preprocess,
+        )  # fmt: skip
     model = extract_backbone(ckpt, backbone, prefix)
     dm = ckpt.meta.get("datamodule_hyper_parameters") or {}
-    if manifests:
-        files = [Path(m) / MANIFEST if Path(m).is_dir() else Path(m) for m in manifests]
-        absent = [str(f) for f in files if not f.is_file()]
-        if absent:
-            raise FileNotFoundError(f"manifest(s) not found: {absent}")
-    else:
-        files, missing = shard_manifests(dm)
-        if missing or not files:
-            raise FileNotFoundError(
-                f"{checkpoint}: cannot find the training data's manifest.json (shards: "
-                f"{missing or dm.get('shards')}); pass --manifest SHARD_FOLDER so the card can name "
-                "the data and config.json its preprocessing"
-            )
+    files = training_manifests(ckpt, manifests)
     data, pre = data_and_preprocess(files, dm.get("frames"), preprocess)
     if datasets:
         data["datasets"] = dataset_names([*data["datasets"], *datasets])

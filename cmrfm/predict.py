@@ -1,0 +1,460 @@
+"""`cmrfm predict`: segment one study (a NIfTI file or a DICOM series folder) with a fine-tuned
+model folder, and write the label map in the study's own grid, volumes and an overlay sheet.
+
+The model's preprocessing (config.json) is applied as in training: canonical orientation,
+in-plane resampling, a centred crop and uint8 intensities. The prediction is then mapped back
+step by step: un-cropped into the resampled grid, resampled to the native pixel grid (per-class
+maps interpolated, then the most likely class: smoother than nearest neighbour), reoriented.
+Nothing from a DICOM header that identifies a person reaches an output: the outputs are named
+"study", and only geometry is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_shards.preprocess import preprocess
+from data_shards.record import LV, MYO, RV, Subject
+from data_shards.volumes import ejection_fraction, volumes_ml
+
+MYOCARDIUM_DENSITY = 1.05  # g/ml
+DICOM_NAME = "study"  # DICOM folder names are often patient ids: never reuse them
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Overlay colours (RGB 0-1) by label value.
+COLOURS = {
+    LV: (0.9, 0.1, 0.1),
+    MYO: (0.1, 0.8, 0.2),
+    RV: (0.1, 0.4, 1.0),
+    4: (1, 0.9, 0),
+    5: (1, 0, 1),
+}
+CSV_FIELDS = ("ventricle", "edv_ml", "esv_ml", "sv_ml", "ef_percent", "mass_g", "ed_frame", "es_frame")  # fmt: skip
+
+
+@dataclass
+class Study:
+    """One study as read: image (S, T, H, W) float32, spacing (dz, dy, dx) mm, LPS geometry.
+
+    ``affine`` (4, 4) is the RAS affine of the output NIfTI, whose array is (X, Y, Z[, T]) =
+    (W, H, S[, T]); ``shape`` is that array's shape (the input file's own, for a NIfTI).
+    """
+
+    name: str
+    kind: str  # "nifti" or "dicom"
+    image: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    shape: tuple[int, ...]
+    geometry: dict[str, Any] = field(default_factory=dict)  # direction, origin (LPS) if known
+    header: Any = None  # the input's NIfTI header, copied into the output
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def read_study(path: Path | str, affine_space: str | None = None) -> Study:
+    """A NIfTI file (3D: one frame; 4D: a cine) or a folder holding one DICOM series.
+
+    Raises FileNotFoundError for a missing path or a folder without DICOM, SourceError
+    (data_shards.sources) for an unreadable one, ValueError for several studies in one folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: study not found (give a .nii/.nii.gz file or a DICOM folder)"
+        )
+    if path.is_dir():
+        return _read_dicom(path)
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        raise FileNotFoundError(
+            f"{path}: not a NIfTI file (.nii/.nii.gz); for DICOM give the folder of the series"
+        )
+    return _read_nifti(path, affine_space)
+
+
+def _read_nifti(path: Path, affine_space: str | None) -> Study:
+    import nibabel as nib
+
+    from data_shards.sources.nifti import MNMS_GROUPING
+    from data_shards.sources.nifti_io import read_nifti
+
+    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".gz") else path.stem
+    if affine_space is None:  # as the nifti source decides: M&Ms-2 files hold LPS affines
+        affine_space = "lps" if re.fullmatch(MNMS_GROUPING, name, re.I) else "ras"
+    volume = read_nifti(path, affine_space=affine_space)  # SourceError naming the file
+    img = nib.load(path)
+    return Study(
+        name=name,
+        kind="nifti",
+        image=volume.data.astype(np.float32, copy=False),
+        spacing=volume.spacing,
+        affine=np.asarray(img.affine, dtype=np.float64),
+        shape=tuple(int(n) for n in img.shape),
+        geometry=volume.geometry_meta(),
+        header=img.header,
+    )
+
+
+def _read_dicom(folder: Path) -> Study:
+    from data_shards.sources.dicom import find_studies, read_study
+
+    studies = find_studies(folder)  # FileNotFoundError when there is no DICOM at all
+    if len(studies) > 1:
+        raise ValueError(
+            f"{folder}: holds {len(studies)} study folders; give the folder of one series"
+        )
+    # The salt only feeds the source's pseudonymous subject id, which predict never writes.
+    subject = read_study(studies[0], salt="cmrfm-predict")
+    s, t, h, w = subject.image.shape
+    geometry = {k: subject.meta[k] for k in ("direction", "origin")}
+    return Study(
+        name=DICOM_NAME,
+        kind="dicom",
+        image=subject.image,
+        spacing=tuple(float(v) for v in subject.spacing),
+        affine=lps_to_nifti_affine(geometry["direction"], geometry["origin"], subject.spacing),
+        shape=(w, h, s, t) if t > 1 else (w, h, s),
+        geometry=geometry,
+    )
+
+
+def lps_to_nifti_affine(
+    direction: Any, origin: Any, spacing: tuple[float, float, float]
+) -> np.ndarray:
+    """RAS affine (4, 4) of an (X=W, Y=H, Z=S) array from LPS direction rows [S, H, W], origin
+    and spacing (dz, dy, dx); an unknown dz (one slice) counts as 1 mm."""
+    d = np.asarray(direction, dtype=np.float64)
+    dz, dy, dx = (float(v) for v in spacing)
+    dz = dz if math.isfinite(dz) and dz > 0 else 1.0
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = d[2] * dx, d[1] * dy, d[0] * dz
+    affine[:3, 3] = np.asarray(origin, dtype=np.float64)
+    affine[:2] *= -1.0  # LPS -> RAS: x and y change sign (the last row stays 0 0 0 1)
+    affine[3] = (0.0, 0.0, 0.0, 1.0)
+    return affine
+
+
+# --- preprocessing and its inverse -------------------------------------------------------------
+
+
+def prepare(study: Study, config: Any) -> Subject:
+    """The study on the model's grid (uint8 (S, T, size, size)); meta records how to undo it."""
+    subject = Subject(study.name, study.image, None, study.spacing, dict(study.geometry))
+    return preprocess(subject, config)
+
+
+def restore_labels(pred: np.ndarray, meta: dict, num_classes: int) -> np.ndarray:
+    """Labels (S, T, size, size) on the model's grid -> (S, T, H, W) on the study's own grid.
+
+    Undoes, in reverse order, what data_shards.preprocess did: the crop window, the in-plane
+    resampling (per-class maps resampled, then argmax) and the reorientation (flips, transpose).
+    """
+    s, t, h0, w0 = meta["original_shape"]
+    orientation = meta.get("orientation")
+    plan = orientation if isinstance(orientation, dict) else {"transposed": False, "flipped": []}
+    oriented_hw = (w0, h0) if plan["transposed"] else (h0, w0)
+    crop = meta["crop"]
+    window = pred.reshape(s * t, *pred.shape[2:])
+    start, resampled = tuple(crop["box"][:2]), tuple(crop["resampled_shape"])
+    labels = _unresample(window, start, resampled, oriented_hw, num_classes)
+    labels = labels.reshape(s, t, *oriented_hw)
+    axes = {"S": 0, "H": 2, "W": 3}
+    for name in plan["flipped"]:  # flips were made after the transpose: undo them first
+        labels = np.flip(labels, axes[name])
+    if plan["transposed"]:
+        labels = labels.swapaxes(2, 3)
+    return np.ascontiguousarray(labels)
+
+
+def _unresample(
+    window: np.ndarray,
+    start: tuple[int, int],
+    resampled_hw: tuple[int, int],
+    native_hw: tuple[int, int],
+    num_classes: int,
+    chunk: int = 64,
+) -> np.ndarray:
+    """(N, size, size) labels of the crop window at ``start`` of the resampled grid -> (N, h, w)
+    native labels: every class's indicator map sampled bilinearly at the native pixel centres
+    (MONAI's and torch's convention: native pixel i sits at (i + 0.5) * h' / h - 0.5), then the
+    most likely class. Only native pixels near the window are computed; the rest is background.
+    """
+    n, size, _ = window.shape
+    out = np.zeros((n, *native_hw), dtype=np.uint8)
+    spans, coords = [], []
+    for a0, rn, hn in zip(start, resampled_hw, native_hw, strict=True):
+        # In pixels of the window padded by one background pixel; clamped like interpolation.
+        u = np.clip((np.arange(hn) + 0.5) * rn / hn - 0.5, 0, rn - 1) - (a0 - 1)
+        inside = np.nonzero((u >= 0) & (u <= size + 1))[0]  # u rises with i: one run
+        if not inside.size:
+            return out
+        spans.append(slice(int(inside[0]), int(inside[-1]) + 1))
+        coords.append(torch.from_numpy((2 * u[inside] + 1) / (size + 2) - 1).float())
+    gy, gx = torch.meshgrid(coords[0], coords[1], indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None]  # (1, h, w, 2): x then y, as grid_sample wants
+    padded = np.zeros((n, size + 2, size + 2), dtype=np.int64)
+    padded[:, 1:-1, 1:-1] = window
+    k = max(num_classes, int(window.max()) + 1)
+    for i in range(0, n, chunk):
+        x = torch.from_numpy(padded[i : i + chunk])
+        onehot = torch.nn.functional.one_hot(x, k).permute(0, 3, 1, 2).float()  # (n, K, .., ..)
+        maps = torch.nn.functional.grid_sample(
+            onehot, grid.expand(len(x), -1, -1, -1), mode="bilinear", align_corners=False
+        )
+        out[i : i + chunk, spans[0], spans[1]] = _argmax_classes(maps).numpy()
+    return out
+
+
+def _argmax_classes(maps: torch.Tensor) -> torch.Tensor:
+    """argmax over dim 1 of (N, K, H, W), class by class: torch's strided argmax is ~10x slower."""
+    best, index = maps[:, 0].clone(), torch.zeros(maps[:, 0].shape, dtype=torch.uint8)
+    for c in range(1, maps.shape[1]):
+        better = maps[:, c] > best  # ties keep the lower class, as argmax does
+        best = torch.where(better, maps[:, c], best)
+        index[better] = c
+    return index
+
+
+# --- volumes -----------------------------------------------------------------------------------
+
+
+def ventricular_volumes(
+    labels: np.ndarray,
+    spacing: tuple[float, float, float],
+    ed: int | None = None,
+    es: int | None = None,
+) -> dict[str, Any]:
+    """LV/RV EDV, ESV, SV (ml), EF (%) and LV mass (g) from labels (S, T, H, W).
+
+    ED and ES default to the frames of largest and smallest LV cavity volume; with one frame
+    both are that frame, and SV and EF are undefined (None).
+    """
+    t = labels.shape[1]
+    lv, rv = volumes_ml(labels, spacing, LV), volumes_ml(labels, spacing, RV)
+    myo = volumes_ml(labels, spacing, MYO)
+    for name, frame in (("ed", ed), ("es", es)):
+        if frame is not None and not 0 <= frame < t:
+            raise ValueError(f"--{name} {frame} is not a frame of this study (0..{t - 1})")
+    if ed is not None or es is not None:
+        rule = "given"
+    elif t == 1:
+        rule = "one frame: volumes of that frame; SV and EF need a cine"
+    else:
+        rule = "ED: largest LV cavity volume, ES: smallest"
+    ed = int(np.argmax(lv)) if ed is None else ed
+    es = int(np.argmin(lv)) if es is None else es
+    one = t == 1
+
+    def indices(vols: np.ndarray) -> dict[str, float | None]:
+        edv, esv = float(vols[ed]), float(vols[es])
+        return {
+            "edv_ml": edv,
+            "esv_ml": esv,
+            "sv_ml": None if one else edv - esv,
+            "ef_percent": None if one else _finite(ejection_fraction(edv, esv)),
+        }
+
+    return {
+        "frames": {"ed": ed, "es": es, "n_frames": t, "rule": rule},
+        "lv": {**indices(lv), "mass_g": float(myo[ed]) * MYOCARDIUM_DENSITY},
+        "rv": indices(rv),
+        "per_frame_ml": {"lv": lv.tolist(), "myo": myo.tolist(), "rv": rv.tolist()},
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def write_labels(study: Study, labels: np.ndarray, out: Path) -> Path:
+    """``<name>_seg.nii.gz``: labels (S, T, H, W) as the input's array shape, affine and header."""
+    import nibabel as nib
+
+    data = labels.transpose(3, 2, 0, 1).reshape(study.shape)  # (W, H, S, T) = (X, Y, Z, T)
+    if study.header is not None:
+        header = study.header.copy()
+        header.set_data_dtype(np.uint8)
+        image = nib.Nifti1Image(data, study.affine, header=header)
+        image.header.set_slope_inter(1.0, 0.0)
+    else:
+        image = nib.Nifti1Image(data, study.affine)
+        image.header.set_xyzt_units("mm", "msec")
+    image.set_qform(study.affine, code=1)
+    image.set_sform(study.affine, code=1)
+    path = out / f"{study.name}_seg.nii.gz"
+    nib.save(image, path)
+    return path
+
+
+def write_volumes(volumes: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """volumes.json (everything) and volumes.csv (one row per ventricle)."""
+    json_path, csv_path = out / "volumes.json", out / "volumes.csv"
+    json_path.write_text(json.dumps(volumes, indent=1) + "\n")
+    frames = volumes["frames"]
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS)
+        writer.writeheader()
+        for ventricle in ("lv", "rv"):
+            row = {k: volumes[ventricle].get(k) for k in CSV_FIELDS[1:6]}
+            writer.writerow(
+                {"ventricle": ventricle, **row, "ed_frame": frames["ed"], "es_frame": frames["es"]}
+            )
+    return json_path, csv_path
+
+
+def write_overlay(
+    image: np.ndarray, labels: np.ndarray, spacing: tuple, frames: dict, path: Path
+) -> Path:
+    """PNG sheet: rows ED and ES (one row when they are one frame), one column per slice; image (S, T, H, W) with labels over it,
+    cut to the segmented region (plus a margin) so the heart fills the tiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    phases = [("ED", frames["ed"]), ("ES", frames["es"])]
+    if frames["ed"] == frames["es"]:  # one frame (or no contraction found): one row
+        phases = [("frame", frames["ed"])]
+    ys, xs = _box(labels)
+    shown = image[:, [f for _, f in phases]][:, :, ys, xs]
+    window = tuple(float(v) for v in np.percentile(shown, (1, 99)))  # one grey scale for all tiles
+    rows = []
+    for _, f in phases:
+        tiles = [
+            _tile(image[z, f, ys, xs], labels[z, f, ys, xs], window) for z in range(image.shape[0])
+        ]
+        rows.append(np.concatenate(tiles, axis=1))
+    sheet = np.concatenate(rows, axis=0)  # (phases h, S w, 3)
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    aspect = float(spacing[1]) / float(spacing[2]) if all(map(math.isfinite, spacing[1:])) else 1.0
+    n = image.shape[0]
+    fig_w = min(24.0, 1.6 * n + 0.8)
+    fig_h = fig_w * (len(phases) * h * aspect) / (n * w) + 0.6
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
+    ax.imshow(sheet, aspect=aspect, interpolation="nearest")
+    ax.set_xticks([(z + 0.5) * w for z in range(n)], [str(z) for z in range(n)], fontsize=7)
+    ax.set_yticks(
+        [(r + 0.5) * h for r in range(len(phases))],
+        [f"{p} {f}" if p == "frame" else f"{p} (frame {f})" for p, f in phases],
+    )
+    ax.set_xlabel("slice")
+    ax.tick_params(length=0)
+    names = {LV: "LV", MYO: "MYO", RV: "RV", 4: "infarct", 5: "MVO"}
+    present = [c for c in COLOURS if (labels == c).any()]
+    if present:
+        handles = [Patch(color=COLOURS[c], label=names[c]) for c in present]
+        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _box(labels: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
+    """(rows, columns) around every labelled pixel of the study, widened by ``margin``."""
+    h, w = labels.shape[2:]
+    found = labels.any(axis=(0, 1))
+    if not found.any():
+        return slice(0, h), slice(0, w)
+    ys, xs = np.nonzero(found)
+    pad = int(margin * max(np.ptp(ys) + 1, np.ptp(xs) + 1)) + 4
+    return (
+        slice(max(0, ys.min() - pad), min(h, ys.max() + pad + 1)),
+        slice(max(0, xs.min() - pad), min(w, xs.max() + pad + 1)),
+    )
+
+
+def _tile(
+    image: np.ndarray, labels: np.ndarray, window: tuple[float, float], alpha: float = 0.45
+) -> np.ndarray:
+    """(h, w) image and labels -> (h, w, 3) RGB with coloured, half-transparent labels; the
+    image's grey levels ``window`` = (lo, hi) map to black and white."""
+    lo, hi = window
+    grey = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for value, colour in COLOURS.items():
+        mask = labels == value
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour)
+    return rgb
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def predict(
+    study_path: Path | str,
+    model_dir: Path | str,
+    out: Path | str,
+    *,
+    frames: int | None = None,
+    batch: int = 16,
+    ed: int | None = None,
+    es: int | None = None,
+    affine_space: str | None = None,
+) -> dict[str, Any]:
+    """Segment a study and write ``<name>_seg.nii.gz``, volumes.json/.csv and overlay.png.
+
+    Returns volumes.json's contents (with the output paths and timings in seconds).
+    """
+    from finetune.evaluate import predict_study
+    from finetune.package import load_finetuned, preprocess_config
+
+    clock = {"_start": time.perf_counter()}
+    model, config = load_finetuned(Path(model_dir))  # errors name the folder first
+    if config.get("task", "seg") != "seg":
+        raise ValueError(f"{model_dir}: a {config['task']!r} model; predict needs a 'seg' model")
+    pre = preprocess_config(config["preprocess"], str(Path(model_dir) / "config.json"))
+    frames = int(frames or config["frames"])
+    num_classes = len(config.get("classes") or []) or 4
+    _lap(clock, "load_model")
+    study = read_study(study_path, affine_space)
+    _lap(clock, "read")
+    prepared = prepare(study, pre)
+    _lap(clock, "preprocess")
+    pred = predict_study(model, prepared.image, frames, batch=batch)  # (S, T, size, size)
+    _lap(clock, "model")
+    labels = restore_labels(pred, prepared.meta, num_classes)
+    _lap(clock, "restore")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seg_path = write_labels(study, labels, out)
+    volumes = {
+        "study": study.name,
+        "input": study.kind,
+        "shape_stwh": [int(n) for n in study.image.shape],
+        "spacing_mm": [_finite(float(v)) for v in study.spacing],
+        "model": {
+            "folder": Path(model_dir).resolve().name,
+            "frames": frames,
+            "classes": config.get("classes"),
+        },
+        **ventricular_volumes(labels, study.spacing, ed, es),
+        "label_file": seg_path.name,
+    }
+    write_overlay(study.image, labels, study.spacing, volumes["frames"], out / "overlay.png")
+    _lap(clock, "write")
+    volumes["seconds"] = {k: round(v, 3) for k, v in clock.items() if not k.startswith("_")}
+    volumes["seconds"]["total"] = round(time.perf_counter() - clock["_start"], 3)
+    write_volumes(volumes, out)
+    return volumes
+
+
+def _lap(clock: dict[str, float], name: str) -> None:
+    """Seconds since the previous lap (or the start) under ``name``."""
+    now = time.perf_counter()
+    clock[name] = now - clock.get("_last", clock["_start"])
+    clock["_last"] = now

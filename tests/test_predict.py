@@ -1,0 +1,238 @@
+"""`cmrfm predict`: label maps come back in the study's own grid (shape, affine, voxel order),
+volumes agree with the written labels, DICOM geometry becomes a NIfTI affine, nothing that
+identifies a patient reaches an output, and bad inputs fail in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom import config as pydicom_config
+from test_privacy import identity, search_terms
+from test_source_dicom import apex_ward, write_stack
+
+from cmrfm.cli import main
+from cmrfm.predict import prepare, read_study
+from data_shards.orientation import canonical_plan
+from data_shards.preprocess import preprocess
+from data_shards.record import LV, MYO, RV, Subject
+from finetune.package import preprocess_config, save_finetuned
+from finetune.system import SegFinetuner
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PREPROCESS = {"spacing": 1.5, "size": 48, "percentiles": [0.5, 99.5], "orientation": "canonical",
+              "crop": "centre"}  # fmt: skip
+# A rotated, mirrored grid (det < 0): canonical orientation must transpose and flip it.
+ROTATION = np.array(
+    [[0.0, np.cos(0.5), -np.sin(0.5)], [-1.0, 0.0, 0.0], [0.0, np.sin(0.5), np.cos(0.5)]]
+)
+SHAPES = {  # (S, T, H, W), spacing (dz, dy, dx): finer than the model grid and cropped, or
+    "fine": ((4, 5, 60, 64), (8.0, 1.1, 1.25)),  # coarser and padded
+    "coarse": ((3, 4, 30, 34), (10.0, 2.0, 2.2)),
+}
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = SegFinetuner(backbone="cmr_vit_test", patch_size=8, tubelet=2, feature_size=8)
+    out = tmp_path_factory.mktemp("pkg")
+    return save_finetuned(model.eval(), out, preprocess=PREPROCESS, frames=2, datasets=["phantom"])
+
+
+def heart(shape: tuple[int, ...], spacing: tuple[float, ...]) -> np.ndarray:
+    """Ground truth (S, T, H, W): an off-centre LV whose radius changes over the cycle, a
+    myocardial ring and an RV on one side, so any wrong flip or transpose shows."""
+    s, t, h, w = shape
+    y, x = np.meshgrid(np.arange(h) * spacing[1], np.arange(w) * spacing[2], indexing="ij")
+    cy, cx = 0.45 * h * spacing[1], 0.6 * w * spacing[2]
+    label = np.zeros(shape, np.uint8)
+    for z in range(s):
+        for f in range(t):
+            r = 13.0 - 4.0 * np.sin(np.pi * f / t) - 1.0 * z  # largest at frame 0
+            d = np.hypot(y - cy, x - cx)
+            rv = np.hypot(y - cy - 2, x - cx + 20) < 15
+            label[z, f][rv] = RV
+            label[z, f][d < r + 5] = MYO
+            label[z, f][d < r] = LV
+    return label
+
+
+def write_nifti(path: Path, stwh: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """(S, T, H, W) -> a NIfTI (X=W, Y=H, Z=S[, T]) with a rotated, mirrored affine; returns it."""
+    dz, dy, dx = spacing
+    affine = np.eye(4)
+    affine[:3, :3] = ROTATION @ np.diag([dx, dy, dz])
+    affine[:3, 3] = [40.0, -120.0, 35.0]
+    data = stwh.transpose(3, 2, 0, 1)
+    if data.shape[3] == 1:
+        data = data[..., 0]
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return affine
+
+
+def study_image(label: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    values = np.array([30, 220, 90, 180], np.float32)
+    return (values[label] + rng.normal(0, 8, label.shape)).astype(np.float32)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("frames", [1, 5], ids=["3d", "4d"])
+def test_label_map_has_the_input_shape_and_affine(tmp_path, package, frames):
+    shape = (4, frames, 60, 64)
+    spacing = SHAPES["fine"][1]
+    affine = write_nifti(tmp_path / "case.nii.gz", study_image(heart(shape, spacing)), spacing)
+    main(["predict", str(tmp_path / "case.nii.gz"), "--model", str(package), "--out",
+          str(tmp_path / "out")])  # fmt: skip
+    src, seg = nib.load(tmp_path / "case.nii.gz"), nib.load(tmp_path / "out" / "case_seg.nii.gz")
+    assert seg.shape == src.shape
+    np.testing.assert_allclose(seg.affine, affine, atol=1e-5)
+    assert seg.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    volumes = json.loads((tmp_path / "out" / "volumes.json").read_text())
+    if frames == 1:  # one frame: no EF to give
+        assert volumes["lv"]["ef_percent"] is None and volumes["frames"]["ed"] == 0
+
+
+@pytest.mark.parametrize("grid", list(SHAPES))
+def test_oracle_labels_map_back_onto_the_ground_truth(tmp_path, package, monkeypatch, grid):
+    """A model that answers the preprocessed truth must give the truth back in the study's grid:
+    this checks the inverse crop/pad, resampling and reorientation."""
+    shape, spacing = SHAPES[grid]
+    truth = heart(shape, spacing)
+    write_nifti(tmp_path / "case.nii.gz", study_image(truth), spacing)
+    study = read_study(tmp_path / "case.nii.gz")
+    transposed, flipped = canonical_plan(np.array(study.geometry["direction"]))
+    assert transposed and flipped  # the inversion has something to undo
+    config = preprocess_config(PREPROCESS, "test")
+    labelled = Subject("case", study.image, truth, study.spacing, dict(study.geometry))
+    expected = preprocess(labelled, config).label
+    assert expected.shape == prepare(study, config).image.shape
+    monkeypatch.setattr("finetune.evaluate.predict_study", lambda *a, **k: expected)
+
+    main(["predict", str(tmp_path / "case.nii.gz"), "--model", str(package), "--out",
+          str(tmp_path / "out")])  # fmt: skip
+    seg = np.asarray(nib.load(tmp_path / "out" / "case_seg.nii.gz").dataobj)  # (X, Y, Z, T)
+    truth_xyzt = truth.transpose(3, 2, 0, 1)
+    for value in (LV, MYO, RV):
+        assert dice(seg == value, truth_xyzt == value) > 0.9, value
+
+    # volumes.json and volumes.csv say what the written label map holds
+    volumes = json.loads((tmp_path / "out" / "volumes.json").read_text())
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    lv = (seg == LV).sum(axis=(0, 1, 2)) * voxel_ml
+    rv = (seg == RV).sum(axis=(0, 1, 2)) * voxel_ml
+    ed, es = int(np.argmax(lv)), int(np.argmin(lv))
+    assert volumes["frames"]["ed"] == ed == 0  # the truth's LV is largest at frame 0
+    assert volumes["frames"]["es"] == es
+    assert volumes["lv"]["edv_ml"] == pytest.approx(lv[ed])
+    assert volumes["lv"]["esv_ml"] == pytest.approx(lv[es])
+    assert volumes["lv"]["ef_percent"] == pytest.approx(100 * (lv[ed] - lv[es]) / lv[ed])
+    assert volumes["rv"]["sv_ml"] == pytest.approx(rv[ed] - rv[es])
+    myo_ed = (seg[..., ed] == MYO).sum() * voxel_ml
+    assert volumes["lv"]["mass_g"] == pytest.approx(1.05 * myo_ed)
+    with (tmp_path / "out" / "volumes.csv").open() as f:
+        rows = {r["ventricle"]: r for r in csv.DictReader(f)}
+    for ventricle in ("lv", "rv"):
+        for key in ("edv_ml", "esv_ml", "sv_ml", "ef_percent"):
+            assert float(rows[ventricle][key]) == pytest.approx(volumes[ventricle][key])
+        assert int(rows[ventricle]["ed_frame"]) == ed
+    with Image.open(tmp_path / "out" / "overlay.png") as png:
+        assert png.width > 100 and png.height > 50
+
+
+def test_dicom_series_gives_its_geometry_and_no_identifier(tmp_path, package, capsys):
+    written: set[str] = set()
+    tags = identity(1)
+    folder = tmp_path / tags["PatientID"]  # folders are often named by patient id
+    with warnings.catch_warnings(), pydicom_config.disable_value_validation():
+        warnings.simplefilter("ignore")  # identity's invalid UID is part of the point
+        paths = write_stack(folder, slices=3, frames=4, shape=(20, 24), **tags)
+        written |= set(tags.values())
+        for path in paths.values():
+            ds = pydicom.dcmread(path)
+            written |= {ds.SOPInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID}
+    out = tmp_path / "out"
+    main(["predict", str(folder), "--model", str(package), "--out", str(out)])
+    console = capsys.readouterr()
+
+    seg = nib.load(out / "study_seg.nii.gz")
+    assert seg.shape == (24, 20, 3, 4)  # (columns, rows, slices, frames)
+    ds = pydicom.dcmread(paths[0, 0])
+    row, col = np.array(ds.ImageOrientationPatient[:3]), np.array(ds.ImageOrientationPatient[3:])
+    dy, dx = (float(v) for v in ds.PixelSpacing)
+    to_ras = np.array([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(seg.affine[:3, 0], row * dx * to_ras, atol=1e-4)
+    np.testing.assert_allclose(seg.affine[:3, 1], col * dy * to_ras, atol=1e-4)
+    np.testing.assert_allclose(seg.affine[:3, 2] / np.linalg.norm(seg.affine[:3, 2]),
+                               apex_ward(row, col) * to_ras, atol=1e-4)  # fmt: skip
+    for k in range(3):  # voxel (0, 0, k) sits where the slice-k image says it does
+        position = np.array(pydicom.dcmread(paths[k, 0]).ImagePositionPatient, dtype=float)
+        np.testing.assert_allclose(seg.affine @ [0, 0, k, 1], [*(position * to_ras), 1], atol=1e-3)
+
+    terms = set().union(*(search_terms(v) for v in written))
+    found = [(p.name, p.read_bytes()) for p in out.rglob("*") if p.is_file()]
+    found += [("stdout", console.out.encode()), ("stderr", console.err.encode())]
+    leaks = [(name, term) for name, data in found for term in terms if term.encode() in data]
+    assert not leaks, leaks
+    assert {p.name for p in out.iterdir()} == {
+        "study_seg.nii.gz", "volumes.json", "volumes.csv", "overlay.png"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("what", ["missing_study", "broken_study", "missing_model"])
+def test_bad_inputs_fail_in_one_line(tmp_path, package, capsys, what):
+    study, model = tmp_path / "case.nii.gz", package
+    if what == "broken_study":
+        study.write_bytes(b"not a nifti at all")
+    elif what == "missing_study":
+        study = tmp_path / "absent.nii.gz"
+    else:
+        write_nifti(study, study_image(heart((2, 2, 20, 20), (8, 2, 2))), (8.0, 2.0, 2.0))
+        model = tmp_path / "no_model"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(study), "--model", str(model), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cmrfm predict: error:") and "\n" not in err
+    assert (model if what == "missing_model" else study).name in err
+
+
+# --- real data: geometry only, with an untrained model ----------------------------------------
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (DATA / "mnms2").exists(), reason="needs ../shared/data/mnms2")
+def test_real_mnms2_nifti_keeps_its_geometry(tmp_path, package):
+    study = DATA / "mnms2" / "001" / "001_SA_ED.nii.gz"
+    main(["predict", str(study), "--model", str(package), "--out", str(tmp_path)])
+    src, seg = nib.load(study), nib.load(tmp_path / "001_SA_ED_seg.nii.gz")
+    assert seg.shape == src.shape
+    np.testing.assert_allclose(seg.affine, src.affine, atol=1e-4)
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (DATA / "sunnybrook").exists(), reason="needs ../shared/data/sunnybrook")
+def test_real_sunnybrook_dicom_keeps_its_geometry_and_drops_its_id(tmp_path, package, capsys):
+    folder = DATA / "sunnybrook" / "dicoms" / "SCD0000301"
+    main(["predict", str(folder), "--model", str(package), "--out", str(tmp_path)])
+    seg = nib.load(tmp_path / "study_seg.nii.gz")
+    assert seg.shape == (256, 256, 10, 20)
+    first = pydicom.dcmread(sorted(folder.rglob("*.dcm"))[0], stop_before_pixels=True)
+    assert np.linalg.norm(seg.affine[:3, 0]) == pytest.approx(float(first.PixelSpacing[1]), 1e-3)
+    outputs = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    outputs += capsys.readouterr().out.encode()
+    for value in (folder.name, str(first.PatientName), str(first.PatientID)):
+        assert value.encode() not in outputs
