@@ -310,7 +310,30 @@ class FewShotBenchmark:
         preds = {s["key"]: predict_study(system, s["image"], self.cfg.frames) for s in self.eval}
         info["predict_s"] = time.perf_counter() - start
         save_predictions(self.out / "predictions" / f"{run.name}.npz", preds)
+        if run.seed == 0 and run.n == max(r.n for r in self.runs()):
+            self._save_model(system, run, drawn, info)  # what `cmrfm predict --model` takes
         return preds, info
+
+    def _save_model(
+        self, system: L.LightningModule, run: Run, drawn: list[dict], info: dict
+    ) -> Path:
+        """The run's model as a fine-tuned package in out/models/RUN (largest N, seed 0 only)."""
+        from finetune.package import save_finetuned
+
+        manifest = json.loads((Path(self.cfg.shards) / "manifest.json").read_text())
+        training = {"method": run.method, "labels": run.n, "seed": run.seed} | {
+            "subjects": [s["key"] for s in drawn],
+            "steps": info["steps"],
+            "pretrained": self._system_args(run).get("pretrained"),
+        }
+        return save_finetuned(
+            system,
+            self.out / "models" / run.name,
+            preprocess=manifest["preprocess"],
+            frames=self.cfg.frames,
+            training=training,
+            datasets=[manifest.get("source", "unknown")],
+        )
 
     def _score_seg(self, preds: dict[str, np.ndarray]) -> dict:
         from finetune.evaluate import evaluate_predictions
