@@ -26,8 +26,8 @@ import torch
 from data_shards.preprocess import preprocess
 from data_shards.record import LV, MYO, RV, Subject
 from data_shards.volumes import ejection_fraction, volumes_ml
+from finetune.metrics import MYOCARDIAL_DENSITY
 
-MYOCARDIUM_DENSITY = 1.05  # g/ml
 DICOM_NAME = "study"  # DICOM folder names are often patient ids: never reuse them
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Overlay colours (RGB 0-1) by label value.
@@ -266,7 +266,7 @@ def ventricular_volumes(
 
     return {
         "frames": {"ed": ed, "es": es, "n_frames": t, "rule": rule},
-        "lv": {**indices(lv), "mass_g": float(myo[ed]) * MYOCARDIUM_DENSITY},
+        "lv": {**indices(lv), "mass_g": float(myo[ed]) * MYOCARDIAL_DENSITY},
         "rv": indices(rv),
         "per_frame_ml": {"lv": lv.tolist(), "myo": myo.tolist(), "rv": rv.tolist()},
     }

@@ -115,12 +115,13 @@ def licence_text(datasets: Sequence[str]) -> str:
         "follow each dataset's own terms, and cite the datasets as listed below and in README.md."
         " The cmrfm code is Apache-2.0; that licence does not extend to these weights.",
         "",
-        *_dataset_lines(datasets),
+        *dataset_lines(datasets),
     ]
     return "\n".join(lines) + "\n"
 
 
-def _dataset_lines(datasets: Sequence[str]) -> list[str]:
+def dataset_lines(datasets: Sequence[str]) -> list[str]:
+    """Markdown bullets of each dataset's terms and citation, for model cards."""
     if not datasets:
         return [
             "- **Unidentified data**: the training data could not be named from its manifest. "
@@ -247,7 +248,7 @@ def card_text(
         lines += ["", "Hyper-parameters:", "", "```json", hparams, "```"]
     lines += ["", "## Metrics", ""]
     lines += _table(metrics.items(), ("metric", "value")) if metrics else ["None reported."]
-    lines += ["", "## Data licences and citations", "", *_dataset_lines(datasets), ""]
+    lines += ["", "## Data licences and citations", "", *dataset_lines(datasets), ""]
     lines += ["## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
     lines += _limitations(datasets, pre)
     return "\n".join(lines) + "\n"
