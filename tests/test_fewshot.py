@@ -189,3 +189,69 @@ def test_a_folder_of_another_benchmark_is_refused(shards: Path, tmp_path: Path):
     (tmp_path / "config.json").write_text(json.dumps({"task": "seg", "budget_s": 99.0}))
     with pytest.raises(FileExistsError, match="budget_s"):
         FewShotBenchmark(_config(shards, tmp_path, methods=["unet"])).run()
+
+
+def _with_groups(bench: FewShotBenchmark) -> FewShotBenchmark:
+    """Phantoms have no diagnosis: give them ACDC groups in turn so classification has targets."""
+    groups = ["DCM", "HCM", "MINF", "NOR", "RV"]
+    for i, s in enumerate(bench.train + bench.eval):
+        s["meta"]["group"] = groups[i % len(groups)]
+    return bench
+
+
+def test_ef_benchmark_regresses_and_reuses_segmentation(shards: Path, hub: Path, tmp_path: Path):
+    seg = _config(shards, tmp_path / "seg", methods=["unet"], labels=["2"], seeds=1)
+    FewShotBenchmark(seg).run()
+    cfg = _config(
+        shards,
+        tmp_path / "ef",
+        task="ef",
+        methods=["pretrained", "from_seg"],
+        labels=["2"],
+        seeds=1,
+        pretrained=str(hub),
+        seg_from=str(tmp_path / "seg"),
+        seg_method="unet",
+        batch_size=2,
+        max_slices=2,
+        model=TEST_MODEL,
+        method_args={"pretrained": {"protocol": "linear"}},
+    )
+    FewShotBenchmark(cfg).run()
+    rows = {r["method"]: r for r in read_jsonl(tmp_path / "ef" / "results.jsonl")}
+    assert set(rows) == {"pretrained", "from_seg"}
+    assert all(r["lv_ef_n"] > 0 and np.isfinite(r["lv_ef_mae"]) for r in rows.values())
+    subjects = read_jsonl(tmp_path / "ef" / "subjects.jsonl")
+    true = [s["lv_ef_true"] for s in subjects if s["method"] == "from_seg"]
+    # from_seg compares EF of the saved masks with EF of the ground truth of the same subjects
+    other = [s["lv_ef_true"] for s in subjects if s["method"] == "pretrained"]
+    assert true == pytest.approx(other, rel=1e-6)
+    assert (tmp_path / "ef" / "bland_altman_lv_ef_from_seg.png").exists()
+
+
+def test_cls_benchmark_scores_every_method_on_the_same_subjects(
+    shards: Path, hub: Path, tmp_path: Path
+):
+    cfg = _config(
+        shards,
+        tmp_path,
+        task="cls",
+        methods=["scratch", "radiomics"],
+        labels=["5"],
+        seeds=1,
+        pretrained=str(hub),
+        seg_method="unet",
+        batch_size=2,
+        max_slices=2,
+        model=TEST_MODEL | {"num_classes": 5},
+        method_args={"unet": {"lr": 1e-3, "num_classes": 4}},
+    )
+    bench = _with_groups(FewShotBenchmark(cfg))
+    bench.run()
+    rows = read_jsonl(tmp_path / "results.jsonl")
+    assert {r["method"] for r in rows} == {"scratch", "radiomics"}
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and sum(map(sum, r["confusion"])) == len(bench.eval)
+    assert (tmp_path / "confusion_radiomics.png").exists()
+    # radiomics had no segmentation benchmark to read: it trained the U-Net on the same draw
+    assert (tmp_path / "predictions" / "unet_n5_s0.npz").exists()
