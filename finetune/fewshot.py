@@ -282,9 +282,9 @@ class FewShotBenchmark:
         row, subjects = runner(run, drawn)
         base = {"run": run.name, "task": self.cfg.task, "method": run.method, "labels": run.labels}
         base |= {"n": run.n, "seed": run.seed, "train_subjects": [s["key"] for s in drawn]}
-        return base | row, [
-            {"run": run.name, "method": run.method, "n": run.n} | s for s in subjects
-        ]
+        # the run's own fields win: a metric dict may hold its own "n" (subjects scored)
+        tag = {"run": run.name, "method": run.method, "n": run.n}
+        return row | base, [s | tag for s in subjects]
 
     def _system_args(self, run: Run) -> dict[str, Any]:
         spec = dict(METHODS[self.cfg.task][run.method])
