@@ -36,7 +36,9 @@ def test_chain_writes_verified_shards_and_a_report(demo: tuple[Path, dict]) -> N
     assert f"{summary['dice_mean']:.3f}" in text and "LV ejection fraction" in text
     for picture in ("mae.png", "segmentation.png"):
         assert (out / picture).stat().st_size > 1000
-    assert json.loads((out / "report.json").read_text())["summary"] == summary
+    saved = json.loads((out / "report.json").read_text())["summary"]
+    # compared as JSON text: correlations of a few subjects can be NaN, and NaN != NaN
+    assert json.dumps(saved, sort_keys=True) == json.dumps(summary, sort_keys=True)
 
 
 def test_finetuning_starts_from_the_pretrained_backbone_and_changes_it(
