@@ -63,11 +63,14 @@ def score_subject(pred: np.ndarray, subject: dict, num_classes: int) -> dict:
     Dice and HD95 (mm) per structure at every labelled phase (`dice_lv_ed`, `hd95_rv_es`, ...),
     `hd95_undefined_{structure}_{phase}` (1 where the structure is in only one of prediction and
     truth, so its HD95 is NaN), and every clinical index as `{index}_true` / `{index}_pred`, plus
-    `lv_ef_error` (pred - true, EF points).
+    `lv_ef_error` (pred - true, EF points). A single-phase study (LGE: ed == es) is scored once,
+    under "ed". Without a known spacing (EMIDEC's PNGs) HD95 and the indices are NaN: millimetres
+    and millilitres cannot be made up.
     """
     label, meta = subject["label"], subject["meta"]
-    spacing = tuple(float(s) for s in meta["spacing"])
-    frames = {"ed": int(meta["ed"]), "es": int(meta["es"])}
+    spacing = known_spacing(meta.get("spacing"))
+    ed, es = int(meta["ed"]), int(meta["es"])
+    frames = {"ed": ed} if ed == es else {"ed": ed, "es": es}
     row: dict = {"subject": subject["key"], "group": meta.get("group")}
     for phase, f in frames.items():
         if not (label[:, f] != IGNORE).any():
@@ -75,18 +78,30 @@ def score_subject(pred: np.ndarray, subject: dict, num_classes: int) -> dict:
         p, t = pred[:, f], label[:, f]
         for structure, d in dice_per_class(p, t, num_classes).items():
             row[f"dice_{structure}_{phase}"] = d
+        if spacing is None:
+            continue
         for structure, h in hd95_per_class(p, t, num_classes, spacing).items():
             row[f"hd95_{structure}_{phase}"] = h
         for structure, undefined in hd95_undefined(p, t, num_classes).items():
             row[f"hd95_undefined_{structure}_{phase}"] = int(undefined)
-    # RV indices only where the truth has an RV at all (not for LV-only labels like Sunnybrook).
-    rv = num_classes > RV and bool((label == RV).any())
-    truth = clinical_indices(label, spacing, frames["ed"], frames["es"], rv=rv)
-    predicted = clinical_indices(pred, spacing, frames["ed"], frames["es"], rv=rv)
+    nan = {index: float("nan") for index in CLINICAL_INDICES}
+    truth, predicted = nan, nan
+    if spacing is not None and ed != es:
+        # RV indices only where the truth has an RV at all (not for LV-only labels: Sunnybrook).
+        rv = num_classes > RV and bool((label == RV).any())
+        truth = clinical_indices(label, spacing, ed, es, rv=rv)
+        predicted = clinical_indices(pred, spacing, ed, es, rv=rv)
     for index in CLINICAL_INDICES:
         row[f"{index}_true"], row[f"{index}_pred"] = truth[index], predicted[index]
     row["lv_ef_error"] = row["lv_ef_pred"] - row["lv_ef_true"]
     return row
+
+
+def known_spacing(spacing: Sequence[float | None] | None) -> tuple[float, ...] | None:
+    """(dz, dy, dx) in mm as floats, or None when the shard records any of them as unknown."""
+    if spacing is None or any(s is None or not np.isfinite(float(s)) for s in spacing):
+        return None
+    return tuple(float(s) for s in spacing)
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -122,11 +137,6 @@ def summarise(rows: Sequence[dict], structures: Sequence[str]) -> dict:
     return out
 
 
-def foreground_structures(num_classes: int) -> list[str]:
-    """Names of the foreground classes 1 .. num_classes - 1 (lv, myo, rv, infarct, mvo)."""
-    return [LABEL_NAMES[c] for c in range(1, num_classes)]
-
-
 @contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """Run the block on one torch thread: the metrics' many small tensor ops only lose to
@@ -145,17 +155,18 @@ def evaluate_predictions(
     """Score given predictions {subject key: (S, T, H, W) label map} against labelled subjects.
 
     Subjects without labels are skipped; a labelled subject without a prediction is an error.
-    Returns {"summary": {...}, "subjects": [rows]} like `evaluate`.
+    The summary covers the structures some subject's truth holds (EMIDEC has no RV: its
+    dice_mean is over LV, MYO, infarct and MVO). Returns {"summary": {...}, "subjects": [rows]}.
     """
-    rows = []
+    rows, labelled = [], [s for s in subjects if s["label"] is not None]
     with _one_torch_thread():
-        for subject in subjects:
-            if subject["label"] is None:
-                continue
+        for subject in labelled:
             if subject["key"] not in preds:
                 raise KeyError(f"no prediction for labelled subject {subject['key']!r}")
             rows.append(score_subject(preds[subject["key"]], subject, num_classes))
-    return {"summary": summarise(rows, foreground_structures(num_classes)), "subjects": rows}
+    present = {c for s in labelled for c in np.unique(s["label"]).tolist()}
+    structures = [LABEL_NAMES[c] for c in range(1, num_classes) if c in present]
+    return {"summary": summarise(rows, structures), "subjects": rows}
 
 
 def evaluate(model: nn.Module, subjects: Sequence[dict], frames: int, num_classes: int = 4) -> dict:

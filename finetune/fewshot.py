@@ -63,7 +63,10 @@ DEFAULT_METHODS = {
 }
 # The metrics the summary tables and plots report, headline first.
 HEADLINES = {
-    "seg": ["dice_mean", "dice_lv", "dice_myo", "dice_rv", "hd95_mean", "lv_ef_mae", "lv_mass_mae"],
+    "seg": [
+        *("dice_mean", "dice_lv", "dice_myo", "dice_rv", "dice_infarct", "dice_mvo"),
+        *("hd95_mean", "lv_ef_mae", "lv_mass_mae"),
+    ],
     "ef": ["lv_ef_mae", "lv_ef_bias", "lv_ef_r"],
     "cls": ["accuracy", "macro_f1"],
 }
@@ -319,6 +322,7 @@ class FewShotBenchmark:
     ) -> Path:
         """The run's model as a fine-tuned package in out/models/RUN (largest N, seed 0 only)."""
         from finetune.package import save_finetuned
+        from foundation.card import detect_datasets
 
         manifest = json.loads((Path(self.cfg.shards) / "manifest.json").read_text())
         training = {"method": run.method, "labels": run.n, "seed": run.seed} | {
@@ -332,7 +336,7 @@ class FewShotBenchmark:
             preprocess=manifest["preprocess"],
             frames=self.cfg.frames,
             training=training,
-            datasets=[manifest.get("source", "unknown")],
+            datasets=detect_datasets(manifest) or [manifest.get("source", "unknown")],
         )
 
     def _score_seg(self, preds: dict[str, np.ndarray]) -> dict:

@@ -284,10 +284,43 @@ def test_evaluate_predictions_of_lv_only_labels_reports_no_rv() -> None:
     subject["label"] = np.where(subject["label"] == 3, 0, subject["label"]).astype(np.uint8)
     pred = subject["label"].copy()
     pred[:, :, 0:3, 0:3] = 3  # an RV class the truth does not have: indices still NaN
-    s = evaluate_predictions({"s0": pred}, [subject], num_classes=4)["summary"]
+    report = evaluate_predictions({"s0": pred}, [subject], num_classes=4)
+    s = report["summary"]
     assert s["lv_ef_n"] == 1 and s["lv_ef_mae"] == pytest.approx(0.0)
     assert s["rv_ef_n"] == 0 and s["rv_edv_n"] == 0
-    assert s["dice_rv"] == 0.0 and s["hd95_undefined_rv"] == 2
+    # Unlabelled structures are not scored: the RV is there in the image, just not annotated.
+    assert "dice_rv" not in s and s["dice_mean"] == pytest.approx(1.0)
+    assert report["subjects"][0]["dice_rv_ed"] == 0.0  # the row still shows what was predicted
+
+
+def lge_subject() -> dict:
+    """A single-phase LGE stack (S=3, T=1, 32, 32) with infarct and MVO and no known spacing,
+    like EMIDEC's PNG slices."""
+    label = np.zeros((3, 1, 32, 32), np.uint8)
+    label[:, 0][:, disc(32, 32, 16, 16, 10)] = 2
+    label[:, 0][:, disc(32, 32, 16, 16, 6)] = 1
+    label[:2, 0, 6:10, 12:20] = 4  # infarct in the wall on two slices
+    label[0, 0, 7:9, 15:17] = 5  # MVO inside it on one
+    meta = {"spacing": [None, None, None], "ed": 0, "es": 0, "group": "infarct"}
+    return {"key": "lge0", "image": (label * 40).astype(np.uint8), "label": label, "meta": meta}
+
+
+def test_single_phase_lge_without_spacing_is_scored_by_dice_only() -> None:
+    subject = lge_subject()
+    report = evaluate_predictions({"lge0": subject["label"]}, [subject], num_classes=6)
+    row, s = report["subjects"][0], report["summary"]
+    for st in ("lv", "myo", "infarct", "mvo"):
+        assert row[f"dice_{st}_ed"] == pytest.approx(1.0) and f"dice_{st}_es" not in row
+        assert s[f"dice_{st}"] == pytest.approx(1.0)
+    assert "dice_rv" not in s and s["dice_mean"] == pytest.approx(1.0)
+    assert not any(k.startswith("hd95_") for k in row) and math.isnan(s["hd95_mean"])
+    assert all(math.isnan(row[f"{i}_true"]) for i in CLINICAL_INDICES)  # no mm, no ml
+    assert s["lv_ef_n"] == 0 and s["lv_mass_n"] == 0
+    # Missing the MVO costs its Dice, and the mean over the four structures.
+    pred = np.where(subject["label"] == 5, 4, subject["label"]).astype(np.uint8)
+    s = evaluate_predictions({"lge0": pred}, [subject], num_classes=6)["summary"]
+    assert s["dice_mvo"] == 0.0 and s["dice_infarct"] < 1.0
+    assert s["dice_mean"] == pytest.approx((1 + 1 + s["dice_infarct"] + 0) / 4)
 
 
 # --- plots -------------------------------------------------------------------------------------
