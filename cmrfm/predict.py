@@ -25,8 +25,8 @@ import torch
 
 from data_shards.preprocess import preprocess
 from data_shards.record import LV, MYO, RV, Subject
-from data_shards.volumes import ejection_fraction, volumes_ml
-from finetune.metrics import MYOCARDIAL_DENSITY
+from data_shards.volumes import volumes_ml
+from finetune.metrics import clinical_indices
 
 DICOM_NAME = "study"  # DICOM folder names are often patient ids: never reuse them
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -253,21 +253,21 @@ def ventricular_volumes(
         rule = "ED: largest LV cavity volume, ES: smallest"
     ed = int(np.argmax(lv)) if ed is None else ed
     es = int(np.argmin(lv)) if es is None else es
+    found = clinical_indices(labels, spacing, ed, es, rv=True)
     one = t == 1
 
-    def indices(vols: np.ndarray) -> dict[str, float | None]:
-        edv, esv = float(vols[ed]), float(vols[es])
+    def indices(side: str) -> dict[str, float | None]:
         return {
-            "edv_ml": edv,
-            "esv_ml": esv,
-            "sv_ml": None if one else edv - esv,
-            "ef_percent": None if one else _finite(ejection_fraction(edv, esv)),
+            "edv_ml": found[f"{side}_edv"],
+            "esv_ml": found[f"{side}_esv"],
+            "sv_ml": None if one else found[f"{side}_sv"],
+            "ef_percent": None if one else _finite(found[f"{side}_ef"]),
         }
 
     return {
         "frames": {"ed": ed, "es": es, "n_frames": t, "rule": rule},
-        "lv": {**indices(lv), "mass_g": float(myo[ed]) * MYOCARDIAL_DENSITY},
-        "rv": indices(rv),
+        "lv": {**indices("lv"), "mass_g": found["lv_mass"]},
+        "rv": indices("rv"),
         "per_frame_ml": {"lv": lv.tolist(), "myo": myo.tolist(), "rv": rv.tolist()},
     }
 

@@ -16,12 +16,11 @@ from torch import nn
 from data_shards.preprocess import PreprocessConfig
 from data_shards.record import LABEL_NAMES
 from foundation.card import (
-    LICENCE_NAME,
     SYNTHETIC,
     dataset_lines,
     dataset_names,
     licence,
-    licence_text,
+    write_licence,
 )
 
 WEIGHTS_NAME = "model.safetensors"
@@ -127,11 +126,7 @@ def save_finetuned(
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
     names = dataset_names(datasets or [])
     (out / CARD_NAME).write_text(card_text(config, names, training, metrics))
-    licence_file = out / LICENCE_NAME
-    if licence(names).get("license_link") == LICENCE_NAME:
-        licence_file.write_text(licence_text(names))
-    elif licence_file.exists():
-        licence_file.unlink()  # left from an earlier save into this folder
+    write_licence(out, names)
     return out
 
 

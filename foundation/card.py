@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from foundation.vit import AXES, MODALITIES
@@ -118,6 +119,15 @@ def licence_text(datasets: Sequence[str]) -> str:
         *dataset_lines(datasets),
     ]
     return "\n".join(lines) + "\n"
+
+
+def write_licence(folder: Path, datasets: Sequence[str]) -> None:
+    """LICENSE.md in a weights folder when its data asks for one; a stale one is removed."""
+    licence_file = Path(folder) / LICENCE_NAME
+    if licence(datasets).get("license_link") == LICENCE_NAME:
+        licence_file.write_text(licence_text(datasets))
+    elif licence_file.exists():
+        licence_file.unlink()  # left from an earlier save into this folder
 
 
 def dataset_lines(datasets: Sequence[str]) -> list[str]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from foundation.card import LICENCE_NAME, card_text, licence, licence_text
+from foundation.card import LICENCE_NAME, card_text, write_licence
 from foundation.registry import BACKBONES, create_backbone
 from foundation.vit import AXES, MODALITIES, CardiacViT
 
@@ -92,11 +92,7 @@ def save_pretrained(
     card = card_text(config, data=data, training=training, metrics=metrics)
     (folder / CARD_NAME).write_text(card)
     datasets = list((data or {}).get("datasets") or [])
-    licence_file = folder / LICENCE_NAME
-    if licence(datasets).get("license_link") == LICENCE_NAME:
-        licence_file.write_text(licence_text(datasets))
-    elif licence_file.exists():
-        licence_file.unlink()  # left from an earlier save into this folder
+    write_licence(folder, datasets)
     return folder
 
 
