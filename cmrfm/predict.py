@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from data_shards.preprocess import preprocess
-from data_shards.record import LV, MYO, RV, Subject
+from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
 from data_shards.volumes import volumes_ml
-from finetune.metrics import clinical_indices
+from finetune.metrics import clinical_indices, scar_extent
 
 DICOM_NAME = "study"  # DICOM folder names are often patient ids: never reuse them
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -272,6 +272,14 @@ def ventricular_volumes(
     }
 
 
+def scar_volumes(labels: np.ndarray, spacing: tuple[float, float, float], frame: int) -> dict:
+    """LGE scar at one frame of labels (S, T, H, W): infarct (MVO included) and MVO in ml and as
+    % of the LV myocardium (`finetune.metrics.scar_extent`)."""
+    infarct, mvo = (float(volumes_ml(labels, spacing, c)[frame]) for c in (INFARCT, MVO))
+    extent = {k: _finite(v) for k, v in scar_extent(labels, frame).items()}
+    return {"frame": frame, "infarct_ml": infarct + mvo, "mvo_ml": mvo, **extent}
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -445,6 +453,8 @@ def predict(
         **ventricular_volumes(labels, study.spacing, ed, es),
         "label_file": seg_path.name,
     }
+    if num_classes > INFARCT:
+        volumes["scar"] = scar_volumes(labels, study.spacing, volumes["frames"]["ed"])
     write_overlay(study.image, labels, study.spacing, volumes["frames"], out / "overlay.png")
     _lap(clock, "write")
     volumes["seconds"] = {k: round(v, 3) for k, v in clock.items() if not k.startswith("_")}

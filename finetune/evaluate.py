@@ -11,16 +11,18 @@ import torch
 from rich.progress import track
 from torch import nn
 
-from data_shards.record import IGNORE, LABEL_NAMES, RV
+from data_shards.record import IGNORE, INFARCT, LABEL_NAMES, RV
 from data_shards.stream import cyclic_window, load_subjects, shard_urls
 from finetune.metrics import (
     AGREEMENT_STATS,
     CLINICAL_INDICES,
+    SCAR_INDICES,
     agreement,
     clinical_indices,
     dice_per_class,
     hd95_per_class,
     hd95_undefined,
+    scar_extent,
 )
 from finetune.system import SegFinetuner
 from foundation.checkpoint import restore
@@ -63,9 +65,10 @@ def score_subject(pred: np.ndarray, subject: dict, num_classes: int) -> dict:
     Dice and HD95 (mm) per structure at every labelled phase (`dice_lv_ed`, `hd95_rv_es`, ...),
     `hd95_undefined_{structure}_{phase}` (1 where the structure is in only one of prediction and
     truth, so its HD95 is NaN), and every clinical index as `{index}_true` / `{index}_pred`, plus
-    `lv_ef_error` (pred - true, EF points). A single-phase study (LGE: ed == es) is scored once,
-    under "ed". Without a known spacing (EMIDEC's PNGs) HD95 and the indices are NaN: millimetres
-    and millilitres cannot be made up.
+    `lv_ef_error` (pred - true, EF points); with infarct classes, `infarct_pct` and `mvo_pct`
+    (% of the myocardium, `finetune.metrics.scar_extent`) likewise. A single-phase study (LGE:
+    ed == es) is scored once, under "ed". Without a known spacing (EMIDEC's PNGs) HD95 and the
+    volumes are NaN: millimetres and millilitres cannot be made up.
     """
     label, meta = subject["label"], subject["meta"]
     spacing = known_spacing(meta.get("spacing"))
@@ -94,6 +97,10 @@ def score_subject(pred: np.ndarray, subject: dict, num_classes: int) -> dict:
     for index in CLINICAL_INDICES:
         row[f"{index}_true"], row[f"{index}_pred"] = truth[index], predicted[index]
     row["lv_ef_error"] = row["lv_ef_pred"] - row["lv_ef_true"]
+    if num_classes > INFARCT:  # LGE: scar extent at the (first) labelled phase
+        truth, predicted = scar_extent(label, ed), scar_extent(pred, ed)
+        for index in SCAR_INDICES:
+            row[f"{index}_true"], row[f"{index}_pred"] = truth[index], predicted[index]
     return row
 
 
@@ -117,8 +124,9 @@ def summarise(rows: Sequence[dict], structures: Sequence[str]) -> dict:
     dice_{st} and hd95_{st}: mean over subjects and phases (ED and ES pooled); dice_{st}_{phase},
     hd95_{st}_{phase}: per phase; dice_mean, hd95_mean: mean over structures; hd95_undefined_{st}:
     how many (subject, phase) pairs left out of hd95_{st} because the structure was in only one
-    of prediction and truth; for every clinical index its agreement, `{index}_{stat}` for stat in
-    n, mae, bias, sd, loa_low, loa_high, r (e.g. lv_ef_mae, lv_ef_bias).
+    of prediction and truth; for every clinical index (and the LGE scar extent where rows have
+    it) its agreement, `{index}_{stat}` for stat in n, mae, bias, sd, loa_low, loa_high, r (e.g.
+    lv_ef_mae, infarct_pct_mae).
     """
     out: dict = {"n_subjects": len(rows)}
     for metric in ("dice", "hd95"):
@@ -131,8 +139,10 @@ def summarise(rows: Sequence[dict], structures: Sequence[str]) -> dict:
     for st in structures:
         keys = [f"hd95_undefined_{st}_{phase}" for phase in PHASES]
         out[f"hd95_undefined_{st}"] = int(sum(r.get(k, 0) for r in rows for k in keys))
-    for index in CLINICAL_INDICES:
-        stats = agreement([r[f"{index}_pred"] for r in rows], [r[f"{index}_true"] for r in rows])
+    scar = [i for i in SCAR_INDICES if any(f"{i}_pred" in r for r in rows)]
+    for index in (*CLINICAL_INDICES, *scar):
+        pairs = [(r[f"{index}_pred"], r[f"{index}_true"]) for r in rows if f"{index}_pred" in r]
+        stats = agreement([p for p, _ in pairs], [t for _, t in pairs])
         out |= {f"{index}_{stat}": stats[stat] for stat in AGREEMENT_STATS}
     return out
 

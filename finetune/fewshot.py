@@ -65,7 +65,7 @@ DEFAULT_METHODS = {
 HEADLINES = {
     "seg": [
         *("dice_mean", "dice_lv", "dice_myo", "dice_rv", "dice_infarct", "dice_mvo"),
-        *("hd95_mean", "lv_ef_mae", "lv_mass_mae"),
+        *("hd95_mean", "lv_ef_mae", "lv_mass_mae", "infarct_pct_mae"),
     ],
     "ef": ["lv_ef_mae", "lv_ef_bias", "lv_ef_r"],
     "cls": ["accuracy", "macro_f1"],

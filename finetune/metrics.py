@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from data_shards.record import IGNORE, LABEL_NAMES, LV, MYO, RV
+from data_shards.record import IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, RV
 from data_shards.volumes import ejection_fraction, volumes_ml
 
 MYOCARDIAL_DENSITY = 1.05  # g/ml: LV mass = myocardial volume at ED x 1.05
 CLINICAL_INDICES = (
     "lv_edv", "lv_esv", "lv_sv", "lv_ef", "rv_edv", "rv_esv", "rv_sv", "rv_ef", "lv_mass",
 )  # fmt: skip
+SCAR_INDICES = ("infarct_pct", "mvo_pct")  # LGE: % of the LV myocardium, needs no spacing
 AGREEMENT_STATS = ("n", "mae", "bias", "sd", "loa_low", "loa_high", "r")
 
 
@@ -140,6 +141,18 @@ def clinical_indices(
         out[f"{name}_ef"] = ejection_fraction(edv, esv) if present else float("nan")
     out["lv_mass"] = float(vols(MYO)[ed]) * MYOCARDIAL_DENSITY
     return {k: out[k] for k in CLINICAL_INDICES}
+
+
+def scar_extent(label: np.ndarray, frame: int) -> dict[str, float]:
+    """Infarct (MVO included) and MVO as % of the LV myocardium (myo + infarct + MVO) in one
+    frame of a label map (S, T, H, W): voxel counts, so no spacing is needed. NaN without
+    myocardium (or where the frame is all IGNORE)."""
+    lab = label[:, frame]
+    infarct, mvo = int((lab == INFARCT).sum()), int((lab == MVO).sum())
+    wall = int((lab == MYO).sum()) + infarct + mvo
+    if wall == 0:
+        return {"infarct_pct": float("nan"), "mvo_pct": float("nan")}
+    return {"infarct_pct": 100.0 * (infarct + mvo) / wall, "mvo_pct": 100.0 * mvo / wall}
 
 
 def agreement(pred: Sequence[float], true: Sequence[float]) -> dict[str, float]:

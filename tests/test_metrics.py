@@ -20,6 +20,7 @@ from finetune.metrics import (
     clinical_indices,
     hd95_per_class,
     hd95_undefined,
+    scar_extent,
 )
 from finetune.plots import (
     bland_altman,
@@ -150,6 +151,18 @@ def test_clinical_indices_of_an_unlabelled_frame_are_nan() -> None:
     out = clinical_indices(label, SPACING, ed=0, es=1)
     assert math.isnan(out["lv_esv"]) and math.isnan(out["lv_ef"]) and math.isnan(out["rv_sv"])
     assert out["lv_edv"] > 0 and out["lv_mass"] > 0
+
+
+def test_scar_extent_is_infarct_and_mvo_over_the_whole_wall() -> None:
+    label = np.zeros((2, 1, 10, 10), np.uint8)
+    label[0, 0, :6, :5] = 2  # 30 healthy myocardium voxels
+    label[1, 0, :2, :5] = 4  # 10 infarct
+    label[1, 0, 2:4, :5] = 5  # 10 MVO (counted as infarct too)
+    label[1, 0, 5:9, 5:9] = 1  # cavity is not wall
+    out = scar_extent(label, frame=0)
+    assert out["infarct_pct"] == pytest.approx(100 * 20 / 50)
+    assert out["mvo_pct"] == pytest.approx(100 * 10 / 50)
+    assert all(math.isnan(v) for v in scar_extent(np.full_like(label, IGNORE), 0).values())
 
 
 # --- agreement ---------------------------------------------------------------------------------
@@ -316,10 +329,14 @@ def test_single_phase_lge_without_spacing_is_scored_by_dice_only() -> None:
     assert not any(k.startswith("hd95_") for k in row) and math.isnan(s["hd95_mean"])
     assert all(math.isnan(row[f"{i}_true"]) for i in CLINICAL_INDICES)  # no mm, no ml
     assert s["lv_ef_n"] == 0 and s["lv_mass_n"] == 0
+    # Scar extent is a voxel ratio: scored without spacing.
+    assert row["infarct_pct_true"] == pytest.approx(scar_extent(subject["label"], 0)["infarct_pct"])
+    assert s["infarct_pct_n"] == 1 and s["infarct_pct_mae"] == 0.0 and s["mvo_pct_mae"] == 0.0
     # Missing the MVO costs its Dice, and the mean over the four structures.
     pred = np.where(subject["label"] == 5, 4, subject["label"]).astype(np.uint8)
     s = evaluate_predictions({"lge0": pred}, [subject], num_classes=6)["summary"]
     assert s["dice_mvo"] == 0.0 and s["dice_infarct"] < 1.0
+    assert s["infarct_pct_mae"] == 0.0 and s["mvo_pct_mae"] > 0  # same scar, none of it MVO
     assert s["dice_mean"] == pytest.approx((1 + 1 + s["dice_infarct"] + 0) / 4)
 
 

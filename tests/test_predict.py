@@ -23,7 +23,7 @@ from cmrfm.cli import main
 from cmrfm.predict import prepare, read_study
 from data_shards.orientation import canonical_plan
 from data_shards.preprocess import preprocess
-from data_shards.record import LV, MYO, RV, Subject
+from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
 from finetune.package import preprocess_config, save_finetuned
 from finetune.system import SegFinetuner
 
@@ -102,6 +102,7 @@ def test_label_map_has_the_input_shape_and_affine(tmp_path, package, frames):
     assert seg.get_data_dtype() == np.uint8
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
     volumes = json.loads((tmp_path / "out" / "volumes.json").read_text())
+    assert "scar" not in volumes  # a cine model has no infarct classes
     if frames == 1:  # one frame: no EF to give
         assert volumes["lv"]["ef_percent"] is None and volumes["frames"]["ed"] == 0
 
@@ -151,6 +152,41 @@ def test_oracle_labels_map_back_onto_the_ground_truth(tmp_path, package, monkeyp
         assert int(rows[ventricle]["ed_frame"]) == ed
     with Image.open(tmp_path / "out" / "overlay.png") as png:
         assert png.width > 100 and png.height > 50
+
+
+def test_lge_model_reports_the_scar(tmp_path, monkeypatch):
+    """A model with infarct and MVO classes adds the scar (ml, % of the myocardium) to
+    volumes.json, measured on the label map it writes."""
+    torch.manual_seed(0)
+    model = SegFinetuner(backbone="cmr_vit_test", patch_size=8, tubelet=2, feature_size=8,
+                         num_classes=6)  # fmt: skip
+    lge = save_finetuned(model.eval(), tmp_path / "lge", preprocess=PREPROCESS, frames=2,
+                         datasets=["phantom"])  # fmt: skip
+    shape, spacing = (3, 1, 60, 64), SHAPES["fine"][1]
+    truth = heart(shape, spacing)
+    wall = np.argwhere(truth[:2, 0] == MYO)
+    septum = wall[wall[:, 2] < np.median(wall[:, 2])]  # half of the wall on two slices
+    truth[septum[:, 0], 0, septum[:, 1], septum[:, 2]] = INFARCT
+    core = septum[: len(septum) // 4]
+    truth[core[:, 0], 0, core[:, 1], core[:, 2]] = MVO
+    write_nifti(tmp_path / "lge.nii.gz", study_image(np.minimum(truth, 3)), spacing)
+    study = read_study(tmp_path / "lge.nii.gz")
+    labelled = Subject("lge", study.image, truth, study.spacing, dict(study.geometry))
+    expected = preprocess(labelled, preprocess_config(PREPROCESS, "test")).label
+    monkeypatch.setattr("finetune.evaluate.predict_study", lambda *a, **k: expected)
+
+    main(["predict", str(tmp_path / "lge.nii.gz"), "--model", str(lge), "--out",
+          str(tmp_path / "out")])  # fmt: skip
+    seg = np.asarray(nib.load(tmp_path / "out" / "lge_seg.nii.gz").dataobj)  # (X, Y, Z)
+    scar = json.loads((tmp_path / "out" / "volumes.json").read_text())["scar"]
+    counts = {c: int((seg == c).sum()) for c in (MYO, INFARCT, MVO)}
+    assert counts[INFARCT] > 0 and counts[MVO] > 0
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    assert scar["infarct_ml"] == pytest.approx((counts[INFARCT] + counts[MVO]) * voxel_ml)
+    assert scar["mvo_ml"] == pytest.approx(counts[MVO] * voxel_ml)
+    assert scar["infarct_pct"] == pytest.approx(
+        100 * (counts[INFARCT] + counts[MVO]) / sum(counts.values())
+    )
 
 
 def test_dicom_series_gives_its_geometry_and_no_identifier(tmp_path, package, capsys):
