@@ -73,7 +73,8 @@ def _fewshot(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    FewShotBenchmark(cfg).run()
+    bench = FewShotBenchmark(cfg)
+    bench.rescore() if args.rescore else bench.run()
     print(f"results: {cfg.out_dir / 'summary.md'}")
 
 
@@ -467,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", default=None, help="evaluation split (default: test)")
     p.add_argument("--seg-from", default=None, help="segmentation benchmark folder to reuse")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the finished segmentation runs again from their saved label maps (no training)",
+    )
     p.set_defaults(func=_fewshot)
 
     p = sub.add_parser(

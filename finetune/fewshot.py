@@ -70,6 +70,9 @@ HEADLINES = {
     "ef": ["lv_ef_mae", "lv_ef_bias", "lv_ef_r"],
     "cls": ["accuracy", "macro_f1"],
 }
+# A result row's fields that say which run it is, and what its training took (kept by rescore).
+RUN_KEYS = ("run", "task", "method", "labels", "n", "seed", "train_subjects")
+TRAINING_KEYS = ("steps", "planned_steps", "train_s", "s_per_step_probe", "predict_s")
 # Settings a re-run must share with the results already in its folder.
 SAME_RUN_KEYS = ("task", "shards", "train_split", "eval_split", "budget_s", "frames", "model")
 
@@ -274,7 +277,13 @@ class FewShotBenchmark:
                     " use another --out"
                 )
         saved.write_text(json.dumps(config, indent=1) + "\n")
-        return {row["run"] for row in read_jsonl(self.out / "results.jsonl")}
+        done = {row["run"] for row in read_jsonl(self.out / "results.jsonl")}
+        # A job killed between a run's subject rows and its result line left orphans: the run
+        # is redone, so drop them rather than count its subjects twice.
+        subjects = read_jsonl(self.out / "subjects.jsonl")
+        if any(s.get("run") not in done for s in subjects):
+            write_jsonl(self.out / "subjects.jsonl", [s for s in subjects if s.get("run") in done])
+        return done
 
     # ---- one run
 
@@ -283,8 +292,8 @@ class FewShotBenchmark:
         drawn = self.draw(run)
         runner = {"seg": self._seg, "ef": self._ef, "cls": self._cls}[self.cfg.task]
         row, subjects = runner(run, drawn)
-        base = {"run": run.name, "task": self.cfg.task, "method": run.method, "labels": run.labels}
-        base |= {"n": run.n, "seed": run.seed, "train_subjects": [s["key"] for s in drawn]}
+        values = (run.name, self.cfg.task, run.method, run.labels, run.n, run.seed)
+        base = dict(zip(RUN_KEYS, (*values, [s["key"] for s in drawn]), strict=True))
         # the run's own fields win: a metric dict may hold its own "n" (subjects scored)
         tag = {"run": run.name, "method": run.method, "n": run.n}
         return row | base, [s | tag for s in subjects]
@@ -480,6 +489,35 @@ class FewShotBenchmark:
                 progress.advance(bar)
         return self.report()
 
+    def rescore(self) -> list[dict]:
+        """Score every finished segmentation run again from its saved label maps (after a metric
+        was added or fixed) and rewrite results.jsonl, subjects.jsonl and the report; training
+        figures are kept and nothing retrains. A run without its predictions keeps its scores."""
+        if self.cfg.task != "seg":
+            raise ValueError("rescoring reads saved label maps: segmentation benchmarks only")
+        self._prepare_out()
+        results = read_jsonl(self.out / "results.jsonl")
+        if not results:
+            raise FileNotFoundError(f"{self.out / 'results.jsonl'}: no finished runs to rescore")
+        old_subjects = read_jsonl(self.out / "subjects.jsonl")
+        rows, subjects = [], []
+        for row in results:
+            path = self.out / "predictions" / f"{row['run']}.npz"
+            if not path.exists():
+                self.console.print(f"[yellow]{path} missing: {row['run']} keeps its scores")
+                rows.append(row)
+                subjects += [s for s in old_subjects if s.get("run") == row["run"]]
+                continue
+            summary = self._score_seg(load_predictions(path))
+            kept = {k: row[k] for k in (*RUN_KEYS, *TRAINING_KEYS) if k in row}
+            rows.append(summary | kept)
+            tag = {"run": row["run"], "method": row["method"], "n": row["n"]}
+            subjects += [s | tag for s in self._subject_rows]
+        write_jsonl(self.out / "subjects.jsonl", subjects)
+        write_jsonl(self.out / "results.jsonl", rows)
+        self.console.print(f"rescored {len(rows)} runs in {self.out}")
+        return self.report()
+
     def report(self) -> list[dict]:
         """summary.csv / summary.md (mean +- std over seeds) and plots from results.jsonl."""
         from finetune.report import write_report
@@ -512,6 +550,13 @@ def save_predictions(path: Path, preds: dict[str, np.ndarray]) -> None:
 def load_predictions(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    """Replace a JSON-lines file whole: written aside, then renamed over the old one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+    tmp.replace(path)
 
 
 def append_jsonl(path: Path, rows: Sequence[dict]) -> None:

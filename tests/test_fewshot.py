@@ -183,6 +183,27 @@ def test_segmentation_benchmark_end_to_end_and_resume(shards: Path, hub: Path, t
     finally:
         FewShotBenchmark.run_one = original
     assert trained == [json.loads(lines[-1])["run"]]
+    n_subjects = len(read_jsonl(tmp_path / "subjects.jsonl"))
+    assert n_subjects == len(results) * len(bench.eval)  # the redone run's rows are not doubled
+
+    # rescoring reads the saved label maps: scores come back, training figures stay, nothing trains
+    before = {r["run"]: r for r in read_jsonl(tmp_path / "results.jsonl")}
+    stale = [{k: v for k, v in r.items() if not k.startswith("dice")} for r in before.values()]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
+    FewShotBenchmark.run_one = lambda self, run: trained.append(run.name)
+    try:
+        FewShotBenchmark(cfg).rescore()
+    finally:
+        FewShotBenchmark.run_one = original
+    after = {r["run"]: r for r in read_jsonl(tmp_path / "results.jsonl")}
+    assert len(trained) == 1 and after.keys() == before.keys()
+    for run, r in after.items():
+        assert r["dice_mean"] == pytest.approx(before[run]["dice_mean"])
+        assert (
+            r["steps"] == before[run]["steps"]
+            and r["train_subjects"] == before[run]["train_subjects"]
+        )
+    assert len(read_jsonl(tmp_path / "subjects.jsonl")) == n_subjects
 
 
 def test_a_folder_of_another_benchmark_is_refused(shards: Path, tmp_path: Path):
