@@ -74,7 +74,10 @@ def _fewshot(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     bench = FewShotBenchmark(cfg)
-    bench.rescore() if args.rescore else bench.run()
+    if args.rescore:
+        bench.rescore()
+    else:
+        bench.run()
     print(f"results: {cfg.out_dir / 'summary.md'}")
 
 
