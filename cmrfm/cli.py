@@ -321,22 +321,44 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    """One study: outputs in --out. Several: each in --out/NNN_NAME, with the model loaded once;
+    a study that fails is reported by name and the others go on (exit 1 if any failed)."""
     import time
 
-    from cmrfm.predict import predict
+    from cmrfm.predict import Predictor, predict, study_folder_name
     from data_shards.sources import SourceError
 
-    start = time.perf_counter()
-    try:
-        volumes = predict(
-            args.study, args.model, args.out, frames=args.frames, batch=args.batch,
-            ed=args.ed, es=args.es, affine_space=args.affine_space,
-        )  # fmt: skip
-    except (SourceError, ValueError) as error:  # an unreadable study or model folder: one line
+    def fail(error: Exception) -> None:
         if os.environ.get("CMRFM_DEBUG"):
-            raise
+            raise error
         print(f"cmrfm predict: error: {error}", file=sys.stderr)
+
+    options = {"batch": args.batch, "ed": args.ed, "es": args.es, "affine_space": args.affine_space}
+    try:
+        model = Predictor.load(args.model, args.frames)
+    except (SourceError, ValueError) as error:  # an unusable model folder: one line
+        fail(error)
         raise SystemExit(2) from None
+    several, failed = len(args.study) > 1, []
+    for i, study in enumerate(args.study, start=1):
+        out = args.out / study_folder_name(i, study) if several else args.out
+        start = time.perf_counter()
+        try:
+            volumes = predict(study, model, out, **options)
+        except (SourceError, ValueError, OSError) as error:  # an unreadable study: one line
+            fail(error)
+            failed.append(str(study))
+            continue
+        _print_volumes(volumes, out, time.perf_counter() - start)
+    if several:
+        print(
+            f"{len(args.study) - len(failed)} of {len(args.study)} studies segmented -> {args.out}"
+        )
+    if failed:
+        raise SystemExit(2 if not several else 1)
+
+
+def _print_volumes(volumes: dict, out: Path, seconds: float) -> None:
     lv, rv, f = volumes["lv"], volumes["rv"], volumes["frames"]
 
     def show(value: float | None, unit: str) -> str:
@@ -347,10 +369,10 @@ def _predict(args: argparse.Namespace) -> None:
         f"{volumes['study']} ({s} x {t} x {h} x {w}, ED frame {f['ed']}, ES frame {f['es']}): "
         f"LV EDV {show(lv['edv_ml'], ' ml')}, ESV {show(lv['esv_ml'], ' ml')}, "
         f"EF {show(lv['ef_percent'], '%')}, mass {show(lv['mass_g'], ' g')}; "
-        f"RV EDV {show(rv['edv_ml'], ' ml')}, EF {show(rv['ef_percent'], '%')} -> {args.out}"
+        f"RV EDV {show(rv['edv_ml'], ' ml')}, EF {show(rv['ef_percent'], '%')} -> {out}"
     )
     steps = ", ".join(f"{k} {v:.2f}" for k, v in volumes["seconds"].items() if k != "total")
-    print(f"predicted in {time.perf_counter() - start:.2f} s ({steps})")
+    print(f"predicted in {seconds:.2f} s ({steps})")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -359,9 +381,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="segment a NIfTI file or DICOM series folder with a fine-tuned model folder: label "
         "map in the study's geometry, volumes (JSON, CSV) and an overlay PNG",
     )
-    p.add_argument("study", type=Path, help="a .nii/.nii.gz file (3D or 4D cine) or a DICOM folder")
+    p.add_argument(
+        "study",
+        type=Path,
+        nargs="+",
+        help="a .nii/.nii.gz file (3D or 4D cine) or a DICOM folder; several share one model load",
+    )
     p.add_argument("--model", type=Path, required=True, help="fine-tuned model folder (export)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder (several studies: one sub-folder each)",
+    )
     p.add_argument("--frames", type=int, default=None, help="clip length (default: the model's)")
     p.add_argument("--batch", type=int, default=16, help="clips per forward pass")
     p.add_argument("--ed", type=int, default=None, help="ED frame (default: largest LV volume)")

@@ -403,9 +403,37 @@ def _tile(
 # --- the command -------------------------------------------------------------------------------
 
 
+@dataclass
+class Predictor:
+    """A fine-tuned segmenter loaded once, with what its config.json says about its input."""
+
+    folder: Path
+    model: torch.nn.Module
+    config: dict[str, Any]
+    preprocess: Any  # data_shards.preprocess.PreprocessConfig
+    frames: int
+    num_classes: int
+
+    @classmethod
+    def load(cls, model_dir: Path | str, frames: int | None = None) -> Predictor:
+        """Errors name the folder and what is wrong with it (finetune.package.load_finetuned)."""
+        from finetune.package import load_finetuned, preprocess_config
+
+        model, config = load_finetuned(Path(model_dir))
+        if config.get("task", "seg") != "seg":
+            raise ValueError(
+                f"{model_dir}: a {config['task']!r} model; predict needs a 'seg' model"
+            )
+        pre = preprocess_config(config["preprocess"], str(Path(model_dir) / "config.json"))
+        num_classes = len(config.get("classes") or []) or 4
+        return cls(
+            Path(model_dir), model, config, pre, int(frames or config["frames"]), num_classes
+        )
+
+
 def predict(
     study_path: Path | str,
-    model_dir: Path | str,
+    model: Path | str | Predictor,
     out: Path | str,
     *,
     frames: int | None = None,
@@ -416,26 +444,21 @@ def predict(
 ) -> dict[str, Any]:
     """Segment a study and write ``<name>_seg.nii.gz``, volumes.json/.csv and overlay.png.
 
+    model: a model folder, or a Predictor already loaded (to segment many studies with one).
     Returns volumes.json's contents (with the output paths and timings in seconds).
     """
     from finetune.evaluate import predict_study
-    from finetune.package import load_finetuned, preprocess_config
 
     clock = {"_start": time.perf_counter()}
-    model, config = load_finetuned(Path(model_dir))  # errors name the folder first
-    if config.get("task", "seg") != "seg":
-        raise ValueError(f"{model_dir}: a {config['task']!r} model; predict needs a 'seg' model")
-    pre = preprocess_config(config["preprocess"], str(Path(model_dir) / "config.json"))
-    frames = int(frames or config["frames"])
-    num_classes = len(config.get("classes") or []) or 4
+    loaded = model if isinstance(model, Predictor) else Predictor.load(model, frames)
     _lap(clock, "load_model")
     study = read_study(study_path, affine_space)
     _lap(clock, "read")
-    prepared = prepare(study, pre)
+    prepared = prepare(study, loaded.preprocess)
     _lap(clock, "preprocess")
-    pred = predict_study(model, prepared.image, frames, batch=batch)  # (S, T, size, size)
+    pred = predict_study(loaded.model, prepared.image, loaded.frames, batch=batch)  # (S, T, ...)
     _lap(clock, "model")
-    labels = restore_labels(pred, prepared.meta, num_classes)
+    labels = restore_labels(pred, prepared.meta, loaded.num_classes)
     _lap(clock, "restore")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -446,14 +469,14 @@ def predict(
         "shape_stwh": [int(n) for n in study.image.shape],
         "spacing_mm": [_finite(float(v)) for v in study.spacing],
         "model": {
-            "folder": Path(model_dir).resolve().name,
-            "frames": frames,
-            "classes": config.get("classes"),
+            "folder": loaded.folder.resolve().name,
+            "frames": loaded.frames,
+            "classes": loaded.config.get("classes"),
         },
         **ventricular_volumes(labels, study.spacing, ed, es),
         "label_file": seg_path.name,
     }
-    if num_classes > INFARCT:
+    if loaded.num_classes > INFARCT:
         volumes["scar"] = scar_volumes(labels, study.spacing, volumes["frames"]["ed"])
     write_overlay(study.image, labels, study.spacing, volumes["frames"], out / "overlay.png")
     _lap(clock, "write")
@@ -461,6 +484,14 @@ def predict(
     volumes["seconds"]["total"] = round(time.perf_counter() - clock["_start"], 3)
     write_volumes(volumes, out)
     return volumes
+
+
+def study_folder_name(index: int, study_path: Path | str) -> str:
+    """Output sub-folder of the index-th (1-based) of several studies: the position, plus the
+    file's stem for a NIfTI (a DICOM folder's name is often a patient id: never reused)."""
+    path = Path(study_path)
+    stem = path.name.removesuffix(".gz").removesuffix(".nii") if path.is_file() else ""
+    return f"{index:03d}_{stem}" if stem else f"{index:03d}_{DICOM_NAME}"
 
 
 def _lap(clock: dict[str, float], name: str) -> None:

@@ -20,7 +20,7 @@ from test_privacy import identity, search_terms
 from test_source_dicom import apex_ward, write_stack
 
 from cmrfm.cli import main
-from cmrfm.predict import prepare, read_study
+from cmrfm.predict import Predictor, prepare, read_study
 from data_shards.orientation import canonical_plan
 from data_shards.preprocess import preprocess
 from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
@@ -244,6 +244,29 @@ def test_bad_inputs_fail_in_one_line(tmp_path, package, capsys, what):
     err = capsys.readouterr().err.strip()
     assert err.startswith("cmrfm predict: error:") and "\n" not in err
     assert (model if what == "missing_model" else study).name in err
+
+
+def test_several_studies_go_on_past_a_broken_one(tmp_path, package, capsys, monkeypatch):
+    """One model load for all; each study gets its own folder; a broken study is named in one
+    line and the others are still segmented; exit status 1 says something failed."""
+    shape, spacing = (3, 4, 30, 34), (10.0, 2.0, 2.2)
+    for name in ("a", "c"):
+        write_nifti(tmp_path / f"{name}.nii.gz", study_image(heart(shape, spacing)), spacing)
+    (tmp_path / "b.nii.gz").write_bytes(b"broken")
+    loads = []
+    original = Predictor.load
+    monkeypatch.setattr(Predictor, "load", lambda *a, **k: loads.append(1) or original(*a, **k))
+    studies = [str(tmp_path / f"{n}.nii.gz") for n in ("a", "b", "c")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", *studies, "--model", str(package), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1 and len(loads) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["001_a", "003_c"]
+    for folder in ("001_a", "003_c"):
+        assert (tmp_path / "out" / folder / "volumes.json").is_file()
+    captured = capsys.readouterr()
+    err_lines = captured.err.strip().splitlines()
+    assert len(err_lines) == 1 and "b.nii.gz" in err_lines[0]
+    assert "2 of 3 studies segmented" in captured.out
 
 
 # --- real data: geometry only, with an untrained model ----------------------------------------
