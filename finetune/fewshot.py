@@ -519,10 +519,13 @@ class FewShotBenchmark:
         return self.report()
 
     def report(self) -> list[dict]:
-        """summary.csv / summary.md (mean +- std over seeds) and plots from results.jsonl."""
+        """summary.csv / summary.md (mean +- std over seeds) and plots from results.jsonl: every
+        method in the folder, also those an earlier invocation ran (--methods adds, never hides)."""
         from finetune.report import write_report
 
-        return write_report(self.out, self.cfg.task, HEADLINES[self.cfg.task], self.cfg.methods)
+        found = {r["method"] for r in read_jsonl(self.out / "results.jsonl")}
+        methods = [m for m in METHODS[self.cfg.task] if m in found or m in self.cfg.methods]
+        return write_report(self.out, self.cfg.task, HEADLINES[self.cfg.task], methods)
 
 
 def _ef_row(subject: dict, pred: Sequence[float], true: Sequence[float]) -> dict:

@@ -204,6 +204,9 @@ def test_segmentation_benchmark_end_to_end_and_resume(shards: Path, hub: Path, t
             and r["train_subjects"] == before[run]["train_subjects"]
         )
     assert len(read_jsonl(tmp_path / "subjects.jsonl")) == n_subjects
+    # a later invocation with fewer methods reports every method the folder holds
+    FewShotBenchmark(_config(shards, tmp_path, methods=["unet"])).report()
+    assert "| N | pretrained | unet |" in (tmp_path / "summary.md").read_text()
 
 
 def test_a_folder_of_another_benchmark_is_refused(shards: Path, tmp_path: Path):
