@@ -355,7 +355,7 @@ def _predict(args: argparse.Namespace) -> None:
             f"{len(args.study) - len(failed)} of {len(args.study)} studies segmented -> {args.out}"
         )
     if failed:
-        raise SystemExit(2 if not several else 1)
+        raise SystemExit(1 if several else 2)
 
 
 def _print_volumes(volumes: dict, out: Path, seconds: float) -> None:
