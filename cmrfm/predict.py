@@ -444,7 +444,8 @@ def predict(
 ) -> dict[str, Any]:
     """Segment a study and write ``<name>_seg.nii.gz``, volumes.json/.csv and overlay.png.
 
-    model: a model folder, or a Predictor already loaded (to segment many studies with one).
+    model: a model folder, or a Predictor already loaded (to segment many studies with one;
+    its frames then stand and `frames` is not read).
     Returns volumes.json's contents (with the output paths and timings in seconds).
     """
     from finetune.evaluate import predict_study
