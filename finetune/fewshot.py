@@ -295,8 +295,7 @@ class FewShotBenchmark:
         values = (run.name, self.cfg.task, run.method, run.labels, run.n, run.seed)
         base = dict(zip(RUN_KEYS, (*values, [s["key"] for s in drawn]), strict=True))
         # the run's own fields win: a metric dict may hold its own "n" (subjects scored)
-        tag = {"run": run.name, "method": run.method, "n": run.n}
-        return row | base, [s | tag for s in subjects]
+        return row | base, _tag_subjects(subjects, base)
 
     def _system_args(self, run: Run) -> dict[str, Any]:
         spec = dict(METHODS[self.cfg.task][run.method])
@@ -511,8 +510,7 @@ class FewShotBenchmark:
             summary = self._score_seg(load_predictions(path))
             kept = {k: row[k] for k in (*RUN_KEYS, *TRAINING_KEYS) if k in row}
             rows.append(summary | kept)
-            tag = {"run": row["run"], "method": row["method"], "n": row["n"]}
-            subjects += [s | tag for s in self._subject_rows]
+            subjects += _tag_subjects(self._subject_rows, row)
         write_jsonl(self.out / "subjects.jsonl", subjects)
         write_jsonl(self.out / "results.jsonl", rows)
         self.console.print(f"rescored {len(rows)} runs in {self.out}")
@@ -526,6 +524,12 @@ class FewShotBenchmark:
         found = {r["method"] for r in read_jsonl(self.out / "results.jsonl")}
         methods = [m for m in METHODS[self.cfg.task] if m in found or m in self.cfg.methods]
         return write_report(self.out, self.cfg.task, HEADLINES[self.cfg.task], methods)
+
+
+def _tag_subjects(subjects: Sequence[dict], run_row: dict) -> list[dict]:
+    """Per-subject rows marked with their run's name, method and n (for subjects.jsonl)."""
+    tag = {k: run_row[k] for k in ("run", "method", "n")}
+    return [s | tag for s in subjects]
 
 
 def _ef_row(subject: dict, pred: Sequence[float], true: Sequence[float]) -> dict:
