@@ -79,13 +79,22 @@ def get_source(name: str) -> SourceFn:
 
 
 # Imported for their registration side effect; keep at the bottom, after the registry exists.
-from data_shards.sources import acdc, dicom, lge_slices, nifti, npz, phantom  # noqa: E402
+from data_shards.sources import (  # noqa: E402
+    acdc,
+    acdc_cine,
+    dicom,
+    lge_slices,
+    nifti,
+    npz,
+    phantom,
+)
 
 __all__ = [
     "SOURCES",
     "SourceError",
     "SourceFn",
     "acdc",
+    "acdc_cine",
     "dicom",
     "get_source",
     "lge_slices",
