@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 # Short flags users expect, rewritten to the LightningCLI keys they stand for.
 ALIASES = {
@@ -55,15 +60,32 @@ def pop_flag(argv: Sequence[str], flag: str) -> tuple[list[str], str | None]:
     return rest, value
 
 
+class ResumeError(Exception):
+    """``--resume`` or ``--extend-to`` cannot be honoured; the message names the paths and the fix."""
+
+
 def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = None) -> Path:
     """Fit the model and data named by the config; returns the last checkpoint's path.
 
-    ``--resume CKPT`` continues a run from a checkpoint (``last``: the newest one the
-    ModelCheckpoint callback wrote), restoring weights, optimiser, schedule, step count and the
-    data stream's position.
+    ``--resume CKPT`` continues a run from a checkpoint file (a DeepSpeed run: a checkpoint
+    folder), restoring weights, optimiser, schedule, step count and the data stream's position:
+    with the config's ``max_steps`` unchanged, the result equals the uninterrupted run's.
+    ``--resume last`` takes the newest checkpoint of this run (see :func:`newest_checkpoint`),
+    or raises :class:`ResumeError` naming the folders searched when there is none.
+
+    ``--extend-to N`` is ``--resume last`` (or the ``--resume`` given) with ``max_steps = N``,
+    for a run that finished (or was stopped) at step k < N. The warmup + cosine schedule is
+    sized by ``max_steps`` and rebuilt on resume, so from step k + 1 on the learning rate is that
+    of a run planned for N steps, taken at its step: after a finished run (whose lr had decayed
+    to its floor) it jumps back up at the join, with no new warmup. Steps up to k followed the
+    shorter schedule, so the result is not the run that was planned N steps long.
     """
     os.environ.setdefault("WANDB_MODE", "offline")  # never phone home unless the user asks
     argv, resume = pop_flag(argv, "--resume")
+    argv, extend = pop_flag(argv, "--extend-to")
+    extend_to = None if extend is None else _steps(extend)
+    if extend_to is not None:  # after the user's own --max-steps, so it wins
+        argv, resume = [*argv, "--trainer.max_steps", str(extend_to)], resume or "last"
     args = expand_aliases(argv, ALIASES if aliases is None else aliases)
     # `cmrfm demo` calls this in-process; LightningCLI would warn that sys.argv differs from args.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -76,7 +98,8 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
         args=args,
         save_config_kwargs={"overwrite": True},
     )
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    ckpt = None if resume is None else resume_checkpoint(cli.trainer, resume, extend_to)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     _finish_wandb()
     root = Path(cli.trainer.default_root_dir)
     last = root / "last.ckpt"
@@ -84,6 +107,128 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
         return save_deepspeed(cli.trainer, root, last)
     cli.trainer.save_checkpoint(last, weights_only=False)  # full state, so a run can resume
     return last
+
+
+def _steps(text: str) -> int:
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        raise ResumeError(f"--extend-to needs a number of optimizer steps, got {text!r}")
+    return steps
+
+
+def resume_checkpoint(trainer: L.Trainer, resume: str, extend_to: int | None = None) -> str:
+    """The checkpoint ``--resume`` names (``last``: :func:`newest_checkpoint`), checked to exist
+    and logged with its step, before any training. ``extend_to``: the run must be short of it."""
+    flag = "--resume" if extend_to is None else "--extend-to"
+    asked = f"--resume {resume}" if extend_to is None else f"--extend-to {extend_to}"
+    if resume == "last":
+        path, step = newest_checkpoint(trainer, asked, flag)
+    else:
+        path = Path(resume)
+        if not path.exists():
+            raise ResumeError(
+                f"{asked}: {path} does not exist; give a checkpoint file (a DeepSpeed run: its "
+                f"checkpoint folder), `--resume last` for this run's newest, or leave out {flag} "
+                "to start a new run"
+            )
+        step = stored_step(path)
+    rank_zero_info(f"{asked}: resuming from {path} (step {'unknown' if step is None else step})")
+    max_steps = trainer.max_steps
+    if step is not None and 0 <= max_steps <= step:
+        if extend_to is not None:
+            raise ResumeError(f"{asked}: {path} is already at step {step}; give more steps")
+        rank_zero_warn(
+            f"{path} is at step {step} and trainer.max_steps is {max_steps}: nothing left to "
+            "train; --extend-to N trains on to step N (see `cmrfm pretrain` in the README)"
+        )
+    return str(path)
+
+
+def checkpoint_places(trainer: L.Trainer) -> list[tuple[Path, str]]:
+    """(folder, glob pattern) of every checkpoint this run could resume from: what its
+    ModelCheckpoint callbacks write (their ``dirpath``, else ``checkpoints/`` of every logger
+    version, since each restart logs to a new one, else ``default_root_dir/checkpoints``) and
+    the final ``last.ckpt`` (DeepSpeed: ``last-zero``) run_training writes into
+    ``default_root_dir``."""
+    root = Path(trainer.default_root_dir)
+    final = "last-zero" if isinstance(trainer.strategy, DeepSpeedStrategy) else "last.ckpt"
+    places = [(root, final), (root, "checkpoints/*.ckpt")]
+    if trainer.loggers:  # where ModelCheckpoint puts them by default (Lightning's own rule)
+        logger = trainer.loggers[0]
+        places.append((Path(logger.save_dir or root) / str(logger.name), "*/checkpoints/*.ckpt"))
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+            places.append((Path(callback.dirpath), "*.ckpt"))
+    return list(dict.fromkeys(places))
+
+
+def newest_checkpoint(
+    trainer: L.Trainer, asked: str = "--resume last", flag: str = "--resume"
+) -> tuple[Path, int | None]:
+    """This run's newest checkpoint and its step: the highest global step stored in one (ties
+    and unreadable ones: the latest modified). DeepSpeed checkpoints are folders, the others
+    files. Raises :class:`ResumeError` naming the places searched when there is none."""
+    deepspeed = isinstance(trainer.strategy, DeepSpeedStrategy)
+    places = checkpoint_places(trainer)
+    root = Path(trainer.default_root_dir)
+    found = [
+        path
+        for folder, pattern in places
+        for path in folder.glob(pattern)
+        if (path.is_dir() if deepspeed else path.is_file()) and _same_run(path, root)
+    ]
+    if not found:
+        kind = "DeepSpeed checkpoint folder" if deepspeed else "checkpoint"
+        where = ", ".join(str(folder / pattern) for folder, pattern in places)
+        raise ResumeError(
+            f"{asked}: no {kind} of this run in {where}; leave out {flag} to start a new run, "
+            "or give --resume PATH"
+        )
+    steps = {path: stored_step(path) for path in found}
+    return max(
+        steps.items(), key=lambda item: (-1 if item[1] is None else item[1], _mtime(item[0]))
+    )
+
+
+def _same_run(checkpoint: Path, root: Path) -> bool:
+    """Whether a checkpoint in a logger's ``version_N/checkpoints/`` came from a run with this
+    ``default_root_dir``: configs fix the log folder, so runs with another ``--out`` share it.
+    LightningCLI saved each run's config next to its ``checkpoints/``; without one, it counts."""
+    config = checkpoint.parent.parent / "config.yaml"
+    if checkpoint.parent.name != "checkpoints" or not config.is_file():
+        return True
+    try:
+        saved = yaml.safe_load(config.read_text())["trainer"]["default_root_dir"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return True
+    return Path(saved or os.getcwd()).resolve() == root.resolve()
+
+
+def stored_step(path: Path) -> int | None:
+    """The global step saved in a checkpoint file or DeepSpeed folder (its ``step=N`` name when
+    the file cannot be read); None when neither tells."""
+    source = path
+    if path.is_dir():  # DeepSpeed: <folder>/<tag in `latest`>/*model_states.pt hold the step
+        tag = path / "latest"
+        tag = tag.read_text().strip() if tag.is_file() else "checkpoint"
+        source = next(iter(sorted((path / tag).glob("*model_states.pt"))), path)
+    try:
+        # mmap: the tensors are not read, so this stays cheap for a ViT-L checkpoint
+        state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["global_step"])
+    except Exception:  # unreadable, not a checkpoint, no step: fall back on the name
+        match = re.search(r"step=(\d+)", path.name)
+        return int(match[1]) if match else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _finish_wandb() -> None:

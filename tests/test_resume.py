@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cmrfm.train import pop_flag, run_training
+from cmrfm.train import newest_checkpoint, pop_flag, run_training
 from pretext.system import PretrainSystem
 
 CLIP = (1, 4, 16, 16)  # (C, T, H, W): a 2 x 2 x 2 token grid at tubelet 2, patch 8
@@ -256,3 +259,189 @@ def test_clip_datamodule_resumes_its_stream_exactly(
     assert trainer.global_step == 6
     assert seen_resumed.sums == {s: seen_full.sums[s] for s in range(k, 6)}
     torch.testing.assert_close(resumed.state_dict(), full.state_dict())
+
+
+# --- `--resume last` and `--extend-to` through the command line ------------------------------
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain_mae_phantom.yaml"
+EVERY_2 = ('[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": '
+           '{"every_n_train_steps": 2, "save_top_k": -1, "save_last": true}}]')  # fmt: skip
+
+
+class Watch(L.Callback):
+    """The step each training batch starts at and the lr it trains with; raises at `kill` (after
+    that step's checkpoint was written), as a killed job stops."""
+
+    def __init__(self, kill: int | None = None) -> None:
+        self.kill, self.steps, self.lrs = kill, [], []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.kill:
+            raise SystemError(f"killed at step {self.kill}")
+        self.steps.append(trainer.global_step)
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def watched(monkeypatch: pytest.MonkeyPatch, watch: Watch) -> Watch:
+    """Add watch to the trainer run_training builds."""
+    from lightning.pytorch.cli import LightningCLI
+
+    class WatchedCLI(LightningCLI):
+        def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+            trainer = super().instantiate_trainer(**kwargs)
+            trainer.callbacks.append(watch)
+            return trainer
+
+    monkeypatch.setattr("cmrfm.train.LightningCLI", WatchedCLI)
+    return watch
+
+
+def run_args(shards: Path, run: Path, steps: int) -> list[str]:
+    """The phantom config at test size: 4 batches an epoch, 2 warmup steps, checkpoints every 2
+    steps into the CSV logger's version folders under run/logs, as a real run writes them."""
+    return ["--config", str(CONFIG), "--shards", str(shards), "--out", str(run),
+            "--trainer.logger.init_args.save_dir", str(run), "--trainer.callbacks", EVERY_2,
+            "--model.init_args.backbone", "cmr_vit_test", "--max-steps", str(steps),
+            "--model.init_args.warmup_steps", "2",
+            "--data.init_args.batch_size", "2", "--data.init_args.epoch_length", "8"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def full_run(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Watch]:
+    """A 6-step run never interrupted: its folder and what it trained."""
+    run = tmp_path_factory.mktemp("full")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        watch = watched(monkeypatch, Watch())
+        run_training(run_args(phantom, run, 6))
+    return run, watch
+
+
+def test_resume_last_continues_a_killed_run_from_its_newest_checkpoint(
+    phantom: Path, full_run: tuple[Path, Watch], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(SystemError, match="killed at step 4"), monkeypatch.context() as patch:
+        watched(patch, Watch(kill=4))
+        run_training(run_args(phantom, run, 6))
+    assert not (run / "last.ckpt").exists()  # only the callbacks' checkpoints survive a kill
+    watch = watched(monkeypatch, Watch())
+    resumed = run_training([*run_args(phantom, run, 6), "--resume", "last"])
+    assert watch.steps == [4, 5]  # from the step-4 checkpoint, not from step 0
+    full, full_watch = full_run
+    assert watch.lrs == full_watch.lrs[4:]
+    torch.testing.assert_close(
+        torch.load(resumed, weights_only=True)["state_dict"],
+        torch.load(full / "last.ckpt", weights_only=True)["state_dict"],
+    )
+
+
+def test_resume_last_without_a_checkpoint_is_an_error_before_training(
+    phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from cmrfm.cli import main
+
+    watch = watched(monkeypatch, Watch())
+    with pytest.raises(SystemExit) as exit:
+        main(["pretrain", *run_args(phantom, tmp_path, 6), "--resume", "last"])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("cmrfm pretrain: error: --resume last: no checkpoint of this run in")
+    assert str(tmp_path / "logs" / "*" / "checkpoints") in error
+    assert "leave out --resume to start a new run" in error
+    assert watch.steps == [] and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_resume_from_a_missing_path_is_an_error_naming_it(
+    phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from cmrfm.cli import main
+
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(SystemExit) as exit:
+        main(["pretrain", *run_args(phantom, tmp_path, 6), "--resume", str(missing)])
+    assert exit.value.code == 2
+    assert f"--resume {missing}: {missing} does not exist" in capsys.readouterr().err
+
+
+def test_extend_to_trains_a_finished_run_on_with_the_schedule_resized(
+    phantom: Path, full_run: tuple[Path, Watch], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    from cmrfm.cli import main
+    from foundation.optim import warmup_cosine
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run[0], run)
+    watch = watched(monkeypatch, Watch())
+    extended = run_training([*run_args(phantom, run, 6), "--extend-to", "8"])
+    assert watch.steps == [6, 7]
+    assert torch.load(extended, weights_only=True)["global_step"] == 8
+    # Step 6 trains with the lr the 6-step run had reached (its floor, 0.01 lr); from step 7 on,
+    # the lr is the one a run planned for 8 steps has there: back up, no new warmup.
+    lr = torch.load(extended, weights_only=True)["hyper_parameters"]["lr"]
+    planned = warmup_cosine(torch.optim.SGD([torch.zeros(1)], lr=lr), 2, 8, 0.01).lr_lambdas[0]
+    assert watch.lrs == pytest.approx([lr * 0.01, lr * planned(7)])
+    assert watch.lrs[1] > watch.lrs[0]
+
+    with pytest.raises(SystemExit) as exit:  # nothing to extend
+        main(["pretrain", *run_args(phantom, run, 6), "--extend-to", "8"])
+    assert exit.value.code == 2
+    assert "--extend-to 8: " in capsys.readouterr().err
+
+
+def write_checkpoint(path: Path, step: int | None, age: float = 0.0) -> Path:
+    """A stand-in checkpoint holding only its step (None: not a checkpoint), `age` s old."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if step is None:
+        path.write_bytes(b"not a checkpoint")
+    else:
+        torch.save({"global_step": step}, path)
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def test_resume_last_picks_the_highest_step_over_every_logger_version(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    run = tmp_path / "run"
+    versions = run / "logs"
+    trainer = L.Trainer(default_root_dir=run, logger=CSVLogger(run, name="logs"),
+                        callbacks=[ModelCheckpoint()], accelerator="cpu")  # fmt: skip
+    write_checkpoint(versions / "version_0" / "checkpoints" / "epoch=0-step=4.ckpt", 4, age=50)
+    write_checkpoint(versions / "version_0" / "checkpoints" / "last.ckpt", 4, age=50)
+    newest = write_checkpoint(versions / "version_1" / "checkpoints" / "last.ckpt", 7, age=30)
+    write_checkpoint(versions / "version_1" / "checkpoints" / "epoch=0-step=6.ckpt", 6, age=20)
+    write_checkpoint(run / "last.ckpt", 5, age=10)
+    write_checkpoint(versions / "version_1" / "checkpoints" / "broken.ckpt", None)
+    # Another run (another --out) logging into the same folder does not count.
+    other = write_checkpoint(versions / "version_2" / "checkpoints" / "last.ckpt", 9)
+    (other.parent.parent / "config.yaml").write_text(f"trainer:\n  default_root_dir: {tmp_path}\n")
+    assert newest_checkpoint(trainer) == (newest, 7)
+
+    # Without a readable step: `step=N` in the name, then the latest modified.
+    for path in run.rglob("*.ckpt"):
+        path.unlink()
+    by_name = write_checkpoint(versions / "version_0" / "checkpoints" / "epoch=0-step=3.ckpt",
+                               None, age=20)  # fmt: skip
+    assert newest_checkpoint(trainer) == (by_name, 3)
+    by_name.unlink()
+    write_checkpoint(versions / "version_0" / "checkpoints" / "a.ckpt", None, age=20)
+    latest = write_checkpoint(versions / "version_0" / "checkpoints" / "b.ckpt", None, age=10)
+    assert newest_checkpoint(trainer) == (latest, None)
+
+
+def test_resume_last_of_a_deepspeed_run_takes_checkpoint_folders(tmp_path: Path) -> None:
+    from cmrfm.strategies import DeepSpeed
+
+    def folder(path: Path, step: int) -> Path:
+        (path / "latest").parent.mkdir(parents=True)
+        (path / "latest").write_text("checkpoint")
+        write_checkpoint(path / "checkpoint" / "mp_rank_00_model_states.pt", step)
+        return path
+
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu",
+                        strategy=DeepSpeed(stage=2))  # fmt: skip
+    folder(tmp_path / "checkpoints" / "epoch=0-step=4.ckpt", 4)
+    write_checkpoint(tmp_path / "last.ckpt", 5)  # consolidated weights: DeepSpeed cannot resume it
+    last = folder(tmp_path / "last-zero", 5)
+    assert newest_checkpoint(trainer) == (last, 5)
