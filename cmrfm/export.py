@@ -12,9 +12,7 @@ Nothing is unpickled beyond plain containers and tensors: Lightning files are re
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
-import inspect
 import json
 import os
 import sys
@@ -25,16 +23,13 @@ from typing import Any
 
 import torch
 
+from data_shards.writer import sha256_file
 from foundation.card import dataset_names, detect_datasets
-from foundation.checkpoint import read_checkpoint
+from foundation.checkpoint import read_checkpoint, recorded_backbone, weights_from_state_dict
 from foundation.hub import check_hub_folder, from_pretrained, save_pretrained
 from foundation.registry import BACKBONES, create_backbone
-from foundation.vit import CONTEXT_EMBEDDINGS, MODALITIES, CardiacViT
+from foundation.vit import MODALITIES, CardiacViT
 
-# Where systems keep the backbone, in order of preference when several prefixes fit (an EMA
-# teacher next to the student, say). Any other prefix is found too: see find_encoder_prefix.
-ENCODER_PREFIXES = ("objective.encoder.", "mae.encoder.", "model.backbone.", "encoder.")
-RUNTIME_ARGS = frozenset({"compile"})  # backbone kwargs that are not architecture
 MANIFEST = "manifest.json"
 SEG_FINETUNER = "finetune.system.SegFinetuner"
 
@@ -135,81 +130,37 @@ def _read_zero_folder(path: Path) -> TrainingCheckpoint:
 
 
 def backbone_spec(hparams: Mapping[str, Any], name: str | None = None) -> tuple[str, dict]:
-    """(registered name, constructor kwargs) from a system's hyper-parameters: `backbone` (name)
-    with `backbone_kwargs` (PretrainSystem) or top-level patch_size/tubelet/... (MAEPretrainer)."""
-    name = name or hparams.get("backbone")
-    if not isinstance(name, str) or name not in BACKBONES:
+    """(registered name, constructor kwargs) from a system's hyper-parameters (read by
+    foundation.checkpoint.recorded_backbone); name, when given, replaces the recorded one."""
+    recorded, kwargs = recorded_backbone(hparams)
+    name = name or recorded
+    if name not in BACKBONES:
         raise ValueError(
             f"hyper_parameters name no registered backbone (backbone={hparams.get('backbone')!r}, "
             f"registered: {sorted(BACKBONES)}); pass --backbone NAME"
         )
-    args = set(inspect.signature(CardiacViT).parameters) - RUNTIME_ARGS
-    kwargs = {k: v for k, v in hparams.items() if k in args}
-    kwargs.update(hparams.get("backbone_kwargs") or {})
-    return name, {k: v for k, v in kwargs.items() if k not in RUNTIME_ARGS}
-
-
-def find_encoder_prefix(keys: Sequence[str], backbone_keys: set[str], source: Path) -> str:
-    """The prefix under which a checkpoint holds every key of the backbone, found by matching the
-    backbone's own key names (no per-objective knowledge); raises naming the candidates."""
-    required = backbone_keys - set(CONTEXT_EMBEDDINGS)  # older checkpoints lack these
-    anchor = "patch_embed.weight"
-    keyset = set(keys)
-    candidates = sorted(
-        {k[: -len(anchor)] for k in keys if k == anchor or k.endswith("." + anchor)}
-    )
-    fits = [p for p in candidates if all(p + r in keyset for r in required)]
-    if len(fits) == 1:
-        return fits[0]
-    if len(fits) > 1:
-        preferred = [p for p in ENCODER_PREFIXES if p in fits]
-        if preferred:
-            return preferred[0]
-        raise ValueError(f"{source}: several backbones fit ({fits}); pass --prefix")
-    if not candidates:
-        raise ValueError(f"{source}: no backbone weights (no key ends with {anchor!r})")
-    gaps = {p: sorted(r for r in required if p + r not in keyset)[:3] for p in candidates}
-    raise ValueError(
-        f"{source}: no prefix holds all keys of the configured backbone; missing e.g. {gaps} "
-        "(check --backbone and the checkpoint's backbone_kwargs: depth, patch_size, tubelet)"
-    )
+    return name, kwargs
 
 
 def extract_backbone(
     ckpt: TrainingCheckpoint, name: str | None = None, prefix: str | None = None
 ) -> CardiacViT:
-    """The trained backbone of a checkpoint, rebuilt from its hyper-parameters and loaded
-    strictly (every backbone key present, no stray key under its prefix, shapes equal)."""
-    name, kwargs = backbone_spec(ckpt.meta.get("hyper_parameters") or {}, name)
-    with torch.device("meta"):  # key names only, no memory
-        keys = set(create_backbone(name, **kwargs).state_dict())
-    if prefix is None:
-        prefix = find_encoder_prefix(list(ckpt.state_dict), keys, ckpt.path)
-    tops = {k.split(".")[0] for k in keys}  # patch_embed, blocks, norm, ... (not a sibling head)
-    state = {
-        k[len(prefix) :]: v
-        for k, v in ckpt.state_dict.items()
-        if k.startswith(prefix) and k[len(prefix) :].split(".")[0] in tops
-    }
-    model = create_backbone(name, **kwargs)
+    """The trained backbone of a checkpoint, rebuilt from its hyper-parameters and loaded by the
+    one loader (foundation.registry.create_backbone: the backbone found under its prefix,
+    architecture checked, strict)."""
+    hparams = ckpt.meta.get("hyper_parameters") or {}
+    name, kwargs = backbone_spec(hparams, name)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+        weights = weights_from_state_dict(ckpt.state_dict, ckpt.path, hparams, prefix)
+        model = create_backbone(name, pretrained=weights, **kwargs)
+    except ValueError as err:
         raise ValueError(
-            f"{ckpt.path}: the weights under {prefix!r} do not fit {name} {kwargs}: {err}"
+            f"{err} (check --backbone, --prefix and the checkpoint's backbone_kwargs)"
         ) from err
     return model.eval()
 
 
 # --- data, preprocessing and training facts for the card --------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_manifests(datamodule_hparams: Mapping[str, Any]) -> tuple[list[Path], list[str]]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foundation.checkpoint import SHA256_KEY, WEIGHTS_NAME
 from foundation.vit import AXES, MODALITIES
 
 SYNTHETIC = "phantom"  # the project's own synthetic source: no third-party terms
@@ -219,6 +220,8 @@ def card_text(
         "# tokens: (B, T/tubelet * H/patch * W/patch, width), t-major order",
         "```",
         "",
+        _weights_line(config.get(SHA256_KEY)),
+        "",
         "## Input and preprocessing",
         "",
         "Inputs must be prepared as in training (`cmrfm shard` does this):",
@@ -262,6 +265,15 @@ def card_text(
     lines += ["## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
     lines += _limitations(datasets, pre)
     return "\n".join(lines) + "\n"
+
+
+def _weights_line(sha256: str | None) -> str:
+    if sha256 is None:
+        return f"No sha256 of `{WEIGHTS_NAME}` was recorded; loading it cannot verify it."
+    return (
+        f"`{WEIGHTS_NAME}` sha256: `{sha256}` (config.json `{SHA256_KEY}`; `from_pretrained` "
+        "refuses a file that does not match)."
+    )
 
 
 def _limitations(datasets: Sequence[str], pre: Mapping[str, Any]) -> list[str]:

@@ -1,7 +1,22 @@
-"""Read Lightning checkpoints safely (weights_only) and restore modules or backbone weights."""
+"""Backbone weights, loaded one way whatever holds them.
+
+A Lightning checkpoint is read with ``weights_only`` (nothing arbitrary is unpickled) and the
+backbone is found under its prefix; a hub folder's ``model.safetensors`` is checked for
+truncation and against the sha256 and architecture its ``config.json`` records. Either way the
+architecture the weights imply is compared with the one asked for before a strict load.
+``foundation.registry.create_backbone(name, pretrained=...)``, ``foundation.hub.from_pretrained``,
+``cmrfm export`` and fine-tuning all load through :func:`load_backbone_weights`.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
+import struct
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -9,9 +24,58 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-# Where systems keep the backbone: pretraining (before the objective registry: mae.), fine-tuning.
-PREFIXES = ("objective.encoder.", "mae.encoder.", "model.backbone.")
+from data_shards.writer import sha256_file
+from foundation.vit import AXES, CONTEXT_EMBEDDINGS, MODALITIES, CardiacViT
+
 M = TypeVar("M", bound=nn.Module)
+
+# A hub folder (huggingface_hub.constants.SAFETENSORS_SINGLE_FILE and CONFIG_NAME).
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT = "cmrfm-backbone"
+FORMAT_VERSION = 1
+SHA256_KEY = "weights_sha256"  # config.json: sha256 of model.safetensors, verified at load
+
+# Where Lightning systems keep the backbone, in order of preference when several complete ones
+# fit (an EMA teacher next to the student): pretraining (PretrainSystem; before the objective
+# registry, mae.), fine-tuning (SegFinetuner, SubjectFinetuner), a bare objective. DeepSpeed's
+# fp32 reconstruction puts WRAPPERS in front. Any other prefix is found by the backbone's own
+# key names (find_backbone_prefix), so a new system needs no entry here.
+PREFIXES = ("objective.encoder.", "mae.encoder.", "model.backbone.", "encoder.")
+WRAPPERS = ("_forward_module.",)
+ANCHOR = "patch_embed.weight"  # every backbone has it; its prefix is the backbone's
+# Constructor arguments that decide what the weights mean: the source and the model must agree.
+# drop_path_rate and compile are training and runtime choices, free to differ.
+ARCH_ARGS = (
+    "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet", "in_chans", "qkv_bias"
+)  # fmt: skip
+RUNTIME_ARGS = frozenset({"compile"})  # constructor arguments that are not architecture
+
+
+@dataclass
+class BackboneWeights:
+    """A backbone's tensors (prefix stripped) and what their source says about them.
+
+    source: the file named in errors; prefix: where the tensors sat in a checkpoint ("" in a hub
+    folder); recorded: ARCH_ARGS the source states (config.json ``model_args``, a checkpoint's
+    hyper-parameters); architecture: the registered name it states; config: a hub folder's
+    config.json.
+    """
+
+    source: Path
+    state: dict[str, torch.Tensor]
+    prefix: str = ""
+    recorded: dict[str, Any] = field(default_factory=dict)
+    architecture: str | None = None
+    config: dict[str, Any] | None = None
+
+    def arch_args(self) -> dict[str, Any]:
+        """The architecture of these weights: what the tensor shapes imply, completed by what the
+        source records (num_heads leaves no trace in shapes)."""
+        return {**self.recorded, **inferred_architecture(self.state)}
+
+
+# --- Lightning checkpoints ---------------------------------------------------------------------
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -34,30 +98,341 @@ def restore(cls: type[M], path: Path, **overrides: Any) -> tuple[M, dict[str, An
     return module, ckpt
 
 
-def backbone_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Backbone tensors from a pretraining or fine-tuning checkpoint (prefix stripped) or from
-    a hub folder (``model.safetensors``, what ``cmrfm export`` writes and users download)."""
+def recorded_backbone(hparams: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(registered name or None, constructor kwargs) that a system's hyper-parameters record:
+    ``backbone`` with ``backbone_kwargs`` (PretrainSystem) or top-level patch_size, tubelet, ...
+    (MAEPretrainer, the fine-tuning systems); runtime switches (compile) left out."""
+    name = hparams.get("backbone")
+    known = set(inspect.signature(CardiacViT).parameters) - RUNTIME_ARGS
+    kwargs = {k: v for k, v in hparams.items() if k in known}
+    kwargs.update(hparams.get("backbone_kwargs") or {})
+    kwargs = {k: v for k, v in kwargs.items() if k not in RUNTIME_ARGS}
+    return (name if isinstance(name, str) else None), kwargs
+
+
+@functools.lru_cache(maxsize=16)
+def _backbone_keys(depth: int, qkv_bias: bool) -> frozenset[str]:
+    """State-dict keys of a CardiacViT of this depth (built on the meta device: names only)."""
+    with torch.device("meta"):
+        model = CardiacViT(embed_dim=8, depth=depth, num_heads=1, qkv_bias=qkv_bias)
+    return frozenset(model.state_dict())
+
+
+BACKBONE_TOPS = frozenset(k.split(".")[0] for k in _backbone_keys(1, True))  # patch_embed, ...
+
+
+def _strip_wrappers(prefix: str) -> str:
+    for wrapper in WRAPPERS:
+        if prefix.startswith(wrapper):
+            return prefix[len(wrapper) :]
+    return prefix
+
+
+def _under(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The backbone's tensors under prefix, prefix stripped; siblings (heads, decoders) left out."""
+    return {
+        k[len(prefix) :]: v
+        for k, v in state.items()
+        if k.startswith(prefix) and k[len(prefix) :].split(".")[0] in BACKBONE_TOPS
+    }
+
+
+def _gaps(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys a backbone of the architecture the tensors imply would have and they lack."""
+    args = inferred_architecture(state)
+    expected = _backbone_keys(args.get("depth", 0), args.get("qkv_bias", True))
+    return sorted(expected - set(state) - set(CONTEXT_EMBEDDINGS))  # older checkpoints lack these
+
+
+def find_backbone_prefix(state: Mapping[str, torch.Tensor], source: Path) -> str:
+    """The prefix under which a checkpoint holds the backbone, found by its own key names.
+
+    One candidate is taken as it is (a strict load then names what it lacks); among several, the
+    complete ones count, the known PREFIXES first; raises naming the candidates otherwise.
+    """
+    candidates = sorted(
+        {k[: -len(ANCHOR)] for k in state if k == ANCHOR or k.endswith("." + ANCHOR)}
+    )
+    if not candidates:
+        raise ValueError(
+            f"{source}: no backbone weights (no key ends with {ANCHOR!r}; systems keep the "
+            f"backbone under {', '.join(PREFIXES)})"
+        )
+    if len(candidates) == 1:
+        return candidates[0]
+    gaps = {p: _gaps(_under(state, p)) for p in candidates}
+    fits = [p for p in candidates if not gaps[p]]
+    preferred = sorted(
+        (p for p in fits if _strip_wrappers(p) in PREFIXES),
+        key=lambda p: PREFIXES.index(_strip_wrappers(p)),
+    )
+    if preferred:
+        return preferred[0]
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise ValueError(f"{source}: several backbones fit ({fits}); name the prefix to load")
+    missing = {p: g[:3] for p, g in gaps.items()}
+    raise ValueError(f"{source}: no prefix holds a complete backbone; missing e.g. {missing}")
+
+
+def weights_from_state_dict(
+    state: Mapping[str, torch.Tensor],
+    source: Path,
+    hparams: Mapping[str, Any] | None = None,
+    prefix: str | None = None,
+) -> BackboneWeights:
+    """The backbone inside a training system's state dict (a Lightning checkpoint, or DeepSpeed
+    ZeRO shards rebuilt to fp32), with the architecture its hyper-parameters record; the prefix
+    is found unless given. source is the file named in errors."""
+    if prefix is None:
+        prefix = find_backbone_prefix(state, source)
+    tensors = _under(state, prefix)
+    if not tensors:
+        raise ValueError(f"{source}: no backbone weights under the prefix {prefix!r}")
+    name, kwargs = recorded_backbone(hparams or {})
+    recorded = {k: kwargs[k] for k in ARCH_ARGS if k in kwargs}
+    weights = BackboneWeights(Path(source), tensors, prefix, recorded, name)
+    _check_agree(
+        inferred_architecture(tensors), recorded, source,
+        f"the weights under {prefix!r} have", "the checkpoint's hyper_parameters say",
+    )  # fmt: skip
+    return weights
+
+
+# --- hub folders -------------------------------------------------------------------------------
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """A hub folder's config.json, checked for the fields loading needs."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: missing; a cmrfm hub folder holds {CONFIG_NAME} (the architecture and the "
+            f"sha256 of {WEIGHTS_NAME}) next to its weights: export or download the whole folder"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {config['format_version']} is newer than this cmrfm reads "
+            f"({FORMAT_VERSION}); upgrade cmrfm"
+        )
+    for key, ours in (("modalities", MODALITIES), ("axes", AXES)):
+        theirs = tuple(config.get(key, ()))
+        if theirs != ours[: len(theirs)]:  # rows are only ever appended
+            raise ValueError(
+                f"{path}: embedding rows {key}={list(theirs)} differ from this cmrfm's {list(ours)}"
+            )
+    if not isinstance(config.get("model_args"), dict) or "preprocess" not in config:
+        raise ValueError(f"{path}: needs 'model_args' and 'preprocess'")
+    return config
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise naming path when it is not a whole safetensors file: too short for the 8-byte
+    header length, an unreadable header, or fewer bytes than the header describes (a cut-short
+    copy or download, which safetensors itself reports only as a deserialising error)."""
+    size = path.stat().st_size
+    again = "copy, download or export it again"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(
+                f"{path}: truncated: {size} bytes, not even a safetensors header; {again}"
+            )
+        n = struct.unpack("<Q", head)[0]
+        if 8 + n > size:
+            raise ValueError(
+                f"{path}: truncated: {size} bytes, but its header alone says {8 + n}; {again}"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a safetensors file (unreadable header: {err})") from err
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        raise ValueError(
+            f"{path}: truncated: {size} bytes of the {expected} its header describes; {again}"
+        )
+
+
+def verify_sha256(path: Path, expected: str | None, recorded_in: Path) -> None:
+    """Compare path's sha256 with the one recorded_in records; None (a folder from before the
+    hash was recorded) only warns, so old folders keep loading."""
+    if expected is None:
+        warnings.warn(
+            f"{recorded_in}: records no {SHA256_KEY} (written before cmrfm recorded it), so "
+            f"{path} loads unverified; save or export the folder again to record it",
+            stacklevel=3,
+        )
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(
+            f"{path}: sha256 mismatch: {recorded_in} records {expected}, the file has {actual}; "
+            "it was changed or damaged after it was saved: download or export it again"
+        )
+
+
+def read_hub_weights(folder: Path) -> BackboneWeights:
+    """A hub folder's weights, after checking that config.json is there and valid, that
+    model.safetensors is whole and has the recorded sha256, and that the architecture config.json
+    records is the one the tensors have."""
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file() and not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(
+            f"{folder}: a folder, but no {WEIGHTS_NAME} or {CONFIG_NAME} in it; pass a hub folder "
+            "(`cmrfm export` writes one) or a Lightning .ckpt file"
+        )
+    config = read_config(folder)
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing; a cmrfm hub folder holds its weights as safetensors (nothing else "
+            "is loaded): export or download the whole folder"
+        )
+    check_safetensors(path)
+    verify_sha256(path, config.get(SHA256_KEY), folder / CONFIG_NAME)
+    try:
+        state = load_file(path)  # tensors only, nothing unpickled
+    except Exception as err:  # a damaged file whose size still adds up
+        raise ValueError(f"{path}: cannot read as safetensors ({err})") from err
+    args = config["model_args"]
+    recorded = {k: args[k] for k in ARCH_ARGS if k in args}
+    _check_agree(
+        inferred_architecture(state), recorded, path, "holds weights with",
+        f"but {CONFIG_NAME} says", f": {CONFIG_NAME} does not describe these weights",
+    )  # fmt: skip
+    return BackboneWeights(path, state, "", recorded, config.get("architecture"), config)
+
+
+# --- the one loader ----------------------------------------------------------------------------
+
+
+def read_backbone_weights(path: str | Path, prefix: str | None = None) -> BackboneWeights:
+    """Backbone weights from a Lightning checkpoint file or a hub folder (checked as
+    read_hub_weights describes); prefix: where a checkpoint keeps the backbone (default: found)."""
     path = Path(path)
     if path.is_dir():
-        weights = path / "model.safetensors"  # foundation.hub.WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{path}: a folder, but no model.safetensors in it")
-        return load_file(weights)  # safetensors: tensors only, nothing unpickled
-    state = read_checkpoint(path).get("state_dict", {})
-    for prefix in PREFIXES:
-        found = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if found:
-            return found
-    raise ValueError(f"{path}: no backbone weights (keys starting with {' or '.join(PREFIXES)})")
-
-
-def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
-    """Strict load: a missing or unexpected key, or a shape mismatch, is an error naming the file."""
-    state = backbone_state_dict(path)
-    try:
-        backbone.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+        return read_hub_weights(path)
+    if path.suffix == ".safetensors":
         raise ValueError(
-            f"{path}: backbone weights do not fit the configured backbone (check backbone name, "
-            f"patch_size and tubelet): {err}"
-        ) from err
+            f"{path}: pass the hub folder that holds it, so its {CONFIG_NAME} (architecture and "
+            "sha256) is checked too"
+        )
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt.get("state_dict"), Mapping):
+        raise ValueError(f"{path}: no 'state_dict'; is this a Lightning checkpoint?")
+    return weights_from_state_dict(ckpt["state_dict"], path, ckpt.get("hyper_parameters"), prefix)
+
+
+def backbone_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The backbone tensors (prefix stripped) of a checkpoint or hub folder, for inspection."""
+    return read_backbone_weights(path).state
+
+
+def inferred_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """ARCH_ARGS that tensor shapes imply: embed_dim, in_chans, tubelet and patch_size from
+    patch_embed.weight (D, C, t, p, p), depth from the blocks present, mlp_ratio and qkv_bias
+    from the first block; {} without a patch embedding."""
+    w = state.get(ANCHOR)
+    if w is None or w.ndim != 5:
+        return {}
+    args: dict[str, Any] = {
+        "embed_dim": w.shape[0], "in_chans": w.shape[1], "tubelet": w.shape[2],
+        "patch_size": w.shape[3],
+    }  # fmt: skip
+    parts = [k.split(".") for k in state]
+    blocks = {int(p[1]) for p in parts if p[0] == "blocks" and len(p) > 1 and p[1].isdigit()}
+    args["depth"] = max(blocks) + 1 if blocks else 0
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    if fc1 is not None:
+        args["mlp_ratio"] = fc1.shape[0] / w.shape[0]
+    if "blocks.0.attn.qkv.weight" in state:
+        args["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
+    return args
+
+
+def _differ(key: str, theirs: Any, ours: Any, width: int) -> bool:
+    if key == "mlp_ratio":  # the hidden width is int(width * ratio): equal widths agree
+        return int(width * float(ours)) != round(width * float(theirs))
+    return theirs != ours
+
+
+def _check_agree(
+    theirs: Mapping[str, Any],
+    ours: Mapping[str, Any],
+    source: Path,
+    they: str,
+    we: str,
+    fix: str = "",
+) -> None:
+    """Raise naming source and both values of every ARCH_ARG the two mappings both state and
+    disagree on: '<source>: <they> patch_size 16, <we> patch_size 8<fix>'."""
+    width = int(theirs.get("embed_dim") or ours.get("embed_dim") or 1)
+    keys = [
+        k for k in ARCH_ARGS if k in theirs and k in ours and _differ(k, theirs[k], ours[k], width)
+    ]
+    if keys:
+        raise ValueError(
+            f"{source}: {they} {_listed(theirs, keys)}, {we} {_listed(ours, keys)}{fix}"
+        )
+
+
+def _listed(args: Mapping[str, Any], keys: Iterable[str]) -> str:
+    return ", ".join(f"{k} {args[k]:g}" if k == "mlp_ratio" else f"{k} {args[k]}" for k in keys)
+
+
+def _some(keys: list[str], n: int = 8) -> str:
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_backbone_weights(
+    model: CardiacViT, pretrained: str | Path | BackboneWeights
+) -> CardiacViT:
+    """Load pretrained (a Lightning checkpoint, a hub folder, or weights already read) into model
+    strictly; returns model.
+
+    Refused, naming the source: weights of another architecture than model's (patch_size,
+    tubelet, depth, embed_dim, num_heads when recorded, ...), a missing or an unexpected key, a
+    shape that differs. Only the modality and axis tables of checkpoints from before they existed
+    may be absent (CardiacViT loads zeros, with a warning).
+    """
+    if not isinstance(model, CardiacViT):
+        raise TypeError(
+            f"load_backbone_weights loads into a CardiacViT, got {type(model).__name__}"
+        )
+    weights = (
+        pretrained if isinstance(pretrained, BackboneWeights) else read_backbone_weights(pretrained)
+    )
+    name = model.architecture or "CardiacViT"
+    was = f" (they were trained as {weights.architecture})" if weights.architecture else ""
+    _check_agree(
+        weights.arch_args(), model.model_args, weights.source,
+        "the pretrained weights have", f"but {name} is asked for with",
+        f"{was}: build the backbone with their arguments, or load weights trained for this one",
+    )  # fmt: skip
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(weights.state) - set(CONTEXT_EMBEDDINGS))
+    unexpected = sorted(set(weights.state) - expected)
+    if missing or unexpected:
+        where = f" under {weights.prefix!r}" if weights.prefix else ""
+        problems = [f"missing keys {_some(missing)}"] if missing else []
+        problems += [f"unexpected keys {_some(unexpected)}"] if unexpected else []
+        raise ValueError(
+            f"{weights.source}: the weights{where} do not fit {name}{was}: {'; '.join(problems)}"
+        )
+    try:
+        model.load_state_dict(weights.state, strict=True)
+    except RuntimeError as err:  # shapes the architecture check cannot see
+        raise ValueError(f"{weights.source}: the weights do not fit {name}{was}: {err}") from err
+    return model

@@ -1,6 +1,7 @@
 """Hub folders for the backbone: save_pretrained / from_pretrained with safetensors weights,
-config.json (architecture + preprocessing) and a model card, laid out as huggingface_hub's
-PyTorchModelHubMixin and timm's save_for_hf do."""
+config.json (architecture, preprocessing, the weights' sha256) and a model card, laid out as
+huggingface_hub's PyTorchModelHubMixin and timm's save_for_hf do. Reading and checking a folder's
+weights is foundation.checkpoint's job, the one loader."""
 
 from __future__ import annotations
 
@@ -11,16 +12,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from data_shards.writer import sha256_file
 from foundation.card import LICENCE_NAME, card_text, write_licence
+from foundation.checkpoint import (
+    CONFIG_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    SHA256_KEY,
+    WEIGHTS_NAME,
+    load_backbone_weights,
+    read_hub_weights,
+)
 from foundation.registry import BACKBONES, create_backbone
 from foundation.vit import AXES, MODALITIES, CardiacViT
 
-WEIGHTS_NAME = "model.safetensors"  # huggingface_hub.constants.SAFETENSORS_SINGLE_FILE
-CONFIG_NAME = "config.json"  # huggingface_hub.constants.CONFIG_NAME
 CARD_NAME = "README.md"
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)  # a folder without one of these is refused
-FORMAT = "cmrfm-backbone"
-FORMAT_VERSION = 1
 # What a user must do to an image before the backbone sees it.
 PREPROCESS_KEYS = ("spacing", "size", "frames", "percentiles", "modalities")
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -76,9 +83,9 @@ def save_pretrained(
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write model.safetensors, config.json, README.md (and LICENSE.md unless the data was only
-    synthetic) into folder; returns folder. data/training/metrics feed the model card
-    (see foundation.card.card_text)."""
+    """Write model.safetensors, config.json (with the weights' sha256), README.md (and LICENSE.md
+    unless the data was only synthetic) into folder; returns folder. data/training/metrics feed
+    the model card (see foundation.card.card_text)."""
     from safetensors.torch import save_model
 
     if not isinstance(model, CardiacViT):
@@ -88,39 +95,13 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     # save_model drops duplicate names of shared tensors (safetensors refuses aliasing).
     save_model(model, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    config[SHA256_KEY] = sha256_file(folder / WEIGHTS_NAME)  # verified by every load
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
     card = card_text(config, data=data, training=training, metrics=metrics)
     (folder / CARD_NAME).write_text(card)
     datasets = list((data or {}).get("datasets") or [])
     write_licence(folder, datasets)
     return folder
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    """A hub folder's config.json, checked for the fields from_pretrained needs."""
-    path = Path(folder) / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; is this a cmrfm hub folder?") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format_version {config['format_version']} is newer than this cmrfm reads "
-            f"({FORMAT_VERSION}); upgrade cmrfm"
-        )
-    for key, ours in (("modalities", MODALITIES), ("axes", AXES)):
-        theirs = tuple(config.get(key, ()))
-        if theirs != ours[: len(theirs)]:  # rows are only ever appended
-            raise ValueError(
-                f"{path}: embedding rows {key}={list(theirs)} differ from this cmrfm's {list(ours)}"
-            )
-    if not isinstance(config.get("model_args"), dict) or "preprocess" not in config:
-        raise ValueError(f"{path}: needs 'model_args' and 'preprocess'")
-    return config
 
 
 def build_from_config(config: Mapping[str, Any], **overrides: Any) -> CardiacViT:
@@ -174,23 +155,15 @@ def from_pretrained(
     device: str = "cpu",
     **overrides: Any,
 ) -> CardiacViT:
-    """The backbone saved by save_pretrained, weights loaded strictly from safetensors (nothing
-    is unpickled), in eval mode; ``model.hub_config`` holds its config.json."""
-    from safetensors.torch import load_model
-
+    """The backbone saved by save_pretrained, built from its config.json and loaded by the one
+    loader (foundation.checkpoint.load_backbone_weights: config.json checked against the
+    weights, sha256 verified, strict, nothing unpickled), in eval mode on device;
+    ``model.hub_config`` holds its config.json. overrides: non-architecture constructor
+    arguments (drop_path_rate, compile)."""
     folder = resolve_folder(folder_or_repo_id, revision=revision, local_files_only=local_files_only)
-    config = read_config(folder)
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: missing; cmrfm hub folders hold safetensors weights")
-    model = build_from_config(config, **overrides)
-    try:
-        load_model(model, str(weights), strict=True, device=device)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{weights}: weights do not fit config.json's architecture: {err}"
-        ) from err
-    model.hub_config = config
+    weights = read_hub_weights(folder)
+    model = load_backbone_weights(build_from_config(weights.config, **overrides), weights)
+    model.hub_config = weights.config
     return model.to(device).eval()
 
 

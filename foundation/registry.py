@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from foundation.checkpoint import (
+    ARCH_ARGS,
+    BackboneWeights,
+    load_backbone_weights,
+    read_backbone_weights,
+)
 from foundation.vit import CardiacViT
 
 BACKBONES: dict[str, Callable[..., CardiacViT]] = {}
@@ -25,11 +35,41 @@ def register_backbone(fn: Callable[..., CardiacViT]) -> Callable[..., CardiacViT
     return build
 
 
-def create_backbone(name: str, **kwargs: Any) -> CardiacViT:
-    """Build a registered backbone; kwargs (patch_size, tubelet, depth, ...) override its defaults."""
+def create_backbone(
+    name: str, pretrained: str | Path | BackboneWeights | None = None, **kwargs: Any
+) -> CardiacViT:
+    """Build a registered backbone, the one way to get pretrained weights into one (as timm's
+    create_model); kwargs (patch_size, tubelet, depth, ...) override its defaults.
+
+    pretrained: a Lightning checkpoint (pretraining or fine-tuning; DeepSpeed folders go through
+    `cmrfm export` first), a hub folder (config.json + model.safetensors, sha256-verified), or
+    weights already read (foundation.checkpoint.BackboneWeights); None = random init. Weights
+    trained for other architecture arguments are refused naming both, and loading is strict
+    (foundation.checkpoint.load_backbone_weights).
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; registered: {sorted(BACKBONES)}")
-    return BACKBONES[name](**kwargs)
+    model = BACKBONES[name](**kwargs)
+    if pretrained is None:
+        return model
+    weights = pretrained
+    if not isinstance(weights, BackboneWeights):
+        weights = read_backbone_weights(pretrained)
+    return load_backbone_weights(model, _with_registered_defaults(weights))
+
+
+def _with_registered_defaults(weights: BackboneWeights) -> BackboneWeights:
+    """weights with the arguments their recorded entry point implies filled in: a checkpoint's
+    hyper-parameters name the backbone but state only its overrides, and num_heads, which the
+    tensor shapes do not show, is usually among the defaults."""
+    if weights.config is not None or weights.architecture not in BACKBONES:
+        return weights  # a hub folder records every argument; an unknown name implies nothing
+    try:
+        with torch.device("meta"):  # arguments only, no memory
+            args = BACKBONES[weights.architecture](**weights.recorded).model_args
+    except (TypeError, ValueError):
+        return weights  # recorded arguments this cmrfm cannot build: check what is stated
+    return dataclasses.replace(weights, recorded={k: args[k] for k in ARCH_ARGS if k in args})
 
 
 @register_backbone

@@ -22,7 +22,6 @@ from cmrfm.export import (
     TrainingCheckpoint,
     export,
     extract_backbone,
-    find_encoder_prefix,
     publish,
 )
 from cmrfm.strategies import DeepSpeed  # Lightning's, made to run on CPU too
@@ -338,20 +337,30 @@ def test_old_checkpoint_without_modality_axis_rows_exports(tmp_path) -> None:
     torch.testing.assert_close(outputs(model), outputs(source))
 
 
-def test_several_fitting_prefixes_prefer_the_known_ones() -> None:
-    keys = list(create_backbone("cmr_vit_test").state_dict())
-    both = [f"teacher.encoder.{k}" for k in keys] + [f"objective.encoder.{k}" for k in keys]
-    assert find_encoder_prefix(both, set(keys), Path("x")) == "objective.encoder."
-    odd = [f"teacher.trunk.{k}" for k in keys] + [f"student.trunk.{k}" for k in keys]
-    with pytest.raises(ValueError, match=r"student\.trunk\..*teacher\.trunk\..*--prefix"):
-        find_encoder_prefix(odd, set(keys), Path("x"))
+def test_several_fitting_prefixes_prefer_the_known_ones(tmp_path) -> None:
+    source = create_backbone("cmr_vit_test", **BACKBONE_KWARGS)
+    state = {f"{p}{k}": v for p in ("teacher.encoder.", "objective.encoder.")
+             for k, v in source.state_dict().items()}  # fmt: skip
+    hparams = {"backbone": "cmr_vit_test", "backbone_kwargs": BACKBONE_KWARGS}
+    model = extract_backbone(checkpoint_with(state, hparams, tmp_path / "x.ckpt"))
+    torch.testing.assert_close(outputs(model), outputs(source.eval()), rtol=0, atol=0)
+    odd = {k.replace("objective.encoder.", "student.trunk.").replace("teacher.encoder.",
+           "teacher.trunk."): v for k, v in state.items()}  # fmt: skip
+    with pytest.raises(ValueError, match=r"several backbones fit.*student\.trunk\..*--prefix"):
+        extract_backbone(checkpoint_with(odd, hparams, tmp_path / "x.ckpt"))
+    model = extract_backbone(
+        checkpoint_with(odd, hparams, tmp_path / "x.ckpt"), prefix="teacher.trunk."
+    )
+    torch.testing.assert_close(outputs(model), outputs(source), rtol=0, atol=0)
 
 
 def test_a_backbone_of_another_depth_is_named_in_the_error(tmp_path) -> None:
     source = create_backbone("cmr_vit_test", patch_size=8, depth=1)  # the weights hold 1 block
     state = {f"objective.encoder.{k}": v for k, v in source.state_dict().items()}
     hparams = {"backbone": "cmr_vit_test", "backbone_kwargs": {"patch_size": 8}}  # says 4
-    with pytest.raises(ValueError, match=r"objective\.encoder\.': \['blocks\.1\..*--backbone"):
+    with pytest.raises(
+        ValueError, match=r"x\.ckpt: the pretrained weights have depth 1, .*depth 4.*--backbone"
+    ):
         extract_backbone(checkpoint_with(state, hparams, tmp_path / "x.ckpt"))
 
 
@@ -435,7 +444,7 @@ def test_publish_refuses_weights_that_do_not_load(hub_folder, fake_hub) -> None:
     config = json.loads((hub_folder / CONFIG_NAME).read_text())
     config["model_args"]["embed_dim"] = 64
     (hub_folder / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match=r"embed_dim 32, but config\.json says embed_dim 64"):
         publish(hub_folder, "owner/name")
     assert fake_hub == []
 

@@ -3,6 +3,7 @@ ids through snapshot_download, config.json contents and the model card."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import huggingface_hub
@@ -12,6 +13,7 @@ from huggingface_hub import ModelCard
 
 from foundation import CardiacViT, create_backbone, from_pretrained, save_pretrained
 from foundation.card import DATASETS, LICENCE_NAME, SYNTHETIC, detect_datasets
+from foundation.checkpoint import SHA256_KEY
 from foundation.hub import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, check_hub_folder
 
 PREPROCESS = {
@@ -92,6 +94,13 @@ def test_config_records_architecture_and_preprocessing(saved) -> None:
     assert from_pretrained(folder).hub_config == config
 
 
+def test_config_and_card_record_the_weights_sha256(saved) -> None:
+    _, folder = saved
+    digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
+    assert json.loads((folder / CONFIG_NAME).read_text())[SHA256_KEY] == digest
+    assert f"`{digest}`" in (folder / CARD_NAME).read_text()
+
+
 def test_model_built_without_the_registry_round_trips(tmp_path) -> None:
     torch.manual_seed(0)
     model = CardiacViT(embed_dim=24, depth=2, num_heads=3, patch_size=4, tubelet=1).eval()
@@ -128,7 +137,9 @@ def test_weights_that_do_not_fit_the_config_raise(saved) -> None:
     config = json.loads((folder / CONFIG_NAME).read_text())
     config["model_args"]["depth"] = 3  # one block fewer than the weights hold
     (folder / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"(?s)model\.safetensors.*Unexpected.*blocks\.3"):
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: .*depth 4, but config\.json says depth 3"
+    ):
         from_pretrained(folder)
 
 
@@ -283,11 +294,9 @@ def test_check_hub_folder_lists_only_hub_files(saved) -> None:
 
 
 def test_a_hub_folder_is_a_starting_point_for_fine_tuning(saved) -> None:
-    from foundation.checkpoint import load_backbone_weights
-
     model, folder = saved
-    fresh = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)
-    load_backbone_weights(fresh, folder)  # what `cmrfm finetune --pretrained FOLDER` calls
+    # what `cmrfm finetune --pretrained FOLDER` calls (finetune.system.build_backbone)
+    fresh = create_backbone("cmr_vit_test", pretrained=folder, patch_size=8, tubelet=2)
     torch.testing.assert_close(outputs(fresh.eval()), outputs(model), rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
-        load_backbone_weights(fresh, folder.parent)
+        create_backbone("cmr_vit_test", pretrained=folder.parent, patch_size=8, tubelet=2)
