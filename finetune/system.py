@@ -4,7 +4,6 @@ or a MONAI U-Net baseline) and subject-level EF regression or diagnosis classifi
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -13,16 +12,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from data_shards.record import IGNORE
+from finetune.light_decoder import LightSegmenter
 from finetune.protocols import apply_protocol, check_protocol, eval_frozen, layer_decay_groups
 from finetune.subject import ACDC_GROUPS, SubjectModel
 from finetune.unet import UNet2DSegmenter
 from finetune.unetr import UNETRSegmenter
-from foundation.checkpoint import load_backbone_weights
 from foundation.optim import param_groups, warmup_cosine
 from foundation.registry import create_backbone
 from foundation.vit import CardiacViT
 
-ARCHS = ("unetr", "unet")
+ARCHS = ("unetr", "light", "unet")
 # Frozen modules are put in eval mode on purpose (`_Finetuner.train`); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
@@ -36,11 +35,12 @@ def build_backbone(
     last_k: int,
     lora_rank: int,
 ) -> CardiacViT:
-    """A registered backbone, its pretrained weights loaded (before LoRA renames its layers), with
-    the protocol's trainable parameters (see :func:`finetune.protocols.apply_protocol`)."""
-    encoder = create_backbone(name, patch_size=patch_size, tubelet=tubelet)
-    if pretrained:
-        load_backbone_weights(encoder, Path(pretrained))
+    """A registered backbone, its pretrained weights (a checkpoint or hub folder) loaded by
+    create_backbone before LoRA renames its layers, with the protocol's trainable parameters
+    (see :func:`finetune.protocols.apply_protocol`)."""
+    encoder = create_backbone(
+        name, pretrained=pretrained or None, patch_size=patch_size, tubelet=tubelet
+    )
     return apply_protocol(
         encoder, protocol, last_k=last_k, lora_rank=lora_rank, lora_alpha=2 * lora_rank
     )
@@ -97,8 +97,10 @@ class SegFinetuner(_Finetuner):
         lr: learning rate of the decoder; the backbone's top layer gets lr * backbone_lr_scale,
             each layer below layer_decay times less (`finetune.protocols.layer_decay_groups`).
         freeze_backbone: the same as protocol="linear" (kept for older configs and checkpoints).
-        arch: "unetr" (backbone + UNETR decoder) or "unet" (MONAI 2D U-Net from scratch: the
-            backbone arguments are ignored, pretrained and non-"full" protocols are errors).
+        arch: "unetr" (backbone + UNETR decoder), "light" (backbone + the light decoder of
+            `finetune.light_decoder`, a cheaper step: `cmrfm bench seg`) or "unet" (MONAI 2D
+            U-Net from scratch: the backbone arguments are ignored, pretrained and non-"full"
+            protocols are errors).
         protocol: "linear", "partial" (last_k blocks + final norm), "full" or "lora" (adapters of
             rank lora_rank, alpha 2 x rank, on the attention layers).
     """
@@ -134,11 +136,12 @@ class SegFinetuner(_Finetuner):
             if self.protocol != "full":
                 raise ValueError(f"arch='unet' has no backbone to apply protocol {protocol!r} to")
             self.model: nn.Module = UNet2DSegmenter(num_classes)
-        elif arch == "unetr":
+        elif arch in ("unetr", "light"):
             encoder = build_backbone(
                 backbone, patch_size, tubelet, pretrained, self.protocol, last_k, lora_rank
             )
-            self.model = UNETRSegmenter(encoder, num_classes, feature_size)
+            decoder = LightSegmenter if arch == "light" else UNETRSegmenter
+            self.model = decoder(encoder, num_classes, feature_size)
         else:
             raise ValueError(f"unknown arch {arch!r}; choose one of {list(ARCHS)}")
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
