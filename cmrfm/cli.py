@@ -150,6 +150,30 @@ def _bench_pretrain(args: argparse.Namespace) -> None:
         raise SystemExit(f"cmrfm bench pretrain: error: {error}") from None
 
 
+def _bench_seg(args: argparse.Namespace) -> None:
+    from cmrfm.bench_seg import bench_seg
+
+    try:
+        bench_seg(
+            backbone=args.backbone,
+            patches=args.patches,
+            variants=args.variants,
+            tubelet=args.tubelet,
+            frames=args.frames,
+            size=args.size,
+            batch=args.batch,
+            num_classes=args.classes,
+            steps=args.steps,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            threads=args.threads,
+            seed=args.seed,
+            out=args.out,
+        )
+    except ValueError as error:  # a variant or size that does not fit: say which, no trace
+        raise SystemExit(f"cmrfm bench seg: error: {error}") from None
+
+
 def _worker_counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
@@ -173,7 +197,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: loader, pretrain")
+    bench = sub.add_parser("bench", help="benchmarks: loader, pretrain, seg")
     group = bench.add_subparsers(dest="benchmark", required=True)
     p = group.add_parser(
         "loader", help="clips/s streaming from shards vs a plain .npy reader of the same arrays"
@@ -203,6 +227,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench/loader.json"))
     p.set_defaults(func=_bench_loader)
     _add_bench_pretrain(group)
+    _add_bench_seg(group)
 
 
 # `bench pretrain` options a --preset sets (cmrfm.bench_pretrain.DEFAULTS; not imported here:
@@ -252,6 +277,45 @@ def _add_bench_pretrain(group: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench/pretrain.json"))
     p.set_defaults(func=_bench_pretrain)
+
+
+def _patch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected patch sizes like 8,16, got {text!r}")
+    return sizes
+
+
+def _add_bench_seg(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser(
+        "seg",
+        help="seconds per training step of the ViT segmenters (patch x decoder variant) against"
+        " MONAI's 2D U-Net, as ratios in one run",
+    )
+    p.add_argument("--backbone", default="cmr_vit_tiny")
+    p.add_argument("--patches", type=_patch_sizes, default=[8, 16], help="e.g. 8,16")
+    p.add_argument(
+        "--variants",
+        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+        default=None,
+        help="ARCH[-fsN][-lastK|-linear], ARCH unetr, light or none (backbone alone), e.g. "
+        "unetr,unetr-fs8,light,light-last4 (default: cmrfm.bench_seg.DEFAULT_VARIANTS)",
+    )
+    p.add_argument("--tubelet", type=int, default=2)
+    p.add_argument("--frames", type=int, default=2, help="clip length")
+    p.add_argument("--size", type=int, default=128, help="H = W")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--classes", type=int, default=4, help="classes including background")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per contender and round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds, order alternated")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/bench/seg.json"))
+    p.set_defaults(func=_bench_seg)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -471,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
         # Parsed by LightningCLI in main(); listed here so `cmrfm --help` shows them.
         sub.add_parser(
             name,
-            help=f"{what} (LightningCLI: --config FILE, --key.sub value; default {config})",
+            help=f"{what} (LightningCLI: --config FILE, --key.sub value; --resume CKPT|last, "
+            f"--extend-to STEPS; default {config})",
             add_help=False,
         )
 
@@ -534,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TRAINING:
-        from cmrfm.train import run_training
+        from cmrfm.train import ResumeError, run_training
 
         rest = argv[1:]
         if (
@@ -542,7 +607,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             and "--help" not in rest
         ):
             rest = ["--config", str(CONFIGS / TRAINING[argv[0]][0]), *rest]
-        path = run_training(rest)
+        try:
+            path = run_training(rest)
+        except ResumeError as error:  # no checkpoint to resume: the user's to fix, before training
+            if os.environ.get("CMRFM_DEBUG"):
+                raise
+            print(f"cmrfm {argv[0]}: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"checkpoint: {path}")
         return
     args = build_parser().parse_args(argv)
