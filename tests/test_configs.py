@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cmrfm.train import run_training
 from foundation.checkpoint import read_checkpoint
@@ -18,6 +20,9 @@ CONFIGS = sorted(
 )
 
 
+PRETRAIN = [p for p in CONFIGS if p.name.startswith("pretrain_")]
+
+
 @pytest.fixture(scope="module")
 def shards(make_phantom_shards: Callable[[int, int], Path]) -> Path:
     return make_phantom_shards(8, 2)
@@ -28,8 +33,24 @@ def test_there_are_configs_for_pretraining_and_finetuning() -> None:
     assert {"pretrain_mae_phantom.yaml", "finetune_seg_phantom.yaml"} <= names
 
 
+def probing_test_shards(config: Path, shards: Path, folder: Path) -> Path:
+    """The config with its online probe (finetune.probe.SegProbe), if any, on the test shards."""
+    data = yaml.safe_load(config.read_text())
+    probes = [
+        c for c in data["trainer"].get("callbacks", []) if c["class_path"].endswith("SegProbe")
+    ]
+    if not probes:
+        return config
+    for probe in probes:  # few phantom subjects: fit on one, score on the train split
+        probe["init_args"] |= {"shards": str(shards), "labels": 1, "eval_split": "train"}
+    copy = folder / config.name
+    copy.write_text(yaml.safe_dump(data))
+    return copy
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_trains_one_step(config: Path, shards: Path, tmp_path: Path) -> None:
+    config = probing_test_shards(config, shards, tmp_path)
     args = ["--config", str(config), "--shards", str(shards), "--out", str(tmp_path),
             "--model.init_args.backbone", "cmr_vit_test", "--trainer.fast_dev_run", "1",
             "--data.init_args.batch_size", "2"]  # fmt: skip
@@ -51,3 +72,23 @@ def test_wandb_logs_offline_when_chosen(shards: Path, tmp_path: Path) -> None:
     run_training(args)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+@pytest.mark.parametrize("config", PRETRAIN, ids=lambda p: p.stem)
+def test_pretraining_configs_save_last_often_enough_to_resume(config: Path) -> None:
+    """`--resume last` continues from a ModelCheckpoint's last.ckpt; the one-device (CPU-sized)
+    configs write it at least every 10 minutes of training, all a killed run may lose."""
+    trainer = yaml.safe_load(config.read_text())["trainer"]
+    checkpoints = [c.get("init_args", {}) for c in trainer.get("callbacks", [])
+                   if c["class_path"].endswith(".ModelCheckpoint")]  # fmt: skip
+    assert any(c.get("save_last") for c in checkpoints), f"{config.name}: no save_last: true"
+    if trainer.get("devices") == 1:
+        every = [interval(c["train_time_interval"]) for c in checkpoints
+                 if c.get("save_last") and c.get("train_time_interval")]  # fmt: skip
+        assert any(t <= timedelta(minutes=10) for t in every), f"{config.name}: {every}"
+
+
+def interval(text: str) -> timedelta:
+    """A ModelCheckpoint train_time_interval as configs write it: "H:MM:SS"."""
+    hours, minutes, seconds = (float(part) for part in str(text).split(":"))
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
