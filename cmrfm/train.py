@@ -17,6 +17,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from cmrfm.progress import LogLines
+
 # Short flags users expect, rewritten to the LightningCLI keys they stand for.
 ALIASES = {
     "--shards": ["--data.init_args.shards"],
@@ -98,6 +100,8 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
         args=args,
         save_config_kwargs={"overwrite": True},
     )
+    if not sys.stdout.isatty():  # a log file: a progress bar writes nothing readable there
+        cli.trainer.callbacks.append(LogLines())
     ckpt = None if resume is None else resume_checkpoint(cli.trainer, resume, extend_to)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     _finish_wandb()

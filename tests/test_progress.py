@@ -1,0 +1,45 @@
+"""Training whose output is not a terminal prints a progress line at least every 30 s."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cmrfm import CONFIGS, progress
+from cmrfm.progress import LogLines, progress_line
+from cmrfm.train import run_training
+
+
+def test_a_line_gives_step_share_rate_eta_and_metrics() -> None:
+    line = progress_line(1200, 16000, 0.5, {"train/loss": 0.04123}, since=1670)
+    assert line == (
+        "step 1200/16000 (7.5%) | 0.5 steps/s | ETA 8:13:20 | train/loss 0.04123 | 0:27:50 in"
+    )
+    assert progress_line(7, -1, None, {}, since=3) == "step 7 | 0:00:03 in"  # no max_steps
+
+
+def test_every_s_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="every_s"):
+        LogLines(every_s=0)
+
+
+def test_training_into_a_log_file_prints_lines_on_a_clock(
+    make_phantom_shards: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clock = iter(range(0, 10_000, 20))  # every call 20 s later: a line every other step
+    monkeypatch.setattr(progress, "_now", lambda: float(next(clock)))
+    shards = make_phantom_shards(4, 2)
+    run_training(["--config", str(CONFIGS / "pretrain_mae_phantom.yaml"), "--shards", str(shards),
+                  "--out", str(tmp_path), "--model.init_args.backbone", "cmr_vit_test",
+                  "--max-steps", "6", "--data.init_args.batch_size", "2",
+                  "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
+    assert [x.split(" | ")[0] for x in lines] == [
+        "step 2/6 (33.3%)", "step 4/6 (66.7%)", "step 6/6 (100.0%)"
+    ]  # fmt: skip
+    assert all("steps/s" in x and "ETA" in x and "train/loss" in x for x in lines)
