@@ -7,6 +7,7 @@ import torch
 from monai.networks.blocks import Convolution, UnetOutBlock
 from torch import nn
 
+from finetune.unetr import slot_frames, slot_logits, slot_maps
 from foundation.vit import CardiacViT, n_upsample
 
 MAX_TAPS = 4  # blocks fused into the decoder's input, evenly spread over depth
@@ -69,18 +70,13 @@ class LightSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, T, H, W) in [0, 1] -> logits (B, K, T, H, W)."""
-        b, _, t_in, h_in, w_in = x.shape
-        t, h, w = self.backbone.grid(x.shape)
-        tub = self.backbone.tubelet
+        grid = self.backbone.grid(x.shape)
         feats = self.backbone.forward_intermediates(x, self.taps, norm=True)  # each (B, L, D)
-        tokens = torch.cat(feats, dim=-1)  # (B, L, n*D)
-        y = tokens.reshape(b, t, h, w, -1).permute(0, 1, 4, 2, 3).reshape(b * t, -1, h, w)
-        y = self.fuse(y)  # (B*t, C, h, w)
-        frames = x.reshape(b * t, tub, h_in, w_in)  # (B*t, tub, H, W)
+        y = self.fuse(slot_maps(torch.cat(feats, dim=-1), grid))  # (B*t, C, h, w)
+        frames = slot_frames(x, self.backbone.tubelet)  # (B*t, tub, H, W)
         for i, (up, conv) in enumerate(zip(self.ups, self.convs)):
             y = up(y)  # (B*t, C_k, H/2^k, W/2^k)
             if i == len(self.ups) - 1:
                 y = torch.cat([y, self.stem(frames)], dim=1)  # (B*t, 2 fs, H, W)
             y = conv(y)
-        logits = self.head(y).reshape(b, t, self.num_classes, tub, h_in, w_in)  # from (B*t, K*tub)
-        return logits.permute(0, 2, 1, 3, 4, 5).reshape(b, self.num_classes, t_in, h_in, w_in)
+        return slot_logits(self.head(y), x.shape, self.num_classes)  # from (B*t, K*tub, H, W)

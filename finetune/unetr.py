@@ -63,21 +63,34 @@ class UNETRSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, T, H, W) in [0, 1] -> logits (B, K, T, H, W)."""
-        b, _, t_in, h_in, w_in = x.shape
-        t, h, w = self.backbone.grid(x.shape)
-        tub = self.backbone.tubelet
+        grid = self.backbone.grid(x.shape)
         feats = self.backbone.forward_intermediates(x, self.taps, norm=True)  # each (B, L, D)
-
-        def to_maps(tokens: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B*t, D, h, w)
-            return tokens.reshape(b, t, h, w, -1).permute(0, 1, 4, 2, 3).reshape(b * t, -1, h, w)
-
-        frames = x.reshape(b, t, tub, h_in, w_in).reshape(
-            b * t, tub, h_in, w_in
-        )  # (B*t, tub, H, W)
-        skips = [self.stem(frames)] + [enc(to_maps(f)) for enc, f in zip(self.encoders, feats[:-1])]
-        y = to_maps(feats[-1])  # (B*t, D, h, w)
+        frames = slot_frames(x, self.backbone.tubelet)  # (B*t, tub, H, W)
+        maps = [slot_maps(f, grid) for f in feats]  # each (B*t, D, h, w)
+        skips = [self.stem(frames)] + [enc(m) for enc, m in zip(self.encoders, maps[:-1])]
+        y = maps[-1]
         for k in reversed(range(len(self.decoders))):
             y = self.decoders[k](y, skips[k])  # (B*t, fs*2^k, H/2^k, W/2^k)
-        logits = self.head(y)  # (B*t, K*tub, H, W)
-        logits = logits.reshape(b, t, self.num_classes, tub, h_in, w_in)
-        return logits.permute(0, 2, 1, 3, 4, 5).reshape(b, self.num_classes, t_in, h_in, w_in)
+        return slot_logits(self.head(y), x.shape, self.num_classes)  # from (B*t, K*tub, H, W)
+
+
+def slot_frames(x: torch.Tensor, tubelet: int) -> torch.Tensor:
+    """Clips (B, 1, T, H, W) -> each time slot's frames as channels (B*t, tubelet, H, W)."""
+    b, _, t_in, h, w = x.shape
+    return x.reshape(b * (t_in // tubelet), tubelet, h, w)
+
+
+def slot_maps(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Tokens (B, t*h*w, D) in t-major order -> one map per time slot (B*t, D, h, w)."""
+    t, h, w = grid
+    b = tokens.shape[0]
+    return tokens.reshape(b, t, h, w, -1).permute(0, 1, 4, 2, 3).reshape(b * t, -1, h, w)
+
+
+def slot_logits(logits: torch.Tensor, shape: torch.Size, num_classes: int) -> torch.Tensor:
+    """Per-slot logits (B*t, K*tubelet, H, W) -> per-frame logits (B, K, T, H, W) for input
+    clips of shape (B, 1, T, H, W)."""
+    b, _, t_in, h, w = shape
+    tubelet = logits.shape[1] // num_classes
+    logits = logits.reshape(b, t_in // tubelet, num_classes, tubelet, h, w)
+    return logits.permute(0, 2, 1, 3, 4, 5).reshape(b, num_classes, t_in, h, w)
