@@ -108,6 +108,10 @@ class PretrainSystem(L.LightningModule):
         self._last_batch_end: float | None = None
         self._clips, self._tokens = 0, 0  # clips and patch tokens of the last batch
         self._last_image_step = -1
+        # CPU seconds this process spent training, added to those of the checkpoint it resumed
+        # (the model card's CPU-hours); process time counts every thread of this process.
+        self.cpu_seconds_before = 0.0
+        self._cpu_start: float | None = None
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
@@ -194,13 +198,23 @@ class PretrainSystem(L.LightningModule):
         if self._batch_times:
             self._log_throughput(sum(self._batch_times) / len(self._batch_times))
 
+    def on_train_start(self) -> None:
+        self._cpu_start = time.process_time()
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds of training so far over the whole run (this rank's process)."""
+        now = 0.0 if self._cpu_start is None else time.process_time() - self._cpu_start
+        return self.cpu_seconds_before + now
+
     def on_train_epoch_start(self) -> None:
         self._last_batch_end = None  # the gap between epochs is not a training step
 
     def _log_throughput(self, seconds: float) -> None:
         """clips/s and tokens/s over all ranks; TFLOP/s and MFU per device."""
         clips = self._clips * self.trainer.world_size / seconds
-        metrics = {"train/clips_per_s": clips, "train/tokens_per_s": clips * self._tokens}
+        metrics = {"train/clips_per_s": clips, "train/tokens_per_s": clips * self._tokens,
+                   "train/cpu_hours": self.cpu_seconds / 3600}  # fmt: skip
         if self.flops_per_batch:
             achieved = self.flops_per_batch / seconds / 1e12
             metrics["train/tflops"] = achieved
@@ -276,6 +290,7 @@ class PretrainSystem(L.LightningModule):
             "micro_batches": self.micro_batches,
             "base_seed": self.base_seed,
             "nonfinite": self.nonfinite,
+            "cpu_seconds": self.cpu_seconds,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -283,6 +298,10 @@ class PretrainSystem(L.LightningModule):
         if state is not None:  # resuming: continue the run's seed sequence and streak
             self.micro_batches = int(state["micro_batches"])
             self.base_seed = int(state["base_seed"])
+            if "cpu_seconds" not in state:
+                rank_zero_warn("checkpoint from before CPU time was recorded: train/cpu_hours "
+                               "counts from this resume on")  # fmt: skip
+            self.cpu_seconds_before = float(state.get("cpu_seconds", 0.0))
             self.nonfinite = int(state["nonfinite"])
 
 

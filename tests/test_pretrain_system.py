@@ -110,8 +110,9 @@ def train(
     options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
                "enable_model_summary": False, **trainer}  # fmt: skip
     callbacks = [recorder, *options.pop("callbacks", [])]
+    ckpt = options.pop("ckpt_path", None)
     t = L.Trainer(accelerator="cpu", max_steps=steps, callbacks=callbacks, **options)
-    t.fit(module, datamodule=data or ClipData())
+    t.fit(module, datamodule=data or ClipData(), ckpt_path=ckpt)
     return recorder
 
 
@@ -240,6 +241,19 @@ def test_throughput_and_mfu_are_logged_from_step_times_and_counted_flops() -> No
     tflops = module.flops_per_batch * m["train/clips_per_s"] / 4 / 1e12
     assert m["train/tflops"] == pytest.approx(tflops, rel=1e-5)
     assert m["train/mfu"] == pytest.approx(m["train/tflops"] / 0.5, rel=1e-5)
+
+
+def test_cpu_time_is_logged_and_carried_across_a_resume(tmp_path: Path) -> None:
+    """The model card's CPU-hours: process time of training, summed over resumed pieces."""
+    first = system()
+    train(first, 3, enable_checkpointing=True, default_root_dir=tmp_path)
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    saved = torch.load(ckpt, weights_only=False)["pretrain_state"]["cpu_seconds"]
+    assert 0 < saved == pytest.approx(logged(first)["train/cpu_hours"] * 3600, rel=0.5)
+    second = system()
+    train(second, 5, ckpt_path=ckpt)
+    assert second.cpu_seconds_before == saved
+    assert second.cpu_seconds > saved
 
 
 def test_no_mfu_on_cpu_without_a_peak() -> None:
