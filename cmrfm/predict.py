@@ -288,20 +288,27 @@ def _finite(value: float) -> float | None:
 
 
 def write_labels(study: Study, labels: np.ndarray, out: Path) -> Path:
-    """``<name>_seg.nii.gz``: labels (S, T, H, W) as the input's array shape, affine and header."""
+    """``<name>_seg.nii.gz``: labels (S, T, H, W) in the input's array shape and geometry.
+
+    A NIfTI input's header is copied as it is: pixdim, units, qform and sform with their codes.
+    Passing no affine keeps nibabel from rewriting them; an affine would set pixdim from its
+    column norms, and ACDC's release (unscaled affine, voxel size only in pixdim) would come
+    out 1 x 1 x 1 mm. A DICOM study gets the affine of its geometry, scaled by the spacing.
+    """
     import nibabel as nib
 
     data = labels.transpose(3, 2, 0, 1).reshape(study.shape)  # (W, H, S, T) = (X, Y, Z, T)
     if study.header is not None:
         header = study.header.copy()
         header.set_data_dtype(np.uint8)
-        image = nib.Nifti1Image(data, study.affine, header=header)
+        kind = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        image = kind(data, None, header=header)
         image.header.set_slope_inter(1.0, 0.0)
     else:
         image = nib.Nifti1Image(data, study.affine)
         image.header.set_xyzt_units("mm", "msec")
-    image.set_qform(study.affine, code=1)
-    image.set_sform(study.affine, code=1)
+        image.set_qform(study.affine, code=1)
+        image.set_sform(study.affine, code=1)
     path = out / f"{study.name}_seg.nii.gz"
     nib.save(image, path)
     return path

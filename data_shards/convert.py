@@ -1,7 +1,10 @@
 """The ``cmrfm shard`` job: source -> preprocess -> split -> shards + manifest + quarantine.
 
-A subject the source cannot read (a yielded ``SourceError``) or that preprocessing rejects is
-recorded in ``quarantine.json`` and the conversion goes on; the work lives in writer and split.
+A subject the source cannot read (a yielded ``SourceError``), that preprocessing rejects, or
+whose image is blank (constant or near-constant throughout: ``preprocess.blank_frames``) is
+recorded in ``quarantine.json`` with the reason and the conversion goes on; a study with only
+some blank frames is kept, its blank frames listed in meta and left without ground truth. The
+work lives in writer and split.
 
 Resume: every shard, once closed, is appended to the journal ``progress.json`` (with the
 quarantine so far and a fingerprint of source, root, source options, preprocessing and prefix).
@@ -28,7 +31,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from data_shards.preprocess import PreprocessConfig, preprocess
-from data_shards.record import Subject
+from data_shards.record import IGNORE, Subject
 from data_shards.sources import SourceError, get_source
 from data_shards.split import SPLITS, subject_split
 from data_shards.writer import MANIFEST, sha256_file, write_manifest, write_shards
@@ -190,6 +193,12 @@ def _prepare(
     except Exception as exc:  # one bad study must not stop a cohort conversion
         quarantine.append({"subject": item.subject, "reason": f"{type(exc).__name__}: {exc}"})
         return None
+    if subject.meta.get("blank"):  # no image to learn from, whatever its label says
+        quarantine.append({"subject": item.subject, "reason": f"blank: {subject.meta['blank']}"})
+        return None
+    if subject.label is not None:  # a label on a blank frame is no ground truth of it
+        for s, t in subject.meta.get("blank_frames", []):
+            subject.label[s, t] = IGNORE
     subject.meta.setdefault("source", source)
     subject.meta["split"] = subject_split(subject.subject, subject.meta)
     return subject

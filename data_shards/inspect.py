@@ -3,10 +3,13 @@
 ``cmrfm inspect SHARDS`` prints the summary with rich and writes ``summary.json`` and
 ``contact_sheet.png`` (one random clip per row, its frames across, label contours overlaid).
 Titles show only the anonymous sample key, source, modality and slice: never patient data.
+Blank frames are flagged: those the conversion listed in meta (``preprocess.blank_frames``) and
+any stored frame within one grey level of constant (shards from before that check).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections import Counter
@@ -67,8 +70,8 @@ def inspect_shards(
         problems = verify_manifest(shards)
     keys = _pick_keys(manifest, clips, seed)
     with console.status("reading sample metadata"):
-        metas, subjects, read_problems = scan_shards(shards, manifest, keys)
-    summary = summarise(manifest, metas, read_quarantine(shards))
+        metas, subjects, read_problems, blank = scan_shards(shards, manifest, keys)
+    summary = summarise(manifest, metas, read_quarantine(shards), blank)
     summary["problems"] = problems + read_problems
     out.mkdir(parents=True, exist_ok=True)
     if subjects:
@@ -96,16 +99,20 @@ def _pick_keys(manifest: dict, clips: int, seed: int) -> set[str]:
 
 def scan_shards(
     shards: Path, manifest: dict, keys: Iterable[str]
-) -> tuple[dict[str, dict], list[dict[str, Any]], list[str]]:
-    """One pass over the shards: every sample's meta, and the decoded subjects named in ``keys``.
+) -> tuple[dict[str, dict], list[dict[str, Any]], list[str], dict[str, dict]]:
+    """One pass over the shards: every sample's meta and blank frames, and the decoded subjects
+    named in ``keys``.
 
     A shard that cannot be read is reported and skipped, so one bad file does not hide the rest.
 
     Returns:
-        ``(metas {key: meta}, subjects [decoded, sorted by key], problems [str])``.
+        ``(metas {key: meta}, subjects [decoded, sorted by key], problems [str], blank {key:
+        {"frames": [[slice, frame], ...], "of": S * T}})``, blank holding only samples with a
+        blank frame (see :func:`stored_blank_frames`).
     """
     wanted = set(keys)
     metas: dict[str, dict] = {}
+    blank: dict[str, dict] = {}
     subjects: list[dict[str, Any]] = []
     problems: list[str] = []
     for shard in manifest["shards"]:
@@ -118,7 +125,14 @@ def scan_shards(
         )
         try:
             for sample in dataset:
-                metas[sample["__key__"]] = json.loads(sample["meta.json"])
+                meta = metas[sample["__key__"]] = json.loads(sample["meta.json"])
+                image = np.load(io.BytesIO(sample["image.npy"]), allow_pickle=False)
+                found = stored_blank_frames(image, meta)
+                if found:
+                    blank[sample["__key__"]] = {
+                        "frames": found,
+                        "of": int(np.prod(image.shape[:2])),
+                    }
                 if sample["__key__"] in wanted:
                     subjects.append(decode(sample))
         except Exception as exc:  # a corrupt tar, member or meta: report, go on
@@ -127,13 +141,26 @@ def scan_shards(
     if missing and not problems:
         shown = ", ".join(missing[:SHOWN_REASONS])
         problems.append(f"{len(missing)} manifest samples not found in the shards: {shown}")
-    return metas, sorted(subjects, key=lambda s: s["key"]), problems
+    return metas, sorted(subjects, key=lambda s: s["key"]), problems, blank
+
+
+def stored_blank_frames(image: np.ndarray, meta: dict[str, Any]) -> list[list[int]]:
+    """[slice, frame] of every blank frame of a stored sample, in order: those its meta lists,
+    and every stored uint8 frame whose values span at most one grey level (which also finds
+    blank frames in shards converted before the conversion looked for them)."""
+    s, t = image.shape[:2]
+    flat = image.reshape(s * t, -1)
+    flat_spread = flat.max(axis=1).astype(np.int16) - flat.min(axis=1)  # (S*T,)
+    found = {(int(i) // t, int(i) % t) for i in np.flatnonzero(flat_spread <= 1)}
+    found |= {(int(a), int(b)) for a, b in meta.get("blank_frames") or []}
+    return [list(pair) for pair in sorted(found)]
 
 
 def summarise(
     manifest: dict,
     metas: dict[str, dict] | None = None,
     quarantine: list[dict[str, str]] | None = None,
+    blank: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
     """Counts and histograms of a shard folder as plain JSON-ready data.
 
@@ -142,12 +169,15 @@ def summarise(
         metas: ``{key: meta}`` from the shards, for the original spacing and shape histograms
             (skipped when None: the manifest alone does not hold them).
         quarantine: the ``quarantine.json`` entries, or None when the folder has none.
+        blank: ``{key: {"frames": [[slice, frame], ...], "of": S * T}}`` of the samples with
+            blank frames (``scan_shards``).
 
     Returns:
         ``subjects``, ``shards``, ``bytes``, ``labelled``, ``splits`` {split: n}, ``counts``
-        [{source, modality, <split>..., total, labelled}], ``quarantined`` {count, reasons} and
-        ``histograms`` {name: [{value, count}]}: stored S, T, H, W and, with metas, the original
-        shape and spacing (``unknown`` where null).
+        [{source, modality, <split>..., total, labelled}], ``quarantined`` {count, reasons},
+        ``blank`` {subjects, frames, listed: the first few as text} and ``histograms`` {name:
+        [{value, count}]}: stored S, T, H, W and, with metas, the original shape and spacing
+        (``unknown`` where null).
     """
     samples = manifest["samples"]
     splits = [*SPLITS, *sorted(set(manifest["splits"]) - set(SPLITS))]
@@ -183,7 +213,28 @@ def summarise(
             "count": len(quarantine),
             "reasons": [_reason(entry) for entry in quarantine[:SHOWN_REASONS]],
         },
+        "blank": _blank_summary(blank or {}),
         "histograms": histograms,
+    }
+
+
+def _blank_summary(blank: dict[str, dict]) -> dict[str, Any]:
+    """Counts of blank frames and the first few samples holding them, as text."""
+    listed = []
+    for key in sorted(blank)[:SHOWN_REASONS]:
+        frames, total = blank[key]["frames"], blank[key]["of"]
+        if len(frames) == total:
+            listed.append(
+                f"{key}: all {total} frames blank (no image: a conversion quarantines such a study)"
+            )
+            continue
+        where = ", ".join(f"slice {s} frame {t}" for s, t in frames[:3])
+        more = f", ... ({len(frames)} in all)" if len(frames) > 3 else ""
+        listed.append(f"{key}: {len(frames)} of {total} frames blank ({where}{more})")
+    return {
+        "subjects": len(blank),
+        "frames": sum(len(entry["frames"]) for entry in blank.values()),
+        "listed": listed,
     }
 
 
@@ -351,6 +402,14 @@ def print_summary(summary: dict[str, Any], console: Console, title: str = "") ->
     console.print(f"quarantined: {quarantined['count']}")
     for reason in quarantined["reasons"]:
         console.print(f"  {reason}", markup=False)
+    blank = summary.get("blank") or {}
+    if blank.get("subjects"):
+        console.print(
+            f"[yellow]blank frames (constant or near-constant): {blank['frames']} in "
+            f"{blank['subjects']} subjects[/]"
+        )
+        for line in blank["listed"]:
+            console.print(f"  {line}", markup=False, style="yellow")
     console.print(histogram_table(summary["histograms"]))
     if summary.get("problems"):
         console.print(f"[bold red]{len(summary['problems'])} problem(s):[/]")

@@ -1,8 +1,11 @@
 """Bring every subject onto one grid: orientation, in-plane spacing, field of view, uint8.
 
 Slices and frames are never resampled: only (H, W) changes. The (S, T) axes are folded into the
-channel axis of MONAI's 2D transforms, so one call handles a whole 4D study. One (H, W) crop
+channel axis of one 2D interpolation, so one call handles a whole 4D study. One (H, W) crop
 window serves the whole study, centred on the image or on the labelled heart.
+
+Blank frames (see :func:`blank_frames`) are found on the way to uint8 and recorded in meta; the
+converter quarantines a study that holds no image at all.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from monai.transforms import Resize
+from torch.nn import functional as F
 
 from data_shards.orientation import reorient
 from data_shards.record import BACKGROUND, IGNORE, Subject
@@ -71,7 +74,9 @@ def preprocess(subject: Subject, config: PreprocessConfig) -> Subject:
         spacing (dz, config.spacing, config.spacing) (the input's where dy/dx are unknown) and
         meta extended by ``preprocess``, ``original_spacing`` (None where unknown),
         ``original_shape``, ``orientation`` and ``crop``; ``direction`` and ``origin``, where
-        known, describe the output grid.
+        known, describe the output grid. Where frames are blank (:func:`blank_frames`),
+        ``blank_frames`` lists them as [slice, frame] of the output; where the whole study is,
+        ``blank`` says why (data_shards.convert acts on both).
 
     Raises:
         ValueError: in-plane spacing zero, negative or infinite; the image holds NaN/Inf; or a
@@ -98,10 +103,17 @@ def preprocess(subject: Subject, config: PreprocessConfig) -> Subject:
     flat = np.ascontiguousarray(image.reshape(s * t, h, w), dtype=np.float32)
     resampled = _resample_image(flat, out_hw)  # (S*T, h', w') float32
     label_rs = None if label is None else _resample_label(label.reshape(s * t, h, w), out_hw)
+    percentile_window = tuple(float(v) for v in np.percentile(resampled, config.percentiles))
+    blank, reason = blank_frames(resampled, percentile_window)  # (S*T,) bool
+    if blank.any():
+        meta["blank_frames"] = [[int(i) // t, int(i) % t] for i in np.flatnonzero(blank)]
+    if reason:
+        meta["blank"] = reason
 
     start, crop = _crop_window(label_rs, out_hw, config)
     # Window after the intensity mapping, so padding is black whatever the source's values.
-    image_out = _window(_to_uint8(resampled, config.percentiles), start, config.size, 0)
+    window = _intensity_window(resampled, percentile_window)
+    image_out = _window(_to_uint8(resampled, window), start, config.size, 0)
     label_out = None
     if label_rs is not None:
         label_out = _window(label_rs, start, config.size, BACKGROUND)
@@ -171,17 +183,14 @@ def _resample_image(flat: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     if out_hw == flat.shape[1:]:
         return flat
     downsampling = out_hw[0] <= flat.shape[1] and out_hw[1] <= flat.shape[2]
-    resize = Resize(out_hw, mode="area" if downsampling else "bilinear")
-    return _to_numpy(resize(torch.from_numpy(flat)))
+    return _interpolate(flat, out_hw, "area" if downsampling else "bilinear")
 
 
 def _resample_label(flat: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """(N, h, w) uint8 -> (N, h', w') nearest neighbour, keeping every label value exactly."""
     if out_hw == flat.shape[1:]:
         return np.ascontiguousarray(flat, dtype=np.uint8)
-    resize = Resize(out_hw, mode="nearest-exact")
-    out = _to_numpy(resize(torch.from_numpy(np.ascontiguousarray(flat, np.float32))))
-    return np.rint(out).astype(np.uint8)
+    return np.rint(_interpolate(flat, out_hw, "nearest-exact")).astype(np.uint8)
 
 
 def _crop_window(
@@ -239,22 +248,72 @@ def _shift_origin(
         meta.pop("origin")  # unknown spacing: no honest origin for the output grid
 
 
-def _to_uint8(image: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Clip ``image`` to its own percentiles and scale linearly to 0..255."""
-    lo, hi = (float(v) for v in np.percentile(image, percentiles))
+def _intensity_window(
+    image: np.ndarray, percentile_window: tuple[float, float]
+) -> tuple[float, float]:
+    """(low, high) of the uint8 mapping: the image's percentiles, or its full range where they
+    coincide (mostly one value, e.g. a few bright voxels on zeros); equal for a constant image."""
+    lo, hi = percentile_window
     if hi <= lo:
-        # Mostly-constant images (e.g. a few bright voxels on zeros) collapse the percentile
-        # window; fall back to the full range rather than dividing by zero.
         lo, hi = float(image.min()), float(image.max())
+    return lo, hi
+
+
+def blank_frames(
+    flat: np.ndarray, percentile_window: tuple[float, float]
+) -> tuple[np.ndarray, str | None]:
+    """Which frames of a study hold no image, and why the whole study holds none (or None).
+
+    The rule: a frame (one slice at one time) is blank when its intensities span less than one
+    grey level (a 255th) of the study's uint8 window, so a constant frame, or one that the study
+    shows as a single grey, is blank. The study holds no image when every frame is blank, or
+    when its percentile window is empty: most voxels (all but the percentile tails, 1% by
+    default) share one value, which no acquisition does (a few bright voxels on a blank field).
+    Real frames always span far more than one grey level: zero-padded borders, nulled (dark)
+    LGE myocardium and dim apical slices have tissue beside them, so none of them is blank.
+
+    Args:
+        flat: (N, h, w) float32 frames of one study, before the uint8 mapping.
+        percentile_window: the study's (low, high) intensity percentiles (the uint8 window).
+
+    Returns:
+        (N,) bool, True for a blank frame; and why the whole study is blank, or None.
+    """
+    p_lo, p_hi = percentile_window
+    lows, highs = flat.min(axis=(1, 2)), flat.max(axis=(1, 2))  # (N,)
+    lo, hi = (p_lo, p_hi) if p_hi > p_lo else (float(lows.min()), float(highs.max()))
+    blank = (highs - lows) * 255.0 < hi - lo
+    if hi <= lo:
+        return np.ones(len(flat), dtype=bool), f"constant image: every voxel is {lo:g}"
+    if p_hi <= p_lo:
+        others = int(np.count_nonzero(flat != p_lo))
+        return (
+            blank,
+            f"near-constant image: all but {others} of its {flat.size} voxels are {p_lo:g}",
+        )
+    if blank.all():
+        return blank, (
+            f"every one of its {len(flat)} frames is constant or near-constant (spans less "
+            f"than one grey level of the study's window {lo:g} to {hi:g})"
+        )
+    return blank, None
+
+
+def _to_uint8(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip ``image`` to ``window`` = (low, high) and scale linearly to 0..255."""
+    lo, hi = window
     if hi <= lo:
         return np.zeros(image.shape, dtype=np.uint8)
     scaled = (np.clip(image, lo, hi) - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """MONAI hands back MetaTensors; keep only the plain array."""
-    return x.as_tensor().numpy() if hasattr(x, "as_tensor") else np.asarray(x)
+def _interpolate(flat: np.ndarray, out_hw: tuple[int, int], mode: str) -> np.ndarray:
+    """(N, h, w) -> (N, h', w') float32, the N frames as channels of one interpolation: what
+    MONAI's ``Resize(out_hw, mode=mode)`` computes (align_corners unset, no anti-aliasing),
+    without importing MONAI, which takes seconds (`cmrfm predict` preprocesses every study)."""
+    x = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))[None]  # (1, N, h, w)
+    return F.interpolate(x, size=out_hw, mode=mode)[0].numpy()
 
 
 def _json_config(config: PreprocessConfig) -> dict:

@@ -72,7 +72,7 @@ HEADLINES = {
 }
 # A result row's fields that say which run it is, and what its training took (kept by rescore).
 RUN_KEYS = ("run", "task", "method", "labels", "n", "seed", "train_subjects")
-TRAINING_KEYS = ("steps", "planned_steps", "train_s", "s_per_step_probe", "predict_s")
+TRAINING_KEYS = ("steps", "planned_steps", "cut_short", "train_s", "s_per_step_probe", "predict_s")
 # Settings a re-run must share with the results already in its folder.
 SAME_RUN_KEYS = ("task", "shards", "train_split", "eval_split", "budget_s", "frames", "model")
 
@@ -172,13 +172,38 @@ def _zero_grads(module: torch.nn.Module) -> None:
         p.grad = None
 
 
+class BudgetStop(L.Callback):
+    """Stops training before a step would end past ``budget_s`` seconds from the start of
+    training, judging the next step by the last one; ``cut_short`` says whether it stopped a run
+    before its planned steps. The clock is ``time.monotonic``."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.cut_short = False
+        self._start = self._last = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._last = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        now = time.monotonic()
+        step_s, self._last = now - self._last, now
+        if trainer.global_step < trainer.max_steps and now - self._start + step_s > self.budget_s:
+            trainer.should_stop = True
+            self.cut_short = True
+
+
 def fit_for_budget(
     system: L.LightningModule, dataset: Dataset, batch_size: int, budget_s: float, seed: int
 ) -> dict[str, float]:
-    """Train `system` on clips drawn with replacement from dataset for about budget_s seconds.
+    """Train `system` on clips drawn with replacement from dataset for at most budget_s seconds.
 
     The step count comes from a timed probe, so the warmup + cosine schedule ends when the time
-    does; Lightning's max_time stops a run that the probe badly underestimated (1.5 x budget + 10 s).
+    does; on a machine slower than the probe said, :class:`BudgetStop` ends the run before a
+    step would take it past budget_s (the schedule keeps the planned length). Returns steps
+    done, planned_steps, cut_short, train_s and s_per_step_probe.
     """
     generator = torch.Generator().manual_seed(seed)
     probe = next(
@@ -193,9 +218,10 @@ def fit_for_budget(
         dataset, replacement=True, num_samples=steps * batch_size, generator=generator
     )
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
+    budget = BudgetStop(budget_s)
     trainer = L.Trainer(
         max_steps=steps,
-        max_time={"seconds": budget_s * 1.5 + 10},
+        callbacks=[budget],
         accelerator="auto",
         devices=1,
         logger=False,
@@ -204,12 +230,13 @@ def fit_for_budget(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    start = time.perf_counter()
+    start = time.monotonic()
     trainer.fit(system, train_dataloaders=loader)
     return {
         "steps": int(trainer.global_step),
         "planned_steps": steps,
-        "train_s": time.perf_counter() - start,
+        "cut_short": budget.cut_short,
+        "train_s": time.monotonic() - start,
         "s_per_step_probe": per_step,
     }
 
@@ -403,17 +430,22 @@ class FewShotBenchmark:
         return summary | info, rows
 
     def _cls(self, run: Run, drawn: list[dict]) -> tuple[dict, list[dict]]:
+        """Diagnosis scored on the evaluation subjects whose group is known (an ACDC group);
+        the others get a subject row with group None and their prediction, and no score."""
         from finetune.metrics import classification_metrics
         from finetune.subject import ACDC_GROUPS
 
-        truth = [str(s["meta"].get("group")) for s in self.eval]
+        truth = [_known_group(s) for s in self.eval]
         if run.method == "radiomics":
             predicted, info = self._radiomics(run, drawn)
         else:
             system, info = self._train_subject_model(run, drawn)
             logits = self._predict_subjects(system)
             predicted = [ACDC_GROUPS[int(o.argmax())] for o in logits]
-        metrics = classification_metrics(truth, predicted, list(ACDC_GROUPS))
+        scored = [(t, p) for t, p in zip(truth, predicted) if t is not None]
+        metrics = classification_metrics(
+            [t for t, _ in scored], [p for _, p in scored], list(ACDC_GROUPS)
+        )
         rows = [
             {"subject": s["key"], "group": t, "predicted": p}
             for s, t, p in zip(self.eval, truth, predicted)
@@ -421,20 +453,25 @@ class FewShotBenchmark:
         return metrics | info, rows
 
     def _radiomics(self, run: Run, drawn: list[dict]) -> tuple[list[str], dict]:
-        """SVM on features of the ground truth of the drawn subjects; applied to features of
-        the evaluation subjects' predicted segmentations (no ground truth at test time)."""
+        """SVM on features of the ground truth of the drawn subjects with a known group; applied
+        to features of the evaluation subjects' predicted segmentations (no ground truth at test
+        time)."""
         from finetune.radiomics import RadiomicsSVM, subject_features
 
         def features(s: dict, label: np.ndarray) -> dict[str, float]:
             m = s["meta"]
             return subject_features(s["image"], label, m["spacing"], int(m["ed"]), int(m["es"]))
 
+        known = [s for s in drawn if _known_group(s) is not None]
+        if not known:
+            raise ValueError(
+                f"{self.cfg.shards}: none of the {len(drawn)} subjects drawn for {run.name} has "
+                "a known diagnosis group: radiomics has nothing to learn from"
+            )
         start = time.perf_counter()
         preds = self._seg_predictions(run, drawn)
         classifier = RadiomicsSVM()
-        classifier.fit(
-            [features(s, s["label"]) for s in drawn], [str(s["meta"]["group"]) for s in drawn]
-        )
+        classifier.fit([features(s, s["label"]) for s in known], [_known_group(s) for s in known])
         predicted = classifier.predict([features(s, preds[s["key"]]) for s in self.eval])
         return list(predicted), {"train_s": time.perf_counter() - start}
 
@@ -530,6 +567,14 @@ def _tag_subjects(subjects: Sequence[dict], run_row: dict) -> list[dict]:
     """Per-subject rows marked with their run's name, method and n (for subjects.jsonl)."""
     tag = {k: run_row[k] for k in ("run", "method", "n")}
     return [s | tag for s in subjects]
+
+
+def _known_group(subject: dict) -> str | None:
+    """The subject's diagnosis when it is one of ACDC's groups, else None (unknown)."""
+    from finetune.subject import ACDC_GROUPS
+
+    group = subject["meta"].get("group")
+    return group if group in ACDC_GROUPS else None
 
 
 def _ef_row(subject: dict, pred: Sequence[float], true: Sequence[float]) -> dict:

@@ -226,3 +226,56 @@ def test_source_error_in_the_middle_still_writes_the_rest(tmp_path: Path, calls:
     assert quarantine[0] == {"path": "/data/case_bad.nii.gz", "reason": "truncated gzip stream"}
     assert quarantine[1]["subject"] == "case6" and "spacing" in quarantine[1]["reason"]
     assert verify_manifest(tmp_path) == []
+
+
+# --- blank images ------------------------------------------------------------------------------
+
+
+def blank_cases(root: Path | None):
+    """Two studies without an image (all zeros, and a few hot voxels on zeros), a real one with a
+    never-filled slice at frame 0, and a plain real one; every one labelled."""
+    rng = np.random.default_rng(7)
+
+    def labelled(name: str, image: np.ndarray) -> Subject:
+        label = np.zeros(image.shape, np.uint8)
+        label[:, :, 6:14, 5:11] = LV
+        meta = {"source": "blanks", "modality": "cine", "ed": 0, "es": 1}
+        return Subject(name, image, label, (8.0, 1.2, 1.2), meta)
+
+    yield labelled("zeros", np.zeros((3, 2, 20, 16), np.float32))
+    hot = np.zeros((3, 2, 20, 16), np.float32)
+    hot[0, 0, 0, :2] = 500.0
+    yield labelled("hot", hot)
+    one_blank = rng.normal(100, 30, (3, 2, 20, 16)).astype(np.float32)
+    one_blank[1, 0] = 0.0
+    yield labelled("one_blank", one_blank)
+    yield labelled("real", rng.normal(100, 30, (3, 2, 20, 16)).astype(np.float32))
+
+
+@pytest.fixture
+def blanks(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(sources.SOURCES, "blanks", blank_cases)
+    return "blanks"
+
+
+def test_a_study_without_an_image_is_quarantined_with_the_reason(tmp_path: Path, blanks: str):
+    console = Console(file=io.StringIO(), width=200)
+    manifest = convert(blanks, None, tmp_path, preprocess_config=CONFIG, console=console)
+    assert sorted(s["subject"] for s in manifest["samples"]) == ["one_blank", "real"]
+    quarantine = {
+        q["subject"]: q["reason"] for q in json.loads((tmp_path / "quarantine.json").read_text())
+    }
+    assert quarantine["zeros"] == "blank: constant image: every voxel is 0"
+    assert quarantine["hot"].startswith("blank: near-constant image: all but")
+
+
+def test_a_blank_frame_of_a_real_study_is_kept_listed_and_without_ground_truth(
+    tmp_path: Path, blanks: str
+):
+    convert(blanks, None, tmp_path, preprocess_config=CONFIG, console=Console(file=io.StringIO()))
+    stored = {s["meta"]["subject"]: s for s in load_subjects(tmp_path)}
+    one_blank, real = stored["one_blank"], stored["real"]
+    assert one_blank["meta"]["blank_frames"] == [[1, 0]] and "blank_frames" not in real["meta"]
+    assert (one_blank["label"][1, 0] == IGNORE).all()  # not trained on, not scored
+    assert (one_blank["label"][1, 1] == LV).any() and (one_blank["label"][0, 0] == LV).any()
+    assert ((real["label"] == LV).sum(axis=(2, 3)) > 0).all()  # every frame keeps its truth

@@ -4,12 +4,17 @@ honest summaries (mean +- std over seeds, pretrained-minus-scratch paired by see
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
+from finetune import fewshot
 from finetune.fewshot import (
     FewShotBenchmark,
     FewShotConfig,
@@ -114,6 +119,49 @@ def test_budget_probe_scales_steps_and_leaves_weights_alone():
     assert torch.equal(net.weight, before)
 
 
+class FakeClock:
+    """A time.monotonic that only the model's training steps move."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class SlowSteps(L.LightningModule):
+    """Every training step takes ``step_s`` seconds of a fake clock; remembers the schedule's
+    length (the trainer's max_steps when the optimiser is built)."""
+
+    def __init__(self, clock: FakeClock, step_s: float) -> None:
+        super().__init__()
+        self.net, self.clock, self.step_s = torch.nn.Linear(4, 1), clock, step_s
+        self.schedule_steps = None
+
+    def training_step(self, batch, batch_idx):
+        self.clock.now += self.step_s
+        return self.net(batch[0]).square().mean()
+
+    def configure_optimizers(self):
+        self.schedule_steps = self.trainer.max_steps
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(("step_s", "steps", "cut"), [(10.0, 6, True), (1.0, 20, False)])
+def test_budget_is_a_limit_when_steps_are_slower_than_probed(monkeypatch, step_s, steps, cut):
+    """The probe planned 20 steps of 1 s for 60 s. Steps of 10 s (a loaded machine) stop after 6,
+    before a seventh would end past 60 s; the schedule keeps its planned 20. No real timing."""
+    clock = FakeClock()
+    monkeypatch.setattr(fewshot, "time", SimpleNamespace(monotonic=clock.monotonic,
+                                                         perf_counter=time.perf_counter))  # fmt: skip
+    monkeypatch.setattr(fewshot, "steps_for_budget", lambda step, budget_s: (20, 1.0))
+    system = SlowSteps(clock, step_s)
+    info = fewshot.fit_for_budget(system, TensorDataset(torch.randn(8, 4)), 2, 60.0, seed=0)
+    assert info["steps"] == steps and info["planned_steps"] == 20 and info["cut_short"] is cut
+    assert info["train_s"] == pytest.approx(steps * step_s) and info["train_s"] <= 60.0
+    assert system.schedule_steps == 20
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -162,7 +210,8 @@ def test_segmentation_benchmark_end_to_end_and_resume(shards: Path, hub: Path, t
     by_cell: dict = {}
     for r in results:
         by_cell.setdefault((r["n"], r["seed"]), set()).add(tuple(r["train_subjects"]))
-        assert 0.0 <= r["dice_mean"] <= 1.0 and r["steps"] >= 10
+        assert 0.0 <= r["dice_mean"] <= 1.0 and r["planned_steps"] >= 10
+        assert 1 <= r["steps"] <= r["planned_steps"]  # a 0.5 s budget may cut the plan short
     assert all(len(draws) == 1 for draws in by_cell.values())
     assert by_cell[(1, 0)] != by_cell[(1, 1)] or len(bench.labelled) == 1  # seeds differ
     draws = json.loads((tmp_path / "draws.json").read_text())
@@ -279,3 +328,30 @@ def test_cls_benchmark_scores_every_method_on_the_same_subjects(
     assert (tmp_path / "confusion_radiomics.png").exists()
     # radiomics had no segmentation benchmark to read: it trained the U-Net on the same draw
     assert (tmp_path / "predictions" / "unet_n5_s0.npz").exists()
+
+
+def test_cls_leaves_subjects_of_unknown_group_out_of_training_and_scores(
+    shards: Path, tmp_path: Path
+):
+    """A subject without a diagnosis (ACDC Info.cfg lacking Group: meta group None) still trains
+    the segmenter radiomics uses, but is no class of the SVM and is not scored."""
+    cfg = _config(
+        shards,
+        tmp_path,
+        task="cls",
+        methods=["radiomics"],
+        labels=["5"],
+        seeds=1,
+        seg_method="unet",
+        method_args={"unet": {"lr": 1e-3, "num_classes": 4}},
+    )
+    bench = _with_groups(FewShotBenchmark(cfg))
+    (run,) = bench.runs()
+    bench.draw(run)[0]["meta"]["group"] = None
+    bench.eval[0]["meta"]["group"] = None
+    bench.run()
+    (row,) = read_jsonl(tmp_path / "results.jsonl")
+    assert sum(map(sum, row["confusion"])) == len(bench.eval) - 1
+    subjects = {s["subject"]: s for s in read_jsonl(tmp_path / "subjects.jsonl")}
+    unknown = subjects[bench.eval[0]["key"]]
+    assert unknown["group"] is None and unknown["predicted"] in ("DCM", "HCM", "MINF", "NOR", "RV")

@@ -10,9 +10,13 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from test_convert import blank_cases
 
 from cmrfm.cli import main
+from data_shards import sources
+from data_shards.convert import convert
 from data_shards.inspect import contact_sheet, histogram, inspect_shards, summarise
+from data_shards.preprocess import PreprocessConfig
 from data_shards.stream import load_subjects
 from data_shards.writer import read_manifest
 
@@ -43,6 +47,7 @@ def test_cli_summary_counts_equal_the_manifest(shards: Path, tmp_path: Path) -> 
         for split in manifest["splits"]:
             assert row[split] == sum(s["split"] == split for s in mine)
     assert summary["quarantined"] == {"count": 0, "reasons": []}
+    assert summary["blank"] == {"subjects": 0, "frames": 0, "listed": []}  # phantoms are images
     assert summary["problems"] == []
 
     # Histograms count every subject; LGE has one frame, cine the phantom's four.
@@ -135,3 +140,31 @@ def test_histogram_counts_values_bins_and_unknowns() -> None:
     rows = histogram(values, bins=4)
     assert len(rows) == 4 and sum(r["count"] for r in rows) == 40
     assert rows[0]["value"].startswith("[0.7,") and rows[-1]["value"].endswith("1.9]")
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["converted_now", "converted_before"])
+def test_blank_frames_are_flagged(tmp_path: Path, monkeypatch, capsys, checked: bool) -> None:
+    """A kept study's blank slice is listed; so is a blank study in shards converted before the
+    conversion quarantined them (found from the stored images)."""
+    monkeypatch.setitem(sources.SOURCES, "blanks", blank_cases)
+    if not checked:  # a conversion that looked for nothing
+        monkeypatch.setattr(
+            "data_shards.preprocess.blank_frames", lambda flat, w: (np.zeros(len(flat), bool), None)
+        )
+    shards = tmp_path / "shards"
+    convert("blanks", None, shards, preprocess_config=PreprocessConfig(spacing=1.5, size=12))
+    keys = {s["subject"]: s["key"] for s in read_manifest(shards)["samples"]}
+    capsys.readouterr()
+    main(["inspect", str(shards), "--out", str(tmp_path / "out"), "--clips", "1"])
+    blank = json.loads((tmp_path / "out" / "summary.json").read_text())["blank"]
+    one = f"{keys['one_blank']}: 1 of 6 frames blank (slice 1 frame 0)"
+    if checked:
+        assert blank == {"subjects": 1, "frames": 1, "listed": [one]}
+    else:
+        zeros = (
+            f"{keys['zeros']}: all 6 frames blank (no image: a conversion quarantines such a study)"
+        )
+        assert blank["subjects"] == 3 and blank["frames"] == 1 + 6 + 6  # zeros, hot, one_blank
+        assert one in blank["listed"] and zeros in blank["listed"]
+    out = capsys.readouterr().out
+    assert "blank frames" in out and one in out.replace("\n", " ")

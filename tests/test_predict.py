@@ -269,6 +269,103 @@ def test_several_studies_go_on_past_a_broken_one(tmp_path, package, capsys, monk
     assert "2 of 3 studies segmented" in captured.out
 
 
+# --- volumes from the written file ------------------------------------------------------------
+
+ACDC_FRAME = DATA / "acdc" / "training" / "patient001" / "patient001_frame01.nii.gz"
+SUNNYBROOK_STUDY = DATA / "sunnybrook" / "dicoms" / "SCD0000301"
+HEADER_GEOMETRY = ("dim", "pixdim", "xyzt_units", "qform_code", "sform_code", "quatern_b",
+                   "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "srow_x",
+                   "srow_y", "srow_z")  # fmt: skip
+
+
+def drawn_heart(model, image: np.ndarray, frames: int, batch: int = 16) -> np.ndarray:
+    """Stands in for finetune.evaluate.predict_study: on the model's grid (S, T, size, size), an
+    LV disc that shrinks over the cycle, a myocardial ring and an RV beside it, every slice."""
+    t, size = image.shape[1], image.shape[2]
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2
+    labels = np.zeros(image.shape, np.uint8)
+    for f in range(t):
+        r = 8.0 - 3.0 * np.sin(np.pi * f / t)
+        labels[:, f, np.hypot(y, x + 14) < 6] = RV
+        labels[:, f, np.hypot(y, x) < r + 3] = MYO
+        labels[:, f, np.hypot(y, x) < r] = LV
+    return labels
+
+
+def write_acdc_style(path: Path, stwh: np.ndarray, spacing: tuple[float, ...]) -> None:
+    """A NIfTI as ACDC releases them: a pure flip affine (steps of 1 mm, sform code 2, no
+    qform) and the voxel size only in pixdim."""
+    image = nib.Nifti1Image(stwh[:, 0].transpose(2, 1, 0), np.diag([-1.0, -1.0, 1.0, 1.0]))
+    image.header.set_zooms(tuple(reversed(spacing)))
+    nib.save(image, path)
+
+
+def study_for(source: str, folder: Path) -> Path:
+    """A study of each kind predict reads, written under ``folder`` (or the real one)."""
+    spacing = (10.0, 1.64, 1.64)
+    if source in ("nifti_3d", "nifti_4d"):
+        shape = (4, 1 if source == "nifti_3d" else 5, 60, 64)
+        write_nifti(folder / "case.nii.gz", study_image(heart(shape, spacing)), spacing)
+        return folder / "case.nii.gz"
+    if source == "acdc_style":
+        image = study_image(heart((3, 1, 60, 64), spacing)).astype(np.int16)
+        write_acdc_style(folder / "case.nii.gz", image, spacing)
+        return folder / "case.nii.gz"
+    if source == "dicom":
+        write_stack(folder / "series", slices=3, frames=4, shape=(40, 44))
+        return folder / "series"
+    return {"acdc": ACDC_FRAME, "sunnybrook": SUNNYBROOK_STUDY}[source]
+
+
+def real(source: str, path: Path) -> object:
+    why = f"needs {path.relative_to(DATA.parent)}"
+    return pytest.param(source, marks=[pytest.mark.realdata,
+                                       pytest.mark.skipif(not path.exists(), reason=why)])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["nifti_3d", "nifti_4d", "acdc_style", "dicom", real("acdc", ACDC_FRAME),
+     real("sunnybrook", SUNNYBROOK_STUDY)],
+)  # fmt: skip
+def test_volumes_from_the_written_file_equal_volumes_json(tmp_path, package, monkeypatch, source):
+    """The label map carries the input's voxel size: nibabel volumes of the written file are
+    volumes.json's, and a NIfTI's header geometry (pixdim, units, qform, sform, their codes) is
+    the input's exactly (ACDC keeps the voxel size in pixdim beside an unscaled affine)."""
+    monkeypatch.setattr("finetune.evaluate.predict_study", drawn_heart)
+    study = study_for(source, tmp_path)
+    out = tmp_path / "out"
+    main(["predict", str(study), "--model", str(package), "--out", str(out)])
+    volumes = json.loads((out / "volumes.json").read_text())
+    seg = nib.load(out / volumes["label_file"])
+    if study.is_file():
+        src = nib.load(study)
+        for key in HEADER_GEOMETRY:
+            np.testing.assert_array_equal(seg.header[key], src.header[key], err_msg=key)
+    else:  # DICOM: the voxel size is the series' spacing
+        dz, dy, dx = volumes["spacing_mm"]
+        np.testing.assert_allclose(seg.header.get_zooms()[:3], (dx, dy, dz), rtol=1e-5)
+
+    data = np.asarray(seg.dataobj)  # (X, Y, Z[, T])
+    data = data[..., None] if data.ndim == 3 else data
+    unit_mm = {"mm": 1.0, "meter": 1000.0, "micron": 1e-3, "unknown": 1.0}[
+        seg.header.get_xyzt_units()[0]
+    ]
+    voxel_ml = float(np.prod(seg.header.get_zooms()[:3])) * unit_mm**3 / 1000.0
+    measured = {
+        name: (data == value).sum(axis=(0, 1, 2)) * voxel_ml
+        for name, value in (("lv", LV), ("myo", MYO), ("rv", RV))
+    }
+    for name, ml in measured.items():
+        assert ml.min() > 0, name  # the stand-in's heart is in the written map
+        np.testing.assert_allclose(ml, volumes["per_frame_ml"][name], rtol=1e-5, err_msg=name)
+    ed, es = volumes["frames"]["ed"], volumes["frames"]["es"]
+    assert volumes["lv"]["edv_ml"] == pytest.approx(measured["lv"][ed], rel=1e-5)
+    assert volumes["lv"]["esv_ml"] == pytest.approx(measured["lv"][es], rel=1e-5)
+    assert volumes["rv"]["edv_ml"] == pytest.approx(measured["rv"][ed], rel=1e-5)
+    assert volumes["lv"]["mass_g"] == pytest.approx(1.05 * measured["myo"][ed], rel=1e-5)
+
+
 # --- real data: geometry only, with an untrained model ----------------------------------------
 
 

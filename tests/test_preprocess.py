@@ -356,3 +356,67 @@ def test_same_bytes_for_every_dtype_with_orientation_and_crop(crop):
         assert np.array_equal(outs[0].image, other.image)
         assert np.array_equal(outs[0].label, other.label)
         assert other.meta == outs[0].meta
+
+
+# --- blank frames ------------------------------------------------------------------------------
+
+
+def lge_like(rng: np.random.Generator, slices: int = 4) -> np.ndarray:
+    """(S, 1, 64, 64) LGE-like stack: a zero-padded border (a third of the field), body noise,
+    bright blood, nulled myocardium at exactly 0 and a dim apical slice."""
+    y, x = np.mgrid[:64, :64] - 31.5
+    r = np.hypot(y, x)
+    image = np.zeros((slices, 1, 64, 64), np.float32)
+    for z in range(slices):
+        frame = rng.normal(60, 15, (64, 64)).clip(0)
+        frame[r < 14] = 0.0  # nulled myocardium
+        frame[r < 9] = rng.normal(400, 30, (r < 9).sum())  # blood pool
+        frame[:, :21] = 0.0  # zero padding
+        image[z, 0] = frame
+    image[-1, 0] = rng.normal(8, 2, (64, 64)).clip(0)  # a dim slice: mostly noise, still an image
+    return image
+
+
+def test_legitimate_images_have_no_blank_frames():
+    rng = np.random.default_rng(11)
+    small = rng.normal(100, 30, (2, 3, 12, 12)).astype(np.float32)
+    padded = np.zeros((2, 3, 64, 64), np.float32)  # a small image in a big field of zeros
+    padded[:, :, 26:38, 26:38] = small
+    for image in (lge_like(rng), padded):
+        out = preprocess(make_subject(image, spacing=(8.0, 1.5, 1.5)), PreprocessConfig(size=48))
+        assert "blank_frames" not in out.meta and "blank" not in out.meta
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("zeros", "constant image: every voxel is 0"),
+        ("flat_frames", "every one of its 4 frames is constant"),
+        ("hot_voxels", "near-constant image: all but 2 of its 6400 voxels are 0"),
+    ],
+)
+def test_a_study_without_an_image_says_why(case, reason):
+    image = np.zeros((2, 2, 40, 40), np.float32)
+    if case == "flat_frames":  # each frame one value, but not the same one
+        image += np.arange(4, dtype=np.float32).reshape(2, 2, 1, 1) * 50
+    elif case == "hot_voxels":
+        image[0, 0, 3, :2] = 900.0
+    label = np.zeros(image.shape, np.uint8)
+    label[:, :, 10:20, 10:20] = LV
+    out = preprocess(make_subject(image, label, spacing=(8.0, 1.5, 1.5)), PreprocessConfig(size=32))
+    assert out.meta["blank"].startswith(reason)
+
+
+def test_blank_frames_of_a_real_study_are_listed_in_output_order():
+    rng = np.random.default_rng(12)
+    image = rng.normal(100, 30, (3, 2, 40, 40)).astype(np.float32)
+    image[1, 0] = 0.0  # a slice that was never filled
+    image[2, 1] = 100.0 + rng.normal(0, 0.01, (40, 40))  # within one grey level of constant
+    out = preprocess(make_subject(image, spacing=(8.0, 1.5, 1.5)), PreprocessConfig(size=32))
+    assert out.meta["blank_frames"] == [[1, 0], [2, 1]] and "blank" not in out.meta
+    json.dumps(out.meta, allow_nan=False)
+    flipped = preprocess(
+        make_subject(image, spacing=(8.0, 1.5, 1.5), meta={"direction": np.diag([-1.0, 1.0, 1.0])}),
+        PreprocessConfig(size=32),
+    )  # canonical orientation turns the stack base to apex: slice indices follow
+    assert flipped.meta["blank_frames"] == [[0, 1], [1, 0]]

@@ -36,13 +36,19 @@ def cine_xyzt() -> np.ndarray:
     return np.broadcast_to(10 * t + z, (*SHAPE_XYZ[:2], SHAPE_XYZ[2], T)).astype(np.float32)
 
 
-def make_patient(root: Path, name: str = "patient001", cine: np.ndarray | None = None) -> Path:
-    """An ACDC patient folder whose ED/ES files are frames ED and ES of a 4D cine."""
+def make_patient(
+    root: Path,
+    name: str = "patient001",
+    cine: np.ndarray | None = None,
+    full: np.ndarray | None = None,
+) -> Path:
+    """An ACDC patient folder whose ED/ES files are frames ED and ES of a 4D cine (``full``,
+    default ``cine_xyzt()``); ``cine`` replaces only the 4D file."""
     folder = root / name
     folder.mkdir(parents=True)
     info = {"ED": ED, "ES": ES, "Group": "NOR", "Height": 170.0, "NbFrame": T, "Weight": 70.0}
     (folder / "Info.cfg").write_text("".join(f"{k}: {v}\n" for k, v in info.items()))
-    full = cine_xyzt()
+    full = cine_xyzt() if full is None else full
     for frame in (ED, ES):
         stem = f"{name}_frame{frame:02d}"
         write_nifti(folder / f"{stem}.nii.gz", full[..., frame - 1].astype(np.uint8))
@@ -128,7 +134,9 @@ def test_a_4d_file_that_does_not_match_falls_back_to_ed_es(tmp_path, breakage, n
 
 
 def test_convert_keeps_unlabelled_frames_ignored(tmp_path):
-    make_patient(tmp_path / "training")
+    # Frames need an image (a flat frame is blank: quarantined): a ramp along x.
+    textured = cine_xyzt() + 15 * np.arange(SHAPE_XYZ[0], dtype=np.float32)[:, None, None, None]
+    make_patient(tmp_path / "training", full=textured)
     out = tmp_path / "shards"
     manifest = convert(
         "acdc",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from io import StringIO
 from pathlib import Path
 
@@ -478,6 +479,30 @@ def test_sunnybrook_layout_is_found_from_dicoms_folder_or_given(sunnybrook_like)
     for other in (inner, given):
         assert other.subject == top.subject
         np.testing.assert_array_equal(other.label, top.label)
+
+
+@pytest.mark.parametrize("start", ["top", "dicoms", "link_without_row"])
+def test_contours_no_link_matches_are_named_not_silently_dropped(sunnybrook_like, start):
+    """Without a link.csv row (or file) the contour folder is not guessed from instance numbers
+    (every Sunnybrook study numbers its images from 1): a warning names it, the study is
+    unlabelled and says why in meta."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # linked: nothing to report
+        assert only(list(dicom(sunnybrook_like, salt="s"))).label is not None
+    link = sunnybrook_like / "link.csv"
+    if start == "link_without_row":
+        link.write_text("patient_id,original_id\nstudy_y,SC-HF-I-9\n")
+    else:
+        link.unlink()
+    root = sunnybrook_like / "dicoms" if start == "dicoms" else sunnybrook_like
+    why = "no row in link.csv" if start == "link_without_row" else "no link.csv"
+    with pytest.warns(UserWarning, match=rf"contour folders not used \(SC-HF-I-9\): {why}") as got:
+        subject = only(list(dicom(root, salt="s")))
+    assert str(sunnybrook_like / "contourfiles") in str(got[0].message)
+    assert subject.label is None
+    assert subject.meta["contours_note"] == (
+        f"contours under contourfiles/ matched no study ({why}): SC-HF-I-9"
+    )
 
 
 @pytest.mark.parametrize(

@@ -287,6 +287,29 @@ def test_acdc_errors_name_file_and_problem(tmp_path, breakage, file, problem):
     assert isinstance(good, Subject) and good.subject == "acdc-patient002"
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"Height": None, "Weight": None},
+        {"Group": None},
+        {"Height": "", "Weight": "NA", "Group": ""},
+    ],
+    ids=["no_height_weight", "no_group", "empty_values"],
+)
+def test_acdc_info_without_group_height_or_weight_converts_them_as_unknown(tmp_path, edit):
+    """Only ED, ES and NbFrame are needed; a missing or empty Group, Height or Weight is None."""
+    info = {k: v for k, v in INFO.items() if k not in edit or edit[k] is not None}
+    info |= {k: v for k, v in edit.items() if v is not None}
+    folder = make_patient(tmp_path, "patient001")
+    (folder / "Info.cfg").write_text("".join(f"{k}: {v}\n" for k, v in info.items()))
+    (subject,) = acdc(tmp_path)
+    assert isinstance(subject, Subject), subject
+    for key in edit:
+        assert subject.meta[key.lower()] is None
+    kept = {"group": "DCM", "height": 184.0, "weight": 95.0}
+    assert all(subject.meta[k] == v for k, v in kept.items() if k.title() not in edit)
+
+
 def test_acdc_074_and_076_share_a_split_group(tmp_path):
     for name in ("patient073", "patient074", "patient076"):
         make_patient(tmp_path, name)

@@ -5,6 +5,7 @@ Each patient folder holds ``Info.cfg`` (``ED: 1``, ``ES: 12``, ``Group: DCM``, `
 (X, Y, Z) in nibabel's order) and ``patientNNN_frameFF_gt.nii.gz`` with 0 background, 1 RV,
 2 myocardium, 3 LV. Where ``patientNNN_4d.nii.gz`` (X, Y, Z, T) is kept, the subject is the
 whole cine, labelled at ED and ES only; the ED/ES files then serve as its consistency check.
+Group, Height and Weight may be missing from Info.cfg: meta then records them as None (unknown).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ for _acdc, _ours in ACDC_TO_OURS.items():
 SPLIT_GROUPS = {"acdc-patient076": "acdc-patient074"}
 
 INFO_KEYS = {"ED": int, "ES": int, "Group": str, "Height": float, "NbFrame": int, "Weight": float}
+# What a patient converts without: recorded as unknown (None). ED and ES place the labels.
+OPTIONAL_INFO = frozenset({"Group", "Height", "Weight"})
+_UNKNOWN = frozenset({"", "na", "n/a", "nan", "none", "unknown", "?"})
 _PATIENT = re.compile(r"patient\d+")
 
 
@@ -190,8 +194,12 @@ def _read_cine(
     return cine, None
 
 
-def read_info(path: Path) -> dict[str, int | float | str]:
-    """Parse Info.cfg (``Key: value`` lines) into typed values; SourceError if unusable."""
+def read_info(path: Path) -> dict[str, int | float | str | None]:
+    """Parse Info.cfg (``Key: value`` lines) into typed values; SourceError if unusable.
+
+    Group, Height and Weight may be missing or empty (or NA, unknown, ...): None, unknown. A
+    value that is given but not a number is still an error, as is a missing ED, ES or NbFrame.
+    """
     try:
         text = path.read_text()
     except OSError as err:
@@ -201,11 +209,14 @@ def read_info(path: Path) -> dict[str, int | float | str]:
         key, sep, value = line.partition(":")
         if sep:
             raw[key.strip()] = value.strip()
-    missing = [key for key in INFO_KEYS if key not in raw]
+    missing = [key for key in INFO_KEYS if key not in raw and key not in OPTIONAL_INFO]
     if missing:
         raise SourceError(path, f"missing keys {missing} (expected {list(INFO_KEYS)})")
-    info = {}
+    info: dict[str, int | float | str | None] = {}
     for key, kind in INFO_KEYS.items():
+        if key in OPTIONAL_INFO and raw.get(key, "").lower() in _UNKNOWN:
+            info[key] = None
+            continue
         try:
             info[key] = kind(raw[key])
         except ValueError:

@@ -27,8 +27,10 @@ def sunnybrook_layout(
     base = None
     if (root / "dicoms").is_dir() and (root / "contourfiles").is_dir():
         base, root = root, root / "dicoms"
-    elif (root.parent / "contourfiles").is_dir() and (root.parent / "link.csv").is_file():
-        base = root.parent
+    elif (root.parent / "contourfiles").is_dir() and (
+        (root.parent / "link.csv").is_file() or root.name == "dicoms"
+    ):
+        base = root.parent  # Sunnybrook's dicoms/ without link.csv: its contours are reported
     if base is not None and contours is None:
         contours = base / "contourfiles"
         if link is None and (base / "link.csv").is_file():
@@ -64,6 +66,21 @@ def contour_folder(
     if single and (contours / "i-contours").is_dir():
         return contours
     return None  # no contours for this study: it comes out unlabelled
+
+
+def unmatched_contours(contours: Path | None, used: list[Path | None]) -> list[Path]:
+    """Contour folders under ``contours`` that no study was matched to: its sub-folders holding
+    contour files, and ``contours`` itself when it holds ``i-contours/`` (one study's layout)."""
+    if contours is None or not contours.is_dir():
+        return []
+    taken = {Path(folder).resolve() for folder in used if folder is not None}
+    found = [contours] if _holds_contours(contours, "*-contours/*") else []
+    found += [p for p in sorted(contours.iterdir()) if p.is_dir() and _holds_contours(p, "**/*")]
+    return [folder for folder in found if folder.resolve() not in taken]
+
+
+def _holds_contours(folder: Path, pattern: str) -> bool:
+    return any(_CONTOUR.fullmatch(p.name) for p in folder.glob(f"{pattern}contour-manual.txt"))
 
 
 def diagnosis_group(folder: Path) -> str | None:

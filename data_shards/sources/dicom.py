@@ -34,6 +34,7 @@ from data_shards.sources.contours import (
     diagnosis_group,
     read_link,
     sunnybrook_layout,
+    unmatched_contours,
 )
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
@@ -67,7 +68,10 @@ def dicom(
         salt: secret for the subject ids (default: the machine's, see data_shards.privacy).
         contours: folder with one contour folder per study (named as the study folder, or as
             ``link`` maps it), or, for a single study, the folder holding ``i-contours/``.
-        link: CSV of ``study folder,contour folder`` rows (Sunnybrook's link.csv).
+        link: CSV of ``study folder,contour folder`` rows (Sunnybrook's link.csv). Contour
+            folders that neither link nor a study folder's name matches are not guessed from
+            instance numbers (every Sunnybrook study numbers its images from 1): a warning names
+            them, and the unlabelled studies say so in meta ``contours_note``.
         limit: stop after this many studies.
 
     Yields:
@@ -86,9 +90,8 @@ def dicom(
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: DICOM root folder not found")
     root, contours, link = sunnybrook_layout(root, contours, link)
-    studies = find_studies(root)
-    if limit is not None:
-        studies = studies[: max(0, limit)]
+    found = find_studies(root)
+    studies = found if limit is None else found[: max(0, limit)]
     if link is not None and contours is None:
         raise ValueError(f"{link}: a link file needs contours, the folder it points into")
     if contours is not None and not contours.is_dir():
@@ -97,7 +100,33 @@ def dicom(
     salt = default_salt() if salt is None else salt
     single = len(studies) == 1
     folders = [contour_folder(s, contours, names, single) for s in studies]
-    return (_read_study_or_error(s, salt, c) for s, c in zip(studies, folders))
+    note = None
+    if contours is not None:  # studies left out by limit still own their contours
+        others = [contour_folder(s, contours, names, False) for s in found[len(studies) :]]
+        note = _unmatched_note(contours, link, folders, others)
+    return (_read_study_or_error(s, salt, c, note) for s, c in zip(studies, folders))
+
+
+def _unmatched_note(
+    contours: Path, link: Path | None, folders: list[Path | None], others: list[Path | None]
+) -> str | None:
+    """Warn about contour folders that no study (``folders``: those read, ``others``: those
+    beyond the limit) was matched to; returns the note for the unlabelled studies, or None."""
+    unmatched = unmatched_contours(contours, folders + others)
+    if not unmatched:
+        return None
+    names = ", ".join(folder.name for folder in unmatched[:5])
+    names += f", ... ({len(unmatched)} in all)" if len(unmatched) > 5 else ""
+    why = f"no row in {link.name}" if link is not None else "no link.csv"
+    unlabelled = sum(folder is None for folder in folders)
+    warnings.warn(
+        f"{contours}: contour folders not used ({names}): {why} and no study folder of the same "
+        f"name, so {unlabelled} of {len(folders)} studies convert unlabelled. Add "
+        "'study folder,contour folder' rows to a link.csv beside dicoms/ (or give it as the "
+        "dicom source's link option).",
+        stacklevel=3,
+    )
+    return f"contours under {contours.name}/ matched no study ({why}): {names}"
 
 
 def find_studies(root: Path) -> list[Path]:
@@ -117,12 +146,16 @@ def find_studies(root: Path) -> list[Path]:
 
 
 def _read_study_or_error(
-    folder: Path, salt: str, contour_folder: Path | None
+    folder: Path, salt: str, contour_folder: Path | None, note: str | None = None
 ) -> Subject | SourceError:
+    """The study, or its SourceError; ``note`` goes to meta ``contours_note`` if unlabelled."""
     try:
-        return read_study(folder, salt, contour_folder)
+        subject = read_study(folder, salt, contour_folder)
     except SourceError as err:
         return err
+    if note and subject.label is None:
+        subject.meta["contours_note"] = note
+    return subject
 
 
 def read_study(folder: Path, salt: str, contour_folder: Path | None = None) -> Subject:
