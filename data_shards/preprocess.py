@@ -1,7 +1,7 @@
 """Bring every subject onto one grid: orientation, in-plane spacing, field of view, uint8.
 
 Slices and frames are never resampled: only (H, W) changes. The (S, T) axes are folded into the
-channel axis of one 2D interpolation, so one call handles a whole 4D study. One (H, W) crop
+channel axis of MONAI's 2D transforms, so one call handles a whole 4D study. One (H, W) crop
 window serves the whole study, centred on the image or on the labelled heart.
 
 Blank frames (see :func:`blank_frames`) are found on the way to uint8 and recorded in meta; the
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from torch.nn import functional as F
+from monai.transforms import Resize
 
 from data_shards.orientation import reorient
 from data_shards.record import BACKGROUND, IGNORE, Subject
@@ -183,14 +183,17 @@ def _resample_image(flat: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     if out_hw == flat.shape[1:]:
         return flat
     downsampling = out_hw[0] <= flat.shape[1] and out_hw[1] <= flat.shape[2]
-    return _interpolate(flat, out_hw, "area" if downsampling else "bilinear")
+    resize = Resize(out_hw, mode="area" if downsampling else "bilinear")
+    return _to_numpy(resize(torch.from_numpy(flat)))
 
 
 def _resample_label(flat: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """(N, h, w) uint8 -> (N, h', w') nearest neighbour, keeping every label value exactly."""
     if out_hw == flat.shape[1:]:
         return np.ascontiguousarray(flat, dtype=np.uint8)
-    return np.rint(_interpolate(flat, out_hw, "nearest-exact")).astype(np.uint8)
+    resize = Resize(out_hw, mode="nearest-exact")
+    out = _to_numpy(resize(torch.from_numpy(np.ascontiguousarray(flat, np.float32))))
+    return np.rint(out).astype(np.uint8)
 
 
 def _crop_window(
@@ -308,12 +311,9 @@ def _to_uint8(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _interpolate(flat: np.ndarray, out_hw: tuple[int, int], mode: str) -> np.ndarray:
-    """(N, h, w) -> (N, h', w') float32, the N frames as channels of one interpolation: what
-    MONAI's ``Resize(out_hw, mode=mode)`` computes (align_corners unset, no anti-aliasing),
-    without importing MONAI, which takes seconds (`cmrfm predict` preprocesses every study)."""
-    x = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))[None]  # (1, N, h, w)
-    return F.interpolate(x, size=out_hw, mode=mode)[0].numpy()
+def _to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """MONAI hands back MetaTensors; keep only the plain array."""
+    return x.as_tensor().numpy() if hasattr(x, "as_tensor") else np.asarray(x)
 
 
 def _json_config(config: PreprocessConfig) -> dict:
