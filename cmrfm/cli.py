@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from cmrfm import CONFIGS
 
+
+class UsageError(Exception):
+    """An argument checked before any work starts: main() prints it as one line, exit 2."""
+
+
 # Errors whose message says what to fix; anything else keeps its traceback.
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, UsageError)
+
+# `shard --size` bounds: below one 8-pixel patch there is no image the models can take; the upper
+# bound is the machine's memory (_shard_memory_bytes).
+MIN_SIZE = 8
+# Bytes per output voxel while a study converts: a float32 working copy, the uint8 image, the uint8
+# label.
+BYTES_PER_VOXEL = 4 + 1 + 1
+# (slices, frames) of a large study when the source cannot say cheaply: above ACDC's (~10 x 30).
+LARGE_STUDY = (20, 50)
 
 # Training subcommands -> (default config in configs/, what they do).
 TRAINING = {
@@ -25,10 +42,17 @@ def _shard(args: argparse.Namespace) -> None:
     from data_shards.convert import convert
     from data_shards.preprocess import PreprocessConfig
 
-    options = json.loads(args.options) if args.options else {}
+    try:
+        options = json.loads(args.options) if args.options else {}
+    except ValueError as error:
+        raise UsageError(f"--options is not valid JSON: {error}") from None
+    if not isinstance(options, dict):
+        raise UsageError(f"--options must be a JSON object, got {args.options!r}")
     if args.source == "phantom":
         options.setdefault("n", args.n)
         options.setdefault("seed", args.seed)
+    _check_memory(args.source, options, args.size)
+    _check_writable(args.out)
     convert(
         args.source,
         args.root,
@@ -45,6 +69,86 @@ def _shard(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         resume=args.resume,
     )
+
+
+def _shard_memory_bytes(source: str, options: dict, size: int) -> int:
+    """Memory one study needs at the output size: slices x frames x size^2 x BYTES_PER_VOXEL.
+
+    The phantom's study shape is its options (defaults 8 x 16); other sources count as a large
+    study, LARGE_STUDY. Resampling the input grid adds to this, so it is a floor, not a ceiling.
+    """
+    slices, frames = LARGE_STUDY
+    if source == "phantom":
+        # A bad value is the phantom's to report; until then, estimate a large study.
+        with contextlib.suppress(TypeError, ValueError):
+            slices, frames = int(options.get("slices", 8)), int(options.get("frames", 16))
+    return slices * frames * size * size * BYTES_PER_VOXEL
+
+
+def _check_memory(source: str, options: dict, size: int) -> None:
+    import psutil
+
+    need = _shard_memory_bytes(source, options, size)
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise UsageError(
+            f"--size {size} needs about {need / 2**30:.1f} GiB per study, more than the "
+            f"{available / 2**30:.1f} GiB of memory available"
+        )
+
+
+def _check_writable(out: Path) -> None:
+    """Create --out (and its parents) and write a temporary file in it, before converting."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"--out {out} is not a writable folder: {error.strerror or error}"
+        ) from None
+
+
+def _size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of pixels, got {text!r}"
+        ) from None
+    if value < MIN_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_SIZE} pixels, got {value}")
+    return value
+
+
+def _spacing(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of mm, got {text!r}")
+    return value
+
+
+def _percentile(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 100:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a percentile in [0, 100], got {text!r}")
+    return value
+
+
+class _Percentiles(argparse.Action):
+    """LO HI, each in [0, 100] (_percentile), and LO < HI."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        low, high = values
+        if not low < high:
+            parser.error(f"argument {option_string}: expected LO < HI, got {low:g} {high:g}")
+        setattr(namespace, self.dest, (low, high))
 
 
 def _fewshot(args: argparse.Namespace) -> None:
@@ -490,15 +594,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shard", help="convert a source into webdataset shards + manifest.json")
     p.add_argument(
-        "--source", required=True, help=f"registered source: {', '.join(sorted(SOURCES))}"
+        "--source",
+        required=True,
+        choices=sorted(SOURCES),
+        metavar="SOURCE",
+        help=f"registered source: {', '.join(sorted(SOURCES))}",
     )
     p.add_argument("--root", type=Path, default=None, help="dataset folder as released")
-    p.add_argument("--out", type=Path, required=True, help="output folder for the shards")
-    p.add_argument("--spacing", type=float, default=1.5, help="target in-plane spacing, mm")
-    p.add_argument("--size", type=int, default=128, help="crop/pad to size x size pixels")
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder for the shards (must be writable)"
+    )
+    p.add_argument("--spacing", type=_spacing, default=1.5, help="target in-plane spacing, mm > 0")
+    p.add_argument(
+        "--size",
+        type=_size,
+        default=128,
+        help=f"crop/pad to size x size pixels, at least {MIN_SIZE}. Refused up front when one "
+        f"study would not fit in the available memory, estimated as slices x frames x size^2 x "
+        f"{BYTES_PER_VOXEL} bytes (float32 working copy + uint8 image + uint8 label); the "
+        f"phantom's slices/frames come from its options, other sources count as "
+        f"{LARGE_STUDY[0]} x {LARGE_STUDY[1]}. Resampling adds to this: a floor, not a ceiling",
+    )
     p.add_argument(
         "--percentiles",
-        type=float,
+        type=_percentile,
+        action=_Percentiles,
         nargs=2,
         default=(0.5, 99.5),
         metavar=("LO", "HI"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,116 @@ def test_a_missing_root_is_one_line_naming_it_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("cmrfm shard: error: ") and str(missing) in err
     assert "Traceback" not in err
+
+
+BAD_SHARD_ARGUMENTS = {
+    "source": (["--source", "no-such-source"], "--source"),
+    "size-zero": (["--size", "0"], "--size"),
+    "size-text": (["--size", "big"], "--size"),
+    "spacing-zero": (["--spacing", "0"], "--spacing"),
+    "spacing-nan": (["--spacing", "nan"], "--spacing"),
+    "percentiles-order": (["--percentiles", "60", "40"], "--percentiles"),
+    "percentiles-range": (["--percentiles", "1", "101"], "--percentiles"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SHARD_ARGUMENTS))
+def test_bad_shard_arguments_are_a_usage_error_naming_the_option(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    flags, option = BAD_SHARD_ARGUMENTS[case]
+    argv = ["shard", "--source", "phantom", "--n", "1", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"cmrfm shard: error: argument {option}")
+    assert not (tmp_path / "o").exists()
+
+
+def _shard_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["shard", "--source", "phantom", "--n", "1", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cmrfm shard: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+    return err
+
+
+def test_a_wrong_source_lists_the_registered_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from data_shards.sources import SOURCES
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["shard", "--source", "acdcx", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(repr(name) in err for name in SOURCES)
+
+
+def test_a_size_beyond_memory_is_refused_with_an_estimate(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    err = _shard_error(["--size", "100000", "--out", str(tmp_path / "o")], capsys)
+    assert "--size 100000" in err and "GiB" in err and "available" in err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_the_memory_estimate_follows_the_study_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    from cmrfm import cli
+
+    phantom = cli._shard_memory_bytes("phantom", {"slices": 2, "frames": 4}, 64)
+    assert phantom == 2 * 4 * 64 * 64 * cli.BYTES_PER_VOXEL
+    slices, frames = cli.LARGE_STUDY
+    assert cli._shard_memory_bytes("acdc", {}, 64) == slices * frames * 64 * 64 * 6
+    available = type("Memory", (), {"available": phantom})
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: available)
+    cli._check_memory("phantom", {"slices": 2, "frames": 4}, 64)  # fits exactly
+    with pytest.raises(cli.UsageError, match="GiB"):
+        cli._check_memory("phantom", {"slices": 2, "frames": 4}, 65)
+
+
+def test_an_out_under_a_file_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "shards"
+    assert str(out) in _shard_error(["--out", str(out)], capsys)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anyway")
+def test_a_read_only_out_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "read_only"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        assert str(out) in _shard_error(["--out", str(out)], capsys)
+    finally:
+        out.chmod(0o755)
+
+
+def test_bad_options_json_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert "--options" in _shard_error(["--options", "{x", "--out", str(tmp_path / "o")], capsys)
+
+
+def test_an_unwritable_out_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """As the read-only case above, where root would write anyway: the test write is refused."""
+    from cmrfm import cli
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+    out = tmp_path / "o"
+    err = _shard_error(["--out", str(out)], capsys)
+    assert str(out) in err and "Permission denied" in err
