@@ -2,7 +2,9 @@
 
 A subject the source cannot read (a yielded ``SourceError``), that preprocessing rejects, or
 whose image is blank (constant or near-constant throughout: ``preprocess.blank_frames``) is
-recorded in ``quarantine.json`` with the reason and the conversion goes on; a study with only
+recorded in ``quarantine.json`` with the reason and the conversion goes on. An unreadable input
+is named there by a keyed id and its position in the source's order, never by its path (folder
+names are often PatientIDs): the terminal shows the path, and ``cmrfm inspect`` finds it again; a study with only
 some blank frames is kept, its blank frames listed in meta and left without ground truth. The
 work lives in writer and split.
 
@@ -31,6 +33,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from data_shards.preprocess import PreprocessConfig, preprocess
+from data_shards.privacy import default_salt, input_ref, scrub
 from data_shards.record import IGNORE, Subject
 from data_shards.sources import SourceError, get_source
 from data_shards.split import SPLITS, subject_split
@@ -97,7 +100,8 @@ def convert(
         console.print(f"nothing to do: {out_dir} is complete and its {len(kept)} shards verify")
     else:
         items = source_fn(root, **options)
-        _run(items, journal, out_dir, source, preprocess_config, maxcount, console)
+        namer = InputNamer(root, options.get("salt"), console)
+        _run(items, journal, out_dir, source, preprocess_config, maxcount, namer)
     journal["complete"] = True
     _write_json(out_dir / PROGRESS, journal)
 
@@ -128,7 +132,7 @@ def _run(
     source: str,
     config: PreprocessConfig,
     maxcount: int,
-    console: Console,
+    namer: InputNamer,
 ) -> None:
     """Preprocess and write every subject not in a kept shard; the journal follows each shard."""
     kept = [sample for shard in journal["shards"] for sample in shard["samples"]]
@@ -142,18 +146,18 @@ def _run(
         _write_json(out_dir / PROGRESS, journal)
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=namer.console) as progress:
         task = progress.add_task(f"{source}: 0 written", total=None)
 
         def subjects() -> Iterator[Subject]:
             seen: set[str] = set()
             written = skipped = 0
-            for item in items:
+            for position, item in enumerate(items, start=1):
                 if isinstance(item, Subject) and item.subject in done and item.subject not in seen:
                     seen.add(item.subject)  # already in a kept shard: not even preprocessed
                     skipped += 1
                     continue
-                subject = _prepare(item, source, config, seen, quarantine)
+                subject = _prepare(item, position, source, config, seen, quarantine, namer)
                 if subject is not None:
                     yield subject
                     written += 1
@@ -173,29 +177,49 @@ def _run(
         )
 
 
+class InputNamer:
+    """Names a quarantined input in written files by keyed id and position, never by its path
+    (folder and file names are often PatientIDs); only the operator's terminal shows the path."""
+
+    def __init__(self, root: Path | None, salt: str | None, console: Console) -> None:
+        self.root, self._salt, self.console = root, salt, console
+
+    def entry(self, error: SourceError, position: int) -> dict[str, Any]:
+        """``{input, position, reason}`` for quarantine.json; prints the local path."""
+        self._salt = self._salt or default_salt()  # created only when an input is quarantined
+        ref = input_ref(error.path, self.root, self._salt)
+        self.console.print(f"quarantined {ref} (input {position}): {error.path}: {error.reason}")
+        reason = scrub(str(error.reason), Path(error.path), self.root, ref)
+        return {"input": ref, "position": position, "reason": reason}
+
+
 def _prepare(
     item: Subject | SourceError,
+    position: int,
     source: str,
     config: PreprocessConfig,
     seen: set[str],
-    quarantine: list[dict[str, str]],
+    quarantine: list[dict[str, Any]],
+    namer: InputNamer,
 ) -> Subject | None:
-    """The preprocessed subject with its split, or None after recording why it was skipped."""
+    """The preprocessed subject with its split, or None after recording why it was skipped;
+    ``position`` is the item's place (1-based) in the source's sorted order."""
     if isinstance(item, SourceError):
-        quarantine.append({"path": str(item.path), "reason": str(item.reason)})
+        quarantine.append(namer.entry(item, position))
         return None
+
+    def skip(reason: str) -> None:
+        quarantine.append({"subject": item.subject, "position": position, "reason": reason})
+
     if item.subject in seen:
-        quarantine.append({"subject": item.subject, "reason": "duplicate subject id in source"})
-        return None
+        return skip("duplicate subject id in source")
     seen.add(item.subject)
     try:
         subject = preprocess(item, config)
     except Exception as exc:  # one bad study must not stop a cohort conversion
-        quarantine.append({"subject": item.subject, "reason": f"{type(exc).__name__}: {exc}"})
-        return None
+        return skip(f"{type(exc).__name__}: {exc}")
     if subject.meta.get("blank"):  # no image to learn from, whatever its label says
-        quarantine.append({"subject": item.subject, "reason": f"blank: {subject.meta['blank']}"})
-        return None
+        return skip(f"blank: {subject.meta['blank']}")
     if subject.label is not None:  # a label on a blank frame is no ground truth of it
         for s, t in subject.meta.get("blank_frames", []):
             subject.label[s, t] = IGNORE

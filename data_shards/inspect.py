@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from data_shards.convert import QUARANTINE
+from data_shards.privacy import default_salt, local_inputs
 from data_shards.record import IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, RV
 from data_shards.split import SPLITS
 from data_shards.stream import cyclic_window, decode
@@ -71,7 +72,8 @@ def inspect_shards(
     keys = _pick_keys(manifest, clips, seed)
     with console.status("reading sample metadata"):
         metas, subjects, read_problems, blank = scan_shards(shards, manifest, keys)
-    summary = summarise(manifest, metas, read_quarantine(shards), blank)
+    quarantine = read_quarantine(shards)
+    summary = summarise(manifest, metas, quarantine, blank)
     summary["problems"] = problems + read_problems
     out.mkdir(parents=True, exist_ok=True)
     if subjects:
@@ -79,6 +81,7 @@ def inspect_shards(
         summary["contact_sheet"] = str(out / CONTACT_SHEET)
     (out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     print_summary(summary, console, title=str(shards))
+    print_local_inputs(quarantine, manifest.get("root"), console)
     console.print(f"wrote {out / SUMMARY}" + (f" and {out / CONTACT_SHEET}" if subjects else ""))
     return summary
 
@@ -242,9 +245,22 @@ def _item(values: Sequence[Any] | None, index: int) -> Any:
     return values[index] if values is not None and len(values) > index else None
 
 
-def _reason(entry: dict[str, str]) -> str:
-    where = entry.get("subject") or entry.get("path", "?")
+def _reason(entry: dict[str, Any]) -> str:
+    where = entry.get("subject") or entry.get("input") or entry.get("path", "?")
+    where += f" (input {entry['position']})" if "position" in entry else ""
     return f"{where}: {entry.get('reason', '?')}"
+
+
+def print_local_inputs(quarantine: list[dict] | None, root: str | None, console: Console) -> None:
+    """The local path of each quarantined input, found by hashing the files under the manifest's
+    root with this machine's salt: for the operator's terminal, never for a written file."""
+    refs = {entry["input"] for entry in quarantine or [] if "input" in entry}
+    if not refs or not root or not Path(root).is_dir():
+        return
+    with console.status(f"finding the {len(refs)} quarantined inputs under {root}"):
+        found = local_inputs(root, refs, default_salt())
+    for ref, path in sorted(found.items()):
+        console.print(f"  {ref} is {path}", markup=False)
 
 
 def histogram(values: Sequence[float | None], bins: int = 8) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -62,3 +63,60 @@ def _create_salt(path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+INPUT_PREFIX = "input"
+_NAME_EDGE = r"(?<![A-Za-z0-9]){}(?![A-Za-z0-9])"
+
+
+def input_ref(path: Path | str, root: Path | str | None, salt: str) -> str:
+    """``"input-<12 hex>"``: a keyed id of an input file or folder, for written files.
+
+    Folder and file names are often PatientIDs, so outputs name an input by this id (of its path
+    relative to ``root``, so moving the dataset keeps it) and never by its path.
+    """
+    return anonymous_id(_relative(path, root).as_posix(), salt, INPUT_PREFIX)
+
+
+def scrub(text: str, path: Path | str, root: Path | str | None, ref: str) -> str:
+    """``text`` with the input's path, and every name along it below ``root`` or beside it in its
+    folder, replaced by ``ref``: a reason written to a file must not spell a local name."""
+    path, mark = Path(path), "\x00"  # a mark no name can match, replaced by ref at the end
+    forms = {str(path), str(path.resolve()), _relative(path, root).as_posix()}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, mark) if len(form) > 1 else text
+    names = set(_relative(path, root).parts)
+    folder = path if path.is_dir() else path.parent
+    if folder.is_dir() and (root is None or folder.resolve() != Path(root).resolve()):
+        names |= {child.name for child in folder.iterdir()}
+    for name in sorted(names, key=len, reverse=True):  # longest first: no half-replaced names
+        if len(name) >= 3:
+            text = re.sub(_NAME_EDGE.format(re.escape(name)), mark, text)
+    return text.replace(mark, ref)
+
+
+def local_inputs(root: Path | str, refs: set[str], salt: str) -> dict[str, Path]:
+    """The local path of each keyed input id found under ``root`` (for the operator's terminal
+    only): every file and folder below it is hashed until all are found."""
+    found: dict[str, Path] = {}
+    root = Path(root)
+    if not refs or not root.is_dir():
+        return found
+    for path in sorted(root.rglob("*")):
+        ref = input_ref(path, root, salt)
+        if ref in refs:
+            found[ref] = path
+            if len(found) == len(refs):
+                break
+    return found
+
+
+def _relative(path: Path | str, root: Path | str | None) -> Path:
+    """``path`` below ``root`` (resolved), or resolved as it is when outside it or without root."""
+    path = Path(path).resolve()
+    if root is not None:
+        try:
+            return path.relative_to(Path(root).resolve())
+        except ValueError:
+            pass
+    return path

@@ -14,6 +14,7 @@ from data_shards import convert as convert_module
 from data_shards import sources
 from data_shards.convert import PROGRESS, convert
 from data_shards.preprocess import PreprocessConfig
+from data_shards.privacy import default_salt, input_ref
 from data_shards.record import IGNORE, LV, Subject
 from data_shards.sources import SourceError
 from data_shards.stream import load_subjects
@@ -48,6 +49,13 @@ def resumable(root: Path | None, n: int = 9, bad_file: bool = True):
         yield subject
         if i == 2 and bad_file:
             yield SourceError(Path("/data/case_bad.nii.gz"), "truncated gzip stream")
+
+
+def bad_file_entry() -> dict:
+    """The quarantine entry of the stand-in's unreadable file: a keyed id and its position (the
+    4th item the source yields), never its path."""
+    ref = input_ref("/data/case_bad.nii.gz", None, default_salt())
+    return {"input": ref, "position": 4, "reason": "truncated gzip stream"}
 
 
 @pytest.fixture
@@ -118,9 +126,7 @@ def test_killed_conversion_resumes_without_redoing_kept_shards(
     assert not journal["complete"]
     journaled = [shard["name"] for shard in journal["shards"]]
     assert journaled == ["shard-000000.tar", "shard-000001.tar"]  # 4 subjects in full shards
-    assert journal["quarantine"] == [
-        {"path": "/data/case_bad.nii.gz", "reason": "truncated gzip stream"}
-    ]
+    assert journal["quarantine"] == [bad_file_entry()]
     assert (out / "shard-000002.tar").exists()  # case4, half a shard, not journaled
     before = shard_stats(out)
 
@@ -223,8 +229,9 @@ def test_source_error_in_the_middle_still_writes_the_rest(tmp_path: Path, calls:
     assert written == [f"case{i}" for i in range(9) if i != 6]  # in source order, none lost
     assert [s["count"] for s in manifest["shards"]] == [2, 2, 2, 2]
     quarantine = json.loads((tmp_path / "quarantine.json").read_text())
-    assert quarantine[0] == {"path": "/data/case_bad.nii.gz", "reason": "truncated gzip stream"}
+    assert quarantine[0] == bad_file_entry()
     assert quarantine[1]["subject"] == "case6" and "spacing" in quarantine[1]["reason"]
+    assert quarantine[1]["position"] == 8  # case0-2, the bad file, case3-5, case6
     assert verify_manifest(tmp_path) == []
 
 

@@ -11,6 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 from test_convert import blank_cases
+from test_source_npz import cine, quiet, save
 
 from cmrfm.cli import main
 from data_shards import sources
@@ -116,11 +117,33 @@ def test_corrupt_shard_is_reported_and_fails_the_command(shards: Path, tmp_path:
 
 
 def test_quarantine_reasons_are_counted_and_listed(shards: Path) -> None:
-    quarantine = [{"path": f"/data/case{i}/img.nii.gz", "reason": "no spacing"} for i in range(7)]
+    quarantine = [
+        {"input": f"input-00000000000{i}", "position": i + 1, "reason": "no spacing"}
+        for i in range(7)
+    ]
     summary = summarise(read_manifest(shards), quarantine=quarantine)
     assert summary["quarantined"]["count"] == 7
-    assert summary["quarantined"]["reasons"][0] == "/data/case0/img.nii.gz: no spacing"
+    assert summary["quarantined"]["reasons"][0] == "input-000000000000 (input 1): no spacing"
     assert len(summary["quarantined"]["reasons"]) == 5  # the first few, not all
+
+
+def test_the_terminal_shows_a_quarantined_inputs_local_path_and_the_summary_does_not(
+    tmp_path: Path, capsys
+) -> None:
+    """Folder names are often PatientIDs: summary.json keeps the keyed id, and only the
+    operator's terminal is told which local file it is."""
+    root = tmp_path / "export"
+    root.mkdir()
+    save(root / "good.npz", cine=cine())
+    (root / "PID8675309_scan.npz").write_bytes(b"not a zip archive")
+    out = tmp_path / "shards"
+    convert("npz", root, out, preprocess_config=PreprocessConfig(size=8), console=quiet())
+    capsys.readouterr()
+    main(["inspect", str(out), "--out", str(tmp_path / "inspect"), "--clips", "1"])
+    shown = capsys.readouterr().out
+    assert str(root / "PID8675309_scan.npz") in shown.replace("\n", "")
+    assert "PID8675309" not in (tmp_path / "inspect" / "summary.json").read_text()
+    assert "PID8675309" not in (out / "quarantine.json").read_text()
 
 
 def test_histogram_counts_values_bins_and_unknowns() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import stat
@@ -20,7 +21,14 @@ from test_source_dicom import write_stack
 
 from data_shards.convert import convert
 from data_shards.preprocess import PreprocessConfig
-from data_shards.privacy import anonymous_id, default_salt, salt_path
+from data_shards.privacy import (
+    anonymous_id,
+    default_salt,
+    input_ref,
+    local_inputs,
+    salt_path,
+    scrub,
+)
 from data_shards.sources.dicom import dicom
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -76,18 +84,21 @@ def search_terms(value: str) -> set[str]:
 
 
 def make_cohort(root: Path) -> set[str]:
-    """Two good studies and one broken one; returns every identifying string written."""
+    """Two good studies and one broken one, in folders named by PatientID as exports often are
+    (the broken one's files too); returns every identifying string written."""
     written: set[str] = set()
     with warnings.catch_warnings(), pydicom_config.disable_value_validation():
         warnings.simplefilter("ignore")  # the invalid UID is the point
-        for n, folder in ((1, "study_one"), (2, "study_two"), (3, "study_three")):
+        for n in (1, 2, 3):
             tags = identity(n)
-            paths = write_stack(root / folder, Manufacturer="ACME", **tags)
+            paths = write_stack(root / tags["PatientID"], Manufacturer="ACME", **tags)
             written |= set(tags.values())
             for path in paths.values():
                 ds = pydicom.dcmread(path)
                 written |= {ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID}
             if n == 3:  # a truncated image: the study lands in quarantine.json
+                paths = {k: p.rename(p.with_name(f"{tags['PatientID']}_{p.name}"))
+                         for k, p in paths.items()}  # fmt: skip
                 broken = paths[1, 1]
                 broken.write_bytes(broken.read_bytes()[:-30])
     return written
@@ -133,18 +144,59 @@ def assert_nothing_identifying(found: list[tuple[str, bytes]], written: set[str]
     assert not leaks, leaks
 
 
+def without_local_paths(text: str, root: Path) -> str:
+    """Terminal text less the local paths under ``root``, which the operator may be shown."""
+    return re.sub(re.escape(str(root)) + r"\S*", "<path>", text)
+
+
 def test_no_identifier_reaches_any_output(tmp_path, monkeypatch, capfd, caplog):
     caplog.set_level(logging.DEBUG)
-    written = make_cohort(tmp_path / "root")
+    root = tmp_path / "root"
+    written = make_cohort(root)
     cache = tmp_path / "cache"
-    manifest, found = run(tmp_path / "root", tmp_path / "out", cache, monkeypatch)
+    manifest, found = run(root, tmp_path / "out", cache, monkeypatch)
     assert len(manifest["samples"]) == 2 and manifest["quarantined"] == 1
     captured = capfd.readouterr()
-    found += [("stdout", captured.out.encode()), ("stderr", captured.err.encode())]
-    found += [("log", caplog.text.encode())]
-    assert any(b"study_three" in data for name, data in found if name.endswith("quarantine.json"))
+    terminal = [(name, data) for name, data in found if name in ("console", "warning")]
+    files = [(name, data) for name, data in found if (name, data) not in terminal]
+    terminal += [("stdout", captured.out.encode()), ("stderr", captured.err.encode())]
+    terminal += [("log", caplog.text.encode())]
     written.add(salt_path().read_text().strip())  # the salt must never be written either
-    assert_nothing_identifying(found, written)
+    assert_nothing_identifying(files, written)
+    # The terminal names the local path of what was quarantined, and nothing else identifying.
+    broken = root / identity(3)["PatientID"]
+    assert any(str(broken).encode() in data for name, data in terminal if name == "console")
+    shown = [(n, without_local_paths(d.decode(), root).encode()) for n, d in terminal]
+    assert_nothing_identifying(shown, written)
+
+
+def test_quarantined_inputs_are_named_by_keyed_id_and_found_again_locally(tmp_path, monkeypatch):
+    """quarantine.json names an unreadable study by a keyed id and position, with a reason that
+    spells no local name; the machine that made it maps the id back to the folder."""
+    root = tmp_path / "root"
+    make_cohort(root)
+    run(root, tmp_path / "out", tmp_path / "cache", monkeypatch)
+    (entry,) = json.loads((tmp_path / "out" / "quarantine.json").read_text())
+    assert set(entry) == {"input", "position", "reason"}
+    assert re.fullmatch(r"input-[0-9a-f]{12}", entry["input"])
+    assert entry["position"] == 3  # the third study folder in sorted order
+    assert entry["reason"].startswith("unreadable pixel data")
+    broken = root / identity(3)["PatientID"]
+    found = local_inputs(root, {entry["input"]}, default_salt())
+    assert found[entry["input"]] in (broken, *broken.rglob("*"))
+
+
+def test_scrub_replaces_every_local_name_and_keeps_the_rest(tmp_path):
+    folder = tmp_path / "PID8675309"
+    folder.mkdir()
+    (folder / "PID8675309_7.dcm").touch()
+    (folder / "PID8675309_8.dcm").touch()
+    text = (f"{folder / 'PID8675309_8.dcm'}: pixel spacing differs from PID8675309_7.dcm's; "
+            "PID8675309 is short; rows 256")  # fmt: skip
+    ref = input_ref(folder / "PID8675309_8.dcm", tmp_path, "s")
+    clean = scrub(text, folder / "PID8675309_8.dcm", tmp_path, ref)
+    assert "PID8675309" not in clean and str(tmp_path) not in clean
+    assert clean == f"{ref}: pixel spacing differs from {ref}'s; {ref} is short; rows 256"
 
 
 def test_a_salt_given_as_an_option_is_never_written(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import quarantined_inputs
 from rich.console import Console
 from test_source_nifti import patch_header
 
@@ -234,7 +235,7 @@ def test_convert_quarantines_bad_files_and_writes_the_rest(tmp_path):
         "acdc-cine", root, out, preprocess_config=PreprocessConfig(size=16), console=quiet()
     )
     quarantine = json.loads((out / "quarantine.json").read_text())
-    assert [Path(q["path"]).name for q in quarantine] == [
+    assert [p.name for p in quarantined_inputs(out, root)] == [
         "patient002_4d.nii.gz",
         "patient005_4d.nii.gz",
     ]

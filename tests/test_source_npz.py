@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import quarantined_inputs
 from rich.console import Console
 
 from data_shards.convert import convert
@@ -300,7 +301,7 @@ def test_convert_quarantines_broken_files_and_keeps_good_ones(tmp_path):
     manifest = convert("npz", root, out, preprocess_config=config, console=quiet())
 
     quarantine = json.loads((out / "quarantine.json").read_text())
-    assert [Path(q["path"]).name for q in quarantine] == [
+    assert [p.name for p in quarantined_inputs(out, root)] == [
         "missing_key.npz",
         "object.npz",
         "truncated.npz",
