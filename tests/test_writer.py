@@ -15,6 +15,7 @@ from rich.console import Console
 from data_shards import sources
 from data_shards.convert import convert
 from data_shards.preprocess import PreprocessConfig
+from data_shards.privacy import default_salt, input_ref
 from data_shards.record import IGNORE, Subject
 from data_shards.sources import SourceError
 from data_shards.split import assign_split
@@ -225,8 +226,9 @@ def test_convert_quarantines_and_continues(tmp_path: Path, standin: str) -> None
         "crop": "centre",
     }
     quarantine = json.loads((out / "quarantine.json").read_text())
-    assert quarantine[0] == {
-        "path": "/data/case_bad/image.nii.gz",
+    assert quarantine[0] == {  # the 4th item of the source, by keyed id: never its path
+        "input": input_ref("/data/case_bad/image.nii.gz", None, default_salt()),
+        "position": 4,
         "reason": "truncated gzip stream",
     }
     assert quarantine[1]["subject"] == "nan_spacing" and "spacing" in quarantine[1]["reason"]
