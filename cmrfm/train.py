@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from cmrfm.progress import LogLines
+from foundation.progress import LogLines
 
 # Short flags users expect, rewritten to the LightningCLI keys they stand for.
 ALIASES = {

@@ -24,6 +24,7 @@ from finetune.fewshot import (
     steps_for_budget,
 )
 from finetune.report import markdown, summary_rows
+from foundation import progress
 from foundation.hub import save_pretrained
 from foundation.registry import create_backbone
 
@@ -160,6 +161,19 @@ def test_budget_is_a_limit_when_steps_are_slower_than_probed(monkeypatch, step_s
     assert info["steps"] == steps and info["planned_steps"] == 20 and info["cut_short"] is cut
     assert info["train_s"] == pytest.approx(steps * step_s) and info["train_s"] <= 60.0
     assert system.schedule_steps == 20
+
+
+def test_a_run_into_a_log_file_prints_progress_lines(monkeypatch, capsys):
+    """Output that is not a terminal gets a step / rate / ETA line every 30 s of a run (here a
+    fake clock, 10 s a step): a few-shot job under nohup is not silent."""
+    clock = FakeClock()
+    monkeypatch.setattr(fewshot, "steps_for_budget", lambda step, budget_s: (20, 1.0))
+    monkeypatch.setattr(progress, "_now", clock.monotonic)
+    monkeypatch.setattr(fewshot.sys.stdout, "isatty", lambda: False, raising=False)
+    fewshot.fit_for_budget(SlowSteps(clock, 10.0), TensorDataset(torch.randn(8, 4)), 2, 1e4, 0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 6  # 200 s of steps, a line each 30 s
+    assert lines[0].startswith("step 3/20 (15.0%) | 0.1 steps/s | ETA 0:02:50")
 
 
 # ----------------------------------------------------------------------------- end to end

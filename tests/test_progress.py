@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cmrfm import CONFIGS, progress
-from cmrfm.progress import LogLines, progress_line
+from cmrfm import CONFIGS
 from cmrfm.train import run_training
+from foundation import progress
+from foundation.progress import LogLines, progress_line
 
 
 def test_a_line_gives_step_share_rate_eta_and_metrics() -> None:
