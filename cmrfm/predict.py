@@ -63,7 +63,8 @@ class Study:
 
 
 def read_study(path: Path | str, affine_space: str | None = None) -> Study:
-    """A NIfTI file (3D: one frame; 4D: a cine) or a folder holding one DICOM series.
+    """A NIfTI file (3D: one frame; 4D: a cine) or a folder holding one DICOM study (one
+    series, or one series per slice or per phase, in sub-folders or not).
 
     Raises FileNotFoundError for a missing path or a folder without DICOM, SourceError
     (data_shards.sources) for an unreadable one, ValueError for several studies in one folder.
@@ -106,15 +107,20 @@ def _read_nifti(path: Path, affine_space: str | None) -> Study:
 
 
 def _read_dicom(folder: Path) -> Study:
+    from data_shards.sources import SourceError
     from data_shards.sources.dicom import find_studies, read_study
 
     studies = find_studies(folder)  # FileNotFoundError when there is no DICOM at all
-    if len(studies) > 1:
-        raise ValueError(
-            f"{folder}: holds {len(studies)} study folders; give the folder of one series"
-        )
     # The salt only feeds the source's pseudonymous subject id, which predict never writes.
-    subject = read_study(studies[0], salt="cmrfm-predict")
+    try:  # sub-folders may be the series of one study (one per slice, say): read them as one
+        subject = read_study(folder, salt="cmrfm-predict")
+    except SourceError as err:
+        if len(studies) == 1:
+            raise
+        raise ValueError(
+            f"{folder}: its {len(studies)} sub-folders do not make one study ({err.reason}); "
+            "give the folder of one study"
+        ) from None
     s, t, h, w = subject.image.shape
     geometry = {k: subject.meta[k] for k in ("direction", "origin")}
     return Study(

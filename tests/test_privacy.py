@@ -38,6 +38,7 @@ SUNNYBROOK = DATA / "sunnybrook"
 ALLOWED_META = {
     "source", "modality", "ed", "es", "split_group", "group", "label_classes",
     "direction", "origin", "trigger_times_ms", "manufacturer", "field_strength_t",
+    "frame_order", "frame_times_ms",  # a tag's name; times relative to the first frame
 }  # fmt: skip
 
 

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import quarantined_inputs
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from rich.console import Console
 
 from data_shards.convert import QUARANTINE, convert
 from data_shards.preprocess import PreprocessConfig
+from data_shards.privacy import scrub
 from data_shards.record import BACKGROUND, IGNORE, LV, MYO, Subject
 from data_shards.sources import SourceError
 from data_shards.sources.dicom import dicom
@@ -291,7 +293,7 @@ def _not_dicom(folder: Path) -> tuple[Path, str]:
 def _mixed_series(folder: Path) -> tuple[Path, str]:
     write_stack(folder / "one", SeriesDescription="SA cine")
     write_stack(folder / "two", SeriesDescription="SA cine again")
-    problem = "mixed series: 2 series (descriptions ['SA cine', 'SA cine again'], counts [12, 12])"
+    problem = "mixed series: 2 series (image counts [12, 12]), 2 of them cine stacks"
     return folder, problem
 
 
@@ -370,8 +372,9 @@ BREAKAGES = {
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> tuple[dict, list[dict], dict[str, tuple[Path, str]]]:
-    """One root with two good studies (one with stray non-image files) and every breakage."""
+def converted(tmp_path_factory) -> tuple[dict, list[dict], dict[str, tuple[Path, str]], Path]:
+    """One root with two good studies (one with stray non-image files) and every breakage;
+    quarantine entries come with the local path each names (found again by its keyed id)."""
     root = tmp_path_factory.mktemp("dicom_root")
     write_stack(root / "good")
     write_stack(root / "good_with_strays")
@@ -384,25 +387,27 @@ def converted(tmp_path_factory) -> tuple[dict, list[dict], dict[str, tuple[Path,
     out = tmp_path_factory.mktemp("dicom_out")
     console = Console(file=StringIO(), width=120)
     config = PreprocessConfig(spacing=1.5, size=16)
-    manifest = convert("dicom", root, out, preprocess_config=config,
-                       source_options={"salt": "s"}, console=console)  # fmt: skip
+    manifest = convert("dicom", root, out, preprocess_config=config, console=console)
     quarantine = json.loads((out / QUARANTINE).read_text())
-    return manifest, quarantine, expected
+    for entry, path in zip(quarantine, quarantined_inputs(out, root), strict=True):
+        entry["path"] = path
+    return manifest, quarantine, expected, root
 
 
 def test_good_studies_convert_despite_broken_ones(converted):
-    manifest, quarantine, expected = converted
+    manifest, quarantine, expected, _ = converted
     assert len(manifest["samples"]) == 2  # good and good_with_strays
     assert manifest["quarantined"] == len(quarantine) == len(expected)
 
 
 @pytest.mark.parametrize("breakage", sorted(BREAKAGES))
 def test_broken_study_is_quarantined_naming_file_and_problem(converted, breakage):
-    _, quarantine, expected = converted
+    _, quarantine, expected, root = converted
     path, problem = expected[breakage]
-    entries = [e for e in quarantine if e.get("path") == str(path)]
+    entries = [e for e in quarantine if e["path"] == path]
     assert len(entries) == 1, quarantine
-    assert problem in entries[0]["reason"]
+    # The reason as written: local names (the file's, its neighbours') replaced by its keyed id.
+    assert scrub(problem, path, root, entries[0]["input"]) in entries[0]["reason"]
 
 
 # --- contours (Sunnybrook layout) -------------------------------------------------------------
