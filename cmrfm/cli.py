@@ -729,7 +729,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             rest = ["--config", str(CONFIGS / TRAINING[argv[0]][0]), *rest]
         try:
             path = run_training(rest)
-        except ResumeError as error:  # no checkpoint to resume: the user's to fix, before training
+        except (ResumeError, *USER_ERRORS) as error:  # no checkpoint to resume, no shard folder:
+            # the user's to fix, one line (CMRFM_DEBUG=1 shows the traceback)
             if os.environ.get("CMRFM_DEBUG"):
                 raise
             print(f"cmrfm {argv[0]}: error: {error}", file=sys.stderr)

@@ -363,6 +363,20 @@ def test_resume_from_a_missing_path_is_an_error_naming_it(
     assert f"--resume {missing}: {missing} does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_a_missing_shard_folder_is_one_line_naming_it(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from cmrfm.cli import main
+
+    missing = tmp_path / "no_shards"
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--shards", str(missing), "--max-steps", "2", "--out", str(tmp_path)])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert error == f"cmrfm {command}: error: {missing}: no such shard folder or shard file\n"
+
+
 def test_extend_to_trains_a_finished_run_on_with_the_schedule_resized(
     phantom: Path, full_run: tuple[Path, Watch], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
