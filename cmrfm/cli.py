@@ -533,10 +533,14 @@ def _print_volumes(volumes: dict, out: Path, seconds: float) -> None:
         return "n/a" if value is None else f"{value:.1f}{unit}"
 
     s, t, h, w = volumes["shape_stwh"]
+    cycle = volumes["cycle"]
     print(
-        f"{volumes['study']} ({s} x {t} x {h} x {w}, ED frame {f['ed']}, ES frame {f['es']}): "
+        f"{volumes['study']} ({s} x {t} x {h} x {w}, ED frame {f['ed']} ({f['ed_from']}), "
+        f"ES frame {f['es']} ({f['es_from']})): "
         f"LV EDV {show(lv['edv_ml'], ' ml')}, ESV {show(lv['esv_ml'], ' ml')}, "
-        f"EF {show(lv['ef_percent'], '%')}, mass {show(lv['mass_g'], ' g')}; "
+        f"EF {show(lv['ef_percent'], '%')}, mass {show(lv['mass_g'], ' g')}, "
+        f"PER {show(cycle['lv_peak_ejection_rate_ml_s'], ' ml/s')}, "
+        f"PFR {show(cycle['lv_peak_filling_rate_ml_s'], ' ml/s')}; "
         f"RV EDV {show(rv['edv_ml'], ' ml')}, EF {show(rv['ef_percent'], '%')} -> {out}"
     )
     steps = ", ".join(f"{k} {v:.2f}" for k, v in volumes["seconds"].items() if k != "total")
@@ -547,7 +551,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="segment a NIfTI file or DICOM series folder with a fine-tuned model folder: label "
-        "map in the study's geometry, volumes (JSON, CSV) and an overlay PNG",
+        "map in the study's geometry, volumes (JSON, CSV), an overlay PNG and the volume curves "
+        "over the cycle (CSV, PNG) with the LV's peak ejection and filling rates",
     )
     p.add_argument(
         "study",

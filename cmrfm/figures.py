@@ -1,7 +1,9 @@
-"""Report pictures: MAE input / masked / reconstruction, and segmentation overlays on cine frames."""
+"""Report pictures: MAE input / masked / reconstruction, segmentation overlays on cine frames,
+and `cmrfm predict`'s overlay sheet and volume curves over the cardiac cycle."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -10,11 +12,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+
+from data_shards.record import LV, MYO, RV
 
 # background transparent, LV red, myocardium green, RV blue
 LABEL_COLOURS = ListedColormap(
     [(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.45), (0.2, 0.8, 0.3, 0.45), (0.2, 0.4, 1.0, 0.45)]
 )
+# predict's overlay sheet (RGB 0-1) by label value: LV, MYO, RV, infarct, MVO.
+OVERLAY_COLOURS = {
+    LV: (0.9, 0.1, 0.1),
+    MYO: (0.1, 0.8, 0.2),
+    RV: (0.1, 0.4, 1.0),
+    4: (1, 0.9, 0),
+    5: (1, 0, 1),
+}
 
 
 def mae_figure(clip: np.ndarray, mask: np.ndarray, recon: np.ndarray, path: Path) -> None:
@@ -69,3 +82,116 @@ def overlay_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def write_overlay(
+    image: np.ndarray, labels: np.ndarray, spacing: tuple, frames: dict, path: Path
+) -> Path:
+    """`cmrfm predict`'s overlay.png: rows ED and ES (one row when they are one frame), one
+    column per slice; image (S, T, H, W) with labels (S, T, H, W) over it, cut to the segmented
+    region (plus a margin) so the heart fills the tiles."""
+    phases = [("ED", frames["ed"]), ("ES", frames["es"])]
+    if frames["ed"] == frames["es"]:  # one frame (or no contraction found): one row
+        phases = [("frame", frames["ed"])]
+    ys, xs = _box(labels)
+    shown = image[:, [f for _, f in phases]][:, :, ys, xs]
+    window = tuple(float(v) for v in np.percentile(shown, (1, 99)))  # one grey scale for all tiles
+    rows = []
+    for _, f in phases:
+        tiles = [
+            _tile(image[z, f, ys, xs], labels[z, f, ys, xs], window) for z in range(image.shape[0])
+        ]
+        rows.append(np.concatenate(tiles, axis=1))
+    sheet = np.concatenate(rows, axis=0)  # (phases h, S w, 3)
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    aspect = float(spacing[1]) / float(spacing[2]) if all(map(math.isfinite, spacing[1:])) else 1.0
+    n = image.shape[0]
+    fig_w = min(24.0, 1.6 * n + 0.8)
+    fig_h = fig_w * (len(phases) * h * aspect) / (n * w) + 0.6
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
+    ax.imshow(sheet, aspect=aspect, interpolation="nearest")
+    ax.set_xticks([(z + 0.5) * w for z in range(n)], [str(z) for z in range(n)], fontsize=7)
+    ax.set_yticks(
+        [(r + 0.5) * h for r in range(len(phases))],
+        [f"{p} {f}" if p == "frame" else f"{p} (frame {f})" for p, f in phases],
+    )
+    ax.set_xlabel("slice")
+    ax.tick_params(length=0)
+    names = {LV: "LV", MYO: "MYO", RV: "RV", 4: "infarct", 5: "MVO"}
+    present = [c for c in OVERLAY_COLOURS if (labels == c).any()]
+    if present:
+        handles = [Patch(color=OVERLAY_COLOURS[c], label=names[c]) for c in present]
+        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _box(labels: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
+    """(rows, columns) around every labelled pixel of the study, widened by ``margin``."""
+    h, w = labels.shape[2:]
+    found = labels.any(axis=(0, 1))
+    if not found.any():
+        return slice(0, h), slice(0, w)
+    ys, xs = np.nonzero(found)
+    pad = int(margin * max(np.ptp(ys) + 1, np.ptp(xs) + 1)) + 4
+    return (
+        slice(max(0, ys.min() - pad), min(h, ys.max() + pad + 1)),
+        slice(max(0, xs.min() - pad), min(w, xs.max() + pad + 1)),
+    )
+
+
+def _tile(
+    image: np.ndarray, labels: np.ndarray, window: tuple[float, float], alpha: float = 0.45
+) -> np.ndarray:
+    """(h, w) image and labels -> (h, w, 3) RGB with coloured, half-transparent labels; the
+    image's grey levels ``window`` = (lo, hi) map to black and white."""
+    lo, hi = window
+    grey = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for value, colour in OVERLAY_COLOURS.items():
+        mask = labels == value
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour)
+    return rgb
+
+
+def cycle_figure(
+    per_frame_ml: dict[str, list[float]], cycle: dict, frames: dict, path: Path
+) -> Path:
+    """`cmrfm predict`'s curves.png: LV and RV volume (ml) against time (ms; frame number when
+    the times are unknown), ED and ES marked, the curve's EF, PER and PFR in the title.
+
+    per_frame_ml: {lv, rv} (T,) ml; cycle: volumes.json's "cycle" block; frames: {ed, es}.
+    """
+    n = len(per_frame_ml["lv"])
+    x = np.asarray(cycle["time_ms"] if cycle["time_ms"] is not None else range(n), dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    for side in ("lv", "rv"):
+        colour = OVERLAY_COLOURS[LV if side == "lv" else RV]
+        ax.plot(x, per_frame_ml[side], "o-", color=colour, ms=3, label=side.upper())
+    for phase, style in (("ed", "--"), ("es", ":")):
+        f = frames[phase]
+        ax.axvline(x[f], color="0.3", ls=style, lw=1)
+        ax.annotate(f"{phase.upper()} ({f})", (x[f], 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=8)  # fmt: skip
+    ax.set_xlabel("time (ms)" if cycle["time_ms"] is not None else "frame")
+    ax.set_ylabel("volume (ml)")
+    ax.set_title(_cycle_title(cycle), fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _cycle_title(cycle: dict) -> str:
+    parts = [
+        (name, cycle[key], unit)
+        for name, key, unit in (
+            ("LV EF (curve)", "lv_ef_percent", "%"),
+            ("PER", "lv_peak_ejection_rate_ml_s", " ml/s"),
+            ("PFR", "lv_peak_filling_rate_ml_s", " ml/s"),
+        )
+    ]
+    return ", ".join(f"{n} {'n/a' if v is None else f'{v:.0f}{u}'}" for n, v, u in parts)

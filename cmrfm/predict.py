@@ -1,5 +1,6 @@
 """`cmrfm predict`: segment one study (a NIfTI file or a DICOM series folder) with a fine-tuned
-model folder, and write the label map in the study's own grid, volumes and an overlay sheet.
+model folder, and write the label map in the study's own grid, volumes, the volume curves over
+the cycle (cmrfm.cycle), an overlay sheet and a curve plot (cmrfm.figures).
 
 The model's preprocessing (config.json) is applied as in training: canonical orientation,
 in-plane resampling, a centred crop and uint8 intensities. The prediction is then mapped back
@@ -23,6 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmrfm.cycle import (
+    CURVE_FIELDS,
+    FrameTimes,
+    choose_frames,
+    curve_rows,
+    cycle_summary,
+    dicom_frame_times,
+    nifti_frame_times,
+)
 from data_shards.preprocess import preprocess
 from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
 from data_shards.volumes import volumes_ml
@@ -30,14 +40,6 @@ from finetune.metrics import clinical_indices, scar_extent
 
 DICOM_NAME = "study"  # DICOM folder names are often patient ids: never reuse them
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-# Overlay colours (RGB 0-1) by label value.
-COLOURS = {
-    LV: (0.9, 0.1, 0.1),
-    MYO: (0.1, 0.8, 0.2),
-    RV: (0.1, 0.4, 1.0),
-    4: (1, 0.9, 0),
-    5: (1, 0, 1),
-}
 CSV_FIELDS = ("ventricle", "edv_ml", "esv_ml", "sv_ml", "ef_percent", "mass_g", "ed_frame", "es_frame")  # fmt: skip
 
 
@@ -57,6 +59,7 @@ class Study:
     shape: tuple[int, ...]
     geometry: dict[str, Any] = field(default_factory=dict)  # direction, origin (LPS) if known
     header: Any = None  # the input's NIfTI header, copied into the output
+    times: FrameTimes = field(default_factory=lambda: FrameTimes(None, "not given"))
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -94,6 +97,7 @@ def _read_nifti(path: Path, affine_space: str | None) -> Study:
         affine_space = "lps" if re.fullmatch(MNMS_GROUPING, name, re.I) else "ras"
     volume = read_nifti(path, affine_space=affine_space)  # SourceError naming the file
     img = nib.load(path)
+    step, unit = float(img.header["pixdim"][4]), img.header.get_xyzt_units()[1]
     return Study(
         name=name,
         kind="nifti",
@@ -103,6 +107,7 @@ def _read_nifti(path: Path, affine_space: str | None) -> Study:
         shape=tuple(int(n) for n in img.shape),
         geometry=volume.geometry_meta(),
         header=img.header,
+        times=nifti_frame_times(step, unit, volume.data.shape[1]),
     )
 
 
@@ -131,6 +136,7 @@ def _read_dicom(folder: Path) -> Study:
         affine=lps_to_nifti_affine(geometry["direction"], geometry["origin"], subject.spacing),
         shape=(w, h, s, t) if t > 1 else (w, h, s),
         geometry=geometry,
+        times=dicom_frame_times(subject.meta, t),
     )
 
 
@@ -240,41 +246,47 @@ def ventricular_volumes(
     ed: int | None = None,
     es: int | None = None,
 ) -> dict[str, Any]:
-    """LV/RV EDV, ESV, SV (ml), EF (%) and LV mass (g) from labels (S, T, H, W).
+    """LV/RV EDV, ESV, SV (ml), EF (%) and LV mass (g) from labels (S, T, H, W), the volume
+    curves (ml per frame) and the reason for each index that is None (``unavailable``).
 
-    ED and ES default to the frames of largest and smallest LV cavity volume; with one frame
-    both are that frame, and SV and EF are undefined (None).
+    ED and ES default to the frames of largest and smallest LV cavity volume
+    (`cmrfm.cycle.choose_frames`); with one frame both are that frame, and SV and EF are
+    undefined (None).
     """
     t = labels.shape[1]
     lv, rv = volumes_ml(labels, spacing, LV), volumes_ml(labels, spacing, RV)
     myo = volumes_ml(labels, spacing, MYO)
-    for name, frame in (("ed", ed), ("es", es)):
-        if frame is not None and not 0 <= frame < t:
-            raise ValueError(f"--{name} {frame} is not a frame of this study (0..{t - 1})")
+    chosen = choose_frames(lv, ed, es)  # ValueError for a frame outside the study
     if ed is not None or es is not None:
         rule = "given"
     elif t == 1:
         rule = "one frame: volumes of that frame; SV and EF need a cine"
     else:
         rule = "ED: largest LV cavity volume, ES: smallest"
-    ed = int(np.argmax(lv)) if ed is None else ed
-    es = int(np.argmin(lv)) if es is None else es
-    found = clinical_indices(labels, spacing, ed, es, rv=True)
+    found = clinical_indices(labels, spacing, chosen["ed"], chosen["es"], rv=True)
     one = t == 1
+    unavailable = {}
 
     def indices(side: str) -> dict[str, float | None]:
-        return {
+        values = {
             "edv_ml": found[f"{side}_edv"],
             "esv_ml": found[f"{side}_esv"],
             "sv_ml": None if one else found[f"{side}_sv"],
             "ef_percent": None if one else _finite(found[f"{side}_ef"]),
         }
+        for key in ("sv_ml", "ef_percent"):
+            if values[key] is None:
+                unavailable[f"{side}.{key}"] = (
+                    "one frame: SV and EF need a cine" if one else f"no {side.upper()} at ED"
+                )
+        return values
 
     return {
-        "frames": {"ed": ed, "es": es, "n_frames": t, "rule": rule},
+        "frames": {**chosen, "n_frames": t, "rule": rule},
         "lv": {**indices("lv"), "mass_g": found["lv_mass"]},
         "rv": indices("rv"),
         "per_frame_ml": {"lv": lv.tolist(), "myo": myo.tolist(), "rv": rv.tolist()},
+        "unavailable": unavailable,
     }
 
 
@@ -313,6 +325,8 @@ def write_labels(study: Study, labels: np.ndarray, out: Path) -> Path:
     else:
         image = nib.Nifti1Image(data, study.affine)
         image.header.set_xyzt_units("mm", "msec")
+        if study.times.ms is not None and len(study.times.ms) > 1:  # else pixdim[4] 1 "ms"
+            image.header["pixdim"][4] = float(np.median(np.diff(study.times.ms)))
         image.set_qform(study.affine, code=1)
         image.set_sform(study.affine, code=1)
     path = out / f"{study.name}_seg.nii.gz"
@@ -320,10 +334,25 @@ def write_labels(study: Study, labels: np.ndarray, out: Path) -> Path:
     return path
 
 
-def write_volumes(volumes: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """volumes.json (everything) and volumes.csv (one row per ventricle)."""
-    json_path, csv_path = out / "volumes.json", out / "volumes.csv"
-    json_path.write_text(json.dumps(volumes, indent=1) + "\n")
+def finite(value: Any) -> Any:
+    """value with every NaN or infinite float (a volume of unknown slice spacing, say) as None:
+    JSON has no NaN, and a reader should see "unknown", not a parse error."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_volumes(volumes: dict[str, Any], out: Path) -> tuple[Path, Path, Path]:
+    """volumes.json (everything), volumes.csv (one row per ventricle) and curves.csv (one row
+    per frame: `cmrfm.cycle.curve_rows`)."""
+    json_path, csv_path, curves_path = (
+        out / n for n in ("volumes.json", "volumes.csv", "curves.csv")
+    )
+    json_path.write_text(json.dumps(finite(volumes), indent=1, allow_nan=False) + "\n")
     frames = volumes["frames"]
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
@@ -333,84 +362,11 @@ def write_volumes(volumes: dict[str, Any], out: Path) -> tuple[Path, Path]:
             writer.writerow(
                 {"ventricle": ventricle, **row, "ed_frame": frames["ed"], "es_frame": frames["es"]}
             )
-    return json_path, csv_path
-
-
-def write_overlay(
-    image: np.ndarray, labels: np.ndarray, spacing: tuple, frames: dict, path: Path
-) -> Path:
-    """PNG sheet: rows ED and ES (one row when they are one frame), one column per slice; image (S, T, H, W) with labels over it,
-    cut to the segmented region (plus a margin) so the heart fills the tiles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    phases = [("ED", frames["ed"]), ("ES", frames["es"])]
-    if frames["ed"] == frames["es"]:  # one frame (or no contraction found): one row
-        phases = [("frame", frames["ed"])]
-    ys, xs = _box(labels)
-    shown = image[:, [f for _, f in phases]][:, :, ys, xs]
-    window = tuple(float(v) for v in np.percentile(shown, (1, 99)))  # one grey scale for all tiles
-    rows = []
-    for _, f in phases:
-        tiles = [
-            _tile(image[z, f, ys, xs], labels[z, f, ys, xs], window) for z in range(image.shape[0])
-        ]
-        rows.append(np.concatenate(tiles, axis=1))
-    sheet = np.concatenate(rows, axis=0)  # (phases h, S w, 3)
-    h, w = ys.stop - ys.start, xs.stop - xs.start
-    aspect = float(spacing[1]) / float(spacing[2]) if all(map(math.isfinite, spacing[1:])) else 1.0
-    n = image.shape[0]
-    fig_w = min(24.0, 1.6 * n + 0.8)
-    fig_h = fig_w * (len(phases) * h * aspect) / (n * w) + 0.6
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
-    ax.imshow(sheet, aspect=aspect, interpolation="nearest")
-    ax.set_xticks([(z + 0.5) * w for z in range(n)], [str(z) for z in range(n)], fontsize=7)
-    ax.set_yticks(
-        [(r + 0.5) * h for r in range(len(phases))],
-        [f"{p} {f}" if p == "frame" else f"{p} (frame {f})" for p, f in phases],
-    )
-    ax.set_xlabel("slice")
-    ax.tick_params(length=0)
-    names = {LV: "LV", MYO: "MYO", RV: "RV", 4: "infarct", 5: "MVO"}
-    present = [c for c in COLOURS if (labels == c).any()]
-    if present:
-        handles = [Patch(color=COLOURS[c], label=names[c]) for c in present]
-        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _box(labels: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
-    """(rows, columns) around every labelled pixel of the study, widened by ``margin``."""
-    h, w = labels.shape[2:]
-    found = labels.any(axis=(0, 1))
-    if not found.any():
-        return slice(0, h), slice(0, w)
-    ys, xs = np.nonzero(found)
-    pad = int(margin * max(np.ptp(ys) + 1, np.ptp(xs) + 1)) + 4
-    return (
-        slice(max(0, ys.min() - pad), min(h, ys.max() + pad + 1)),
-        slice(max(0, xs.min() - pad), min(w, xs.max() + pad + 1)),
-    )
-
-
-def _tile(
-    image: np.ndarray, labels: np.ndarray, window: tuple[float, float], alpha: float = 0.45
-) -> np.ndarray:
-    """(h, w) image and labels -> (h, w, 3) RGB with coloured, half-transparent labels; the
-    image's grey levels ``window`` = (lo, hi) map to black and white."""
-    lo, hi = window
-    grey = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    for value, colour in COLOURS.items():
-        mask = labels == value
-        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour)
-    return rgb
+    with curves_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, CURVE_FIELDS)
+        writer.writeheader()
+        writer.writerows(curve_rows(volumes["per_frame_ml"], volumes["cycle"], frames))
+    return json_path, csv_path, curves_path
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -455,12 +411,14 @@ def predict(
     es: int | None = None,
     affine_space: str | None = None,
 ) -> dict[str, Any]:
-    """Segment a study and write ``<name>_seg.nii.gz``, volumes.json/.csv and overlay.png.
+    """Segment a study and write ``<name>_seg.nii.gz``, volumes.json/.csv, curves.csv,
+    overlay.png and curves.png (not for one frame: ``unavailable`` in volumes.json says so).
 
     model: a model folder, or a Predictor already loaded (to segment many studies with one;
     its frames then stand and `frames` is not read).
     Returns volumes.json's contents (with the output paths and timings in seconds).
     """
+    from cmrfm.figures import cycle_figure, write_overlay
     from finetune.evaluate import predict_study
 
     clock = {"_start": time.perf_counter()}
@@ -477,6 +435,9 @@ def predict(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seg_path = write_labels(study, labels, out)
+    found = ventricular_volumes(labels, study.spacing, ed, es)
+    unavailable = found.pop("unavailable")
+    cycle, missing = cycle_summary(found["per_frame_ml"]["lv"], study.times, found["frames"])
     volumes = {
         "study": study.name,
         "input": study.kind,
@@ -487,12 +448,18 @@ def predict(
             "frames": loaded.frames,
             "classes": loaded.config.get("classes"),
         },
-        **ventricular_volumes(labels, study.spacing, ed, es),
+        **found,
+        "cycle": cycle,
         "label_file": seg_path.name,
     }
     if loaded.num_classes > INFARCT:
         volumes["scar"] = scar_volumes(labels, study.spacing, volumes["frames"]["ed"])
     write_overlay(study.image, labels, study.spacing, volumes["frames"], out / "overlay.png")
+    if labels.shape[1] > 1:
+        cycle_figure(volumes["per_frame_ml"], cycle, volumes["frames"], out / "curves.png")
+    else:
+        unavailable["curves.png"] = "one frame: no curve to plot"
+    volumes["unavailable"] = unavailable | missing
     _lap(clock, "write")
     volumes["seconds"] = {k: round(v, 3) for k, v in clock.items() if not k.startswith("_")}
     volumes["seconds"]["total"] = round(time.perf_counter() - clock["_start"], 3)

@@ -224,7 +224,7 @@ def test_dicom_series_gives_its_geometry_and_no_identifier(tmp_path, package, ca
     leaks = [(name, term) for name, data in found for term in terms if term.encode() in data]
     assert not leaks, leaks
     assert {p.name for p in out.iterdir()} == {
-        "study_seg.nii.gz", "volumes.json", "volumes.csv", "overlay.png"
+        "study_seg.nii.gz", "volumes.json", "volumes.csv", "overlay.png", "curves.csv", "curves.png"
     }  # fmt: skip
 
 
