@@ -1,0 +1,111 @@
+"""A dense convolutional backbone: MONAI's 2D U-Net applied to every frame of a clip.
+
+At CPU scale a ViT segmenter trails a plain U-Net by far at every label count
+(`benchmarks/RESULTS.md`, "Few labels on a CPU"), so the network that pretraining must improve
+is the U-Net itself. This backbone is that network without its class layer: it maps a clip to
+per-pixel features, and heads (a 1x1 convolution to classes, a pixel reconstruction) sit on
+top. The bottleneck's features are exposed too, for objectives that compare whole images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.networks.nets import UNet
+from torch import nn
+
+
+class CardiacUNet(nn.Module):
+    """MONAI 2D U-Net body, frame by frame: clip (B, C_in, T, H, W) -> features (B, F, T, H, W).
+
+    Args:
+        channels: channels at each resolution, full resolution first (MONAI ``UNet``).
+        strides: downsampling between them; H and W must divide by their product.
+        num_res_units: residual units per block.
+        features: F, channels of the full-resolution output (heads take these).
+        in_chans: image channels (1 for MRI).
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        strides: Sequence[int] = (2, 2, 2, 2),
+        num_res_units: int = 2,
+        features: int = 16,
+        in_chans: int = 1,
+    ) -> None:
+        super().__init__()
+        if len(channels) != len(strides) + 1:
+            raise ValueError(
+                f"channels={tuple(channels)} needs one more entry than strides={tuple(strides)}"
+            )
+        if features < 1:
+            raise ValueError(f"features={features} must be >= 1")
+        self.model_args: dict[str, Any] = {
+            "channels": list(channels),
+            "strides": list(strides),
+            "num_res_units": num_res_units,
+            "features": features,
+            "in_chans": in_chans,
+        }
+        self.features, self.in_chans = features, in_chans
+        self.bottleneck_dim = int(channels[-1])
+        self.reduction = int(torch.tensor(list(strides)).prod())
+        self.unet = UNet(
+            spatial_dims=2,
+            in_channels=in_chans,
+            out_channels=features,
+            channels=tuple(channels),
+            strides=tuple(strides),
+            num_res_units=num_res_units,
+            norm="instance",
+        )
+        self._bottom = _deepest_block(self.unet, int(channels[-1]))
+        self._kept: list[torch.Tensor] = []
+        self._bottom.register_forward_hook(lambda _m, _i, out: self._kept.append(out))
+
+    def _frames(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, T, H, W) -> (B*T, C, H, W), checking the size; returns (frames, (B, T))."""
+        if x.ndim != 5 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected a clip (B, {self.in_chans}, T, H, W), got {tuple(x.shape)}")
+        b, c, t, h, w = x.shape
+        if h % self.reduction or w % self.reduction:
+            raise ValueError(
+                f"image {h} x {w} does not divide by {self.reduction} (the product of strides)"
+            )
+        return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), (b, t)
+
+    def forward_features(
+        self, x: torch.Tensor, bottleneck: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C_in, T, H, W) -> features (B, F, T, H, W); with ``bottleneck`` also the
+        deepest block's map (B, T, C_last, H/r, W/r), r the product of strides."""
+        frames, (b, t) = self._frames(x)
+        self._kept.clear()
+        out = self.unet(frames)  # (B*T, F, H, W)
+        deep = self._kept.pop()
+        self._kept.clear()
+        out = out.reshape(b, t, *out.shape[1:]).permute(0, 2, 1, 3, 4)
+        if not bottleneck:
+            return out
+        return out, deep.reshape(b, t, *deep.shape[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, T, H, W) -> features (B, F, T, H, W)."""
+        return self.forward_features(x)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Accepted for the backbone interface; the U-Net's activations are small at CPU scale."""
+        if enable:
+            raise ValueError("CardiacUNet has no gradient checkpointing; set it to false")
+
+
+def _deepest_block(unet: UNet, channels: int) -> nn.Module:
+    """The bottom block, the first module that outputs the bottleneck's ``channels`` (its own
+    convolutions, met after it, output them too)."""
+    blocks = [m for m in unet.modules() if getattr(m, "out_channels", None) == channels]
+    if not blocks:
+        raise ValueError(f"no block of the U-Net outputs {channels} channels")
+    return blocks[0]
