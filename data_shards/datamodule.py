@@ -21,7 +21,8 @@ class ClipDataModule(LightningDataModule):
     """Pretraining clips from webdataset shards; every argument is a plain YAML ``init_args`` value.
 
     Batches reach the model as ``{"clip": float32 (B, 1, frames, H, W) in [0, 1], "modality":
-    [str] * B, "key": [str] * B, "slice": int64 (B,)}``. Mixed shard sets must share H and W.
+    [str] * B, "key": [str] * B, "slice", "slices": int64 (B,)}``. Mixed shard sets must share
+    H and W.
     With ``augment_on: device`` the DataLoader yields uint8 clips and
     :meth:`on_after_batch_transfer` makes them float (and augments them) on the model's device.
 

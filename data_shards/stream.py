@@ -128,7 +128,8 @@ def slice_clips(
     A sequence of strides draws one per clip.
 
     Yields:
-        ``{"clip": uint8 (frames, H, W), "modality": str, "key": str, "slice": int}``.
+        ``{"clip": uint8 (frames, H, W), "modality": str, "key": str, "slice": int, "slices":
+        int}``: slice ``slice`` of the subject's ``slices``, base to apex.
     """
     strides = (stride,) if isinstance(stride, int) else tuple(stride)
     for subject in subjects:
@@ -144,6 +145,7 @@ def slice_clips(
                 "modality": modality,
                 "key": subject["key"],
                 "slice": index,
+                "slices": image.shape[0],
             }
 
 
@@ -329,8 +331,8 @@ def pretrain_dataset(
 
     Returns:
         An iterable of ``{"clip": float32 (1, F, H, W) in [0, 1] (uint8 with output="uint8"),
-        "modality": str, "key": str, "slice": int}``; ``.skipped`` counts the data skipped as
-        unreadable in this process.
+        "modality": str, "key": str, "slice": int, "slices": int}``; ``.skipped`` counts the
+        data skipped as unreadable in this process.
     """
     if views not in (1, 2):
         raise ValueError(f"views must be 1 or 2, got {views}")

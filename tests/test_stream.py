@@ -185,6 +185,7 @@ def test_datamodule_batches(shards: Path) -> None:
         assert {
             (k, s) for k, s in zip(batch["key"], batch["slice"].tolist(), strict=True)
         } <= kept()
+        assert batch["slices"].tolist() == [SHAPE[0]] * 3  # where the slice sits in its stack
     with pytest.raises(ValueError, match="frames"):
         ClipDataModule(shards=str(shards), frames=0)
 

@@ -1,0 +1,91 @@
+"""pretext.positional: slices from the same part of the stack, in any subject, are positives."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from foundation.unet import CardiacUNet
+from pretext.positional import PositionalContrastive, stack_part, supervised_contrastive
+
+SMALL = {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1, "features": 4}
+
+
+def test_stack_part_splits_a_stack_into_equal_parts_base_to_apex() -> None:
+    parts = stack_part(torch.arange(10), torch.full((10,), 10), parts=4)
+    assert parts.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    assert stack_part(torch.tensor([0, 2]), torch.tensor([3, 3]), 4).tolist() == [0, 2]
+    with pytest.raises(ValueError, match="slice index"):
+        stack_part(torch.tensor([3]), torch.tensor([3]), 4)
+
+
+def reference_supcon(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Khosla et al.'s L_out written as loops, over anchors that have a positive."""
+    losses = []
+    for i in range(len(z)):
+        others = [j for j in range(len(z)) if j != i]
+        positives = [j for j in others if labels[j] == labels[i]]
+        if not positives:
+            continue
+        denominator = torch.logsumexp(torch.stack([z[i] @ z[j] / tau for j in others]), 0)
+        losses.append(-torch.stack([z[i] @ z[p] / tau - denominator for p in positives]).mean())
+    return torch.stack(losses).mean()
+
+
+def test_supcon_equals_the_loop_reference() -> None:
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(9, 5), dim=1)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 1, 2])  # label 3 has no positive
+    loss, positives = supervised_contrastive(z, labels, 0.2)
+    torch.testing.assert_close(loss, reference_supcon(z, labels, 0.2))
+    assert positives == pytest.approx((2 * 3 + 2 * 3 + 2 * 1 + 0) / 9)
+
+
+def test_embeddings_grouped_by_part_score_lower_than_mixed_ones() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    grouped = F.one_hot(labels, 3).float()
+    mixed = F.one_hot(torch.tensor([0, 1, 2, 0, 1, 2]), 3).float()
+    assert (
+        supervised_contrastive(grouped, labels, 0.1)[0]
+        < supervised_contrastive(mixed, labels, 0.1)[0]
+    )
+
+
+def parted_batch(b: int = 8, t: int = 2, slices: int = 4) -> dict[str, torch.Tensor]:
+    """Clips whose content tells their part: a bright band whose height follows the slice."""
+    torch.manual_seed(1)
+    index = torch.arange(b) % slices
+    clips = 0.1 * torch.rand(b, 1, t, 32, 32)
+    for i, k in enumerate(index.tolist()):
+        clips[i, :, :, 8 * k : 8 * k + 8] += 0.8
+    return {"clip": clips, "slice": index, "slices": torch.full((b,), slices)}
+
+
+def test_training_on_it_pulls_same_part_views_together() -> None:
+    torch.manual_seed(0)
+    objective = PositionalContrastive(CardiacUNet(**SMALL), parts=4, hidden=32, proj_dim=16)
+    optimiser = torch.optim.Adam(objective.parameters(), lr=3e-3)
+    batch = parted_batch()
+    losses = []
+    for _ in range(25):
+        out = objective(batch)
+        optimiser.zero_grad()
+        out["loss"].backward()
+        optimiser.step()
+        losses.append(float(out["loss"].detach()))
+    assert out["positives"] == pytest.approx(2 * 8 * 2 / 4 - 1)  # 32 images, 8 per part
+    # The floor: every part a point, far from the others, leaves log(7 positives) per anchor.
+    floor = math.log(7)
+    assert losses[0] > floor + 0.3 and losses[-1] < floor + 0.05
+
+
+def test_the_loss_trains_the_encoder_half_and_leaves_the_decoder() -> None:
+    objective = PositionalContrastive(CardiacUNet(**SMALL), hidden=16, proj_dim=8)
+    objective(parted_batch())["loss"].backward()
+    grads = {n: p.grad for n, p in objective.encoder.unet.named_parameters()}
+    first = grads["model.0.conv.unit0.conv.weight"]  # the input convolution
+    assert first is not None and torch.isfinite(first).all() and first.abs().sum() > 0
+    assert grads["model.2.0.conv.weight"] is None  # the top decoder layer: not on the path
