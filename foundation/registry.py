@@ -16,17 +16,19 @@ from foundation.checkpoint import (
     load_backbone_weights,
     read_backbone_weights,
 )
+from foundation.unet import CardiacUNet
 from foundation.vit import CardiacViT
 
-BACKBONES: dict[str, Callable[..., CardiacViT]] = {}
+Backbone = CardiacViT | CardiacUNet
+BACKBONES: dict[str, Callable[..., Backbone]] = {}
 
 
-def register_backbone(fn: Callable[..., CardiacViT]) -> Callable[..., CardiacViT]:
+def register_backbone(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
     """Register an entry point under its function name; the models it builds carry that name
     (`model.architecture`), which the hub's config.json records."""
 
     @functools.wraps(fn)
-    def build(**kwargs: Any) -> CardiacViT:
+    def build(**kwargs: Any) -> Backbone:
         model = fn(**kwargs)
         model.architecture = fn.__name__
         return model
@@ -37,7 +39,7 @@ def register_backbone(fn: Callable[..., CardiacViT]) -> Callable[..., CardiacViT
 
 def create_backbone(
     name: str, pretrained: str | Path | BackboneWeights | None = None, **kwargs: Any
-) -> CardiacViT:
+) -> Backbone:
     """Build a registered backbone, the one way to get pretrained weights into one (as timm's
     create_model); kwargs (patch_size, tubelet, depth, ...) override its defaults.
 
@@ -52,6 +54,11 @@ def create_backbone(
     model = BACKBONES[name](**kwargs)
     if pretrained is None:
         return model
+    if isinstance(model, CardiacUNet):
+        raise ValueError(
+            f"{name}: loading pretrained weights into a U-Net backbone is not supported yet "
+            "(only pretraining it is); pass pretrained=None"
+        )
     weights = pretrained
     if not isinstance(weights, BackboneWeights):
         weights = read_backbone_weights(pretrained)
@@ -100,3 +107,10 @@ def cmr_vit_large(**kwargs: Any) -> CardiacViT:
 def cmr_vit_test(**kwargs: Any) -> CardiacViT:
     """Width 32, 4 blocks, 2 heads: for tests and the CPU demo's smoke runs."""
     return CardiacViT(**{"embed_dim": 32, "depth": 4, "num_heads": 2, **kwargs})
+
+
+@register_backbone
+def cmr_unet_small(**kwargs: Any) -> CardiacUNet:
+    """MONAI's 2D U-Net body, channels 16-256, 2 residual units, 16 output features (~1.6M
+    parameters): the baseline's network, for CPU-scale pretraining (foundation.unet)."""
+    return CardiacUNet(**kwargs)

@@ -10,21 +10,29 @@ from typing import Any
 
 from torch import nn
 
-from foundation.vit import CardiacViT
 from pretext.combined import MAEContrastive
 from pretext.contrastive import Contrastive
 from pretext.mae import MAE
+from pretext.positional import PositionalContrastive
 
 OBJECTIVES: dict[str, type[nn.Module]] = {
     "mae": MAE,
     "contrastive": Contrastive,
     "mae_contrastive": MAEContrastive,
+    "positional": PositionalContrastive,  # for a dense backbone (cmr_unet_*)
 }
 
-__all__ = ["MAE", "OBJECTIVES", "Contrastive", "MAEContrastive", "create_objective"]
+__all__ = [
+    "MAE",
+    "OBJECTIVES",
+    "Contrastive",
+    "MAEContrastive",
+    "PositionalContrastive",
+    "create_objective",
+]
 
 
-def create_objective(name: str, encoder: CardiacViT, **kwargs: Any) -> nn.Module:
+def create_objective(name: str, encoder: nn.Module, **kwargs: Any) -> nn.Module:
     """Build a registered objective around encoder; kwargs are the objective's own arguments."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}")

@@ -127,7 +127,8 @@ class PretrainSystem(L.LightningModule):
         loss = out["loss"]
         clip = batch["clip"]
         self._clips = clip.shape[0]
-        self._tokens = math.prod(self.encoder.grid(clip.shape))
+        grid = getattr(self.encoder, "grid", None)  # a dense backbone has pixels, not tokens
+        self._tokens = math.prod(grid(clip.shape)) if grid else 0
         if self._any_rank(not bool(torch.isfinite(loss))):
             return self._skip(loss, out)
         self.nonfinite, self._skipped = 0, False
@@ -213,8 +214,9 @@ class PretrainSystem(L.LightningModule):
     def _log_throughput(self, seconds: float) -> None:
         """clips/s and tokens/s over all ranks; TFLOP/s and MFU per device."""
         clips = self._clips * self.trainer.world_size / seconds
-        metrics = {"train/clips_per_s": clips, "train/tokens_per_s": clips * self._tokens,
-                   "train/cpu_hours": self.cpu_seconds / 3600}  # fmt: skip
+        metrics = {"train/clips_per_s": clips, "train/cpu_hours": self.cpu_seconds / 3600}
+        if self._tokens:
+            metrics["train/tokens_per_s"] = clips * self._tokens
         if self.flops_per_batch:
             achieved = self.flops_per_batch / seconds / 1e12
             metrics["train/tflops"] = achieved

@@ -89,3 +89,17 @@ def test_the_loss_trains_the_encoder_half_and_leaves_the_decoder() -> None:
     first = grads["model.0.conv.unit0.conv.weight"]  # the input convolution
     assert first is not None and torch.isfinite(first).all() and first.abs().sum() > 0
     assert grads["model.2.0.conv.weight"] is None  # the top decoder layer: not on the path
+
+
+def test_it_follows_the_objective_protocol_from_the_registry() -> None:
+    """Built by name around a registered dense backbone; scalars out, the backbone kept as
+    ``encoder`` (checkpoint keys ``objective.encoder.*``)."""
+    from foundation.registry import create_backbone
+    from pretext import create_objective
+
+    backbone = create_backbone("cmr_unet_small", **SMALL)
+    objective = create_objective("positional", backbone, hidden=16, proj_dim=8)
+    assert objective.encoder is backbone and backbone.architecture == "cmr_unet_small"
+    out = objective(parted_batch())
+    assert set(out) == {"loss", "positives"} and all(v.shape == () for v in out.values())
+    assert torch.isfinite(out["loss"])
