@@ -10,11 +10,13 @@ top. The bottleneck's features are exposed too, for objectives that compare whol
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.networks.nets import UNet
 from torch import nn
+
+if TYPE_CHECKING:
+    from monai.networks.nets import UNet
 
 
 class CardiacUNet(nn.Module):
@@ -53,6 +55,8 @@ class CardiacUNet(nn.Module):
         self.features, self.in_chans = features, in_chans
         self.bottleneck_dim = int(channels[-1])
         self.reduction = int(torch.tensor(list(strides)).prod())
+        from monai.networks.nets import UNet  # here: MONAI's eager import takes seconds
+
         self.unet = UNet(
             spatial_dims=2,
             in_channels=in_chans,
