@@ -88,7 +88,10 @@ def scrub(text: str, path: Path | str, root: Path | str | None, ref: str) -> str
     names = set(_relative(path, root).parts)
     folder = path if path.is_dir() else path.parent
     if folder.is_dir() and (root is None or folder.resolve() != Path(root).resolve()):
-        names |= {child.name for child in folder.iterdir()}
+        try:
+            names |= {child.name for child in folder.iterdir()}
+        except OSError:  # an unreadable folder: its own name is scrubbed all the same
+            pass
     for name in sorted(names, key=len, reverse=True):  # longest first: no half-replaced names
         if len(name) >= 3:
             text = re.sub(_NAME_EDGE.format(re.escape(name)), mark, text)
