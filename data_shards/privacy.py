@@ -7,6 +7,7 @@ with it, short identifiers such as a hospital's patient ids could be recovered b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -88,10 +89,8 @@ def scrub(text: str, path: Path | str, root: Path | str | None, ref: str) -> str
     names = set(_relative(path, root).parts)
     folder = path if path.is_dir() else path.parent
     if folder.is_dir() and (root is None or folder.resolve() != Path(root).resolve()):
-        try:
+        with contextlib.suppress(OSError):  # unreadable: its own name is scrubbed all the same
             names |= {child.name for child in folder.iterdir()}
-        except OSError:  # an unreadable folder: its own name is scrubbed all the same
-            pass
     for name in sorted(names, key=len, reverse=True):  # longest first: no half-replaced names
         if len(name) >= 3:
             text = re.sub(_NAME_EDGE.format(re.escape(name)), mark, text)

@@ -252,18 +252,6 @@ def subject_features(
     return {k: out[k] for k in FEATURE_NAMES}
 
 
-def sample_features(sample: dict[str, Any], label: np.ndarray | None = None) -> dict[str, float]:
-    """``subject_features`` of a ``data_shards.stream.load_subjects`` dict.
-
-    ``label`` (S, T, H, W) replaces the sample's own (e.g. a predicted segmentation).
-    """
-    lab = sample["label"] if label is None else label
-    if lab is None:
-        raise ValueError(f"{sample.get('key')}: no label map to compute radiomics features from")
-    meta = sample["meta"]
-    return subject_features(sample["image"], lab, meta["spacing"], meta["ed"], meta["es"])
-
-
 def feature_matrix(features: Sequence[dict[str, float]]) -> np.ndarray:
     """(N, F) float64 matrix in ``FEATURE_NAMES`` order; a missing key reads as NaN."""
     return np.array(

@@ -58,8 +58,3 @@ def peak_tflops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for fragment, peak in PEAK_TFLOPS if fragment in name), None)
-
-
-def mfu(flops_per_step: float, seconds_per_step: float, peak: float) -> float:
-    """Model FLOPs utilisation: achieved FLOP/s over the peak (peak in TFLOP/s)."""
-    return flops_per_step / seconds_per_step / (peak * 1e12)

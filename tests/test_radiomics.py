@@ -17,7 +17,6 @@ from finetune.radiomics import (
     RadiomicsSVM,
     feature_matrix,
     local_wall_thickness,
-    sample_features,
     subject_features,
 )
 
@@ -190,17 +189,6 @@ def test_intensity_and_texture_features_ignore_a_global_intensity_scale():
     # ...while still describing contrast between structures: blood is brighter than muscle
     assert f1["lv_mean"] > 1.5 * f1["myo_mean"]
     assert f1["lv_p10"] > f1["myo_p90"]
-
-
-def test_sample_features_reads_stream_dicts_and_takes_a_predicted_label():
-    image, label = heart((24.0, 31.0), (17.0, 28.0))
-    sample = {"key": "s", "image": image, "label": label, "meta": {"spacing": [DZ, PX, PX]}}
-    sample["meta"].update(ed=0, es=1)
-    assert sample_features(sample) == features(image, label)
-    other = heart((20.0, 30.0), (14.0, 27.0))[1]
-    assert sample_features(sample, label=other)["lv_edv"] < features(image, label)["lv_edv"]
-    with pytest.raises(ValueError, match="no label"):
-        sample_features({**sample, "label": None})
 
 
 def test_bad_inputs_raise_value_errors_naming_the_problem():
