@@ -10,7 +10,6 @@ An empty structure (or an ignored / all-background frame) gives NaN features, ne
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
