@@ -61,3 +61,22 @@ def quarantined_inputs(out: Path, root: Path) -> list[Path]:
     entries = [e for e in json.loads((out / QUARANTINE).read_text()) if "input" in e]
     found = local_inputs(root, {e["input"] for e in entries}, default_salt())
     return [found[e["input"]] for e in entries]
+
+
+# The preprocessing of the tiny fine-tuned package (48 x 48 at 1.5 mm) that predict tests use.
+PACKAGE_PREPROCESS = {"spacing": 1.5, "size": 48, "percentiles": [0.5, 99.5],
+                      "orientation": "canonical", "crop": "centre"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fine-tuned package (cmr_vit_test, patch 8, 2 frames) for `cmrfm predict` tests."""
+    from finetune.package import save_finetuned
+    from finetune.system import SegFinetuner
+
+    torch.manual_seed(0)
+    model = SegFinetuner(backbone="cmr_vit_test", patch_size=8, tubelet=2, feature_size=8)
+    out = tmp_path_factory.mktemp("pkg")
+    return save_finetuned(
+        model.eval(), out, preprocess=PACKAGE_PREPROCESS, frames=2, datasets=["phantom"]
+    )

@@ -13,9 +13,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from test_predict import PREPROCESS, drawn_heart, heart, study_image, write_nifti
+from test_predict import drawn_heart, heart, study_image, write_nifti
 from test_source_dicom import write_stack
 
 from cmrfm.cli import main
@@ -31,8 +30,6 @@ from cmrfm.cycle import (
 )
 from data_shards.record import LV, MYO, RV
 from data_shards.volumes import volumes_ml
-from finetune.package import save_finetuned
-from finetune.system import SegFinetuner
 
 SPACING = (10.0, 2.0, 2.0)  # mm: a voxel is 0.04 ml
 VOXEL_ML = 0.04
@@ -214,15 +211,6 @@ def test_dicom_frame_times_are_a_gated_cycle_or_a_real_time_series():
 
 
 # --- through `cmrfm predict` ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny fine-tuned package; the tests below draw the labels instead of running it."""
-    torch.manual_seed(0)
-    model = SegFinetuner(backbone="cmr_vit_test", patch_size=8, tubelet=2, feature_size=8)
-    out = tmp_path_factory.mktemp("pkg")
-    return save_finetuned(model.eval(), out, preprocess=PREPROCESS, frames=2, datasets=["phantom"])
 
 
 def write_cine(path: Path, frames: int, step: float | None, unit: str = "msec") -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from conftest import PACKAGE_PREPROCESS
 from PIL import Image
 from pydicom import config as pydicom_config
 from test_privacy import identity, search_terms
@@ -28,8 +29,7 @@ from finetune.package import preprocess_config, save_finetuned
 from finetune.system import SegFinetuner
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PREPROCESS = {"spacing": 1.5, "size": 48, "percentiles": [0.5, 99.5], "orientation": "canonical",
-              "crop": "centre"}  # fmt: skip
+PREPROCESS = PACKAGE_PREPROCESS  # the `package` fixture's (conftest)
 # A rotated, mirrored grid (det < 0): canonical orientation must transpose and flip it.
 ROTATION = np.array(
     [[0.0, np.cos(0.5), -np.sin(0.5)], [-1.0, 0.0, 0.0], [0.0, np.sin(0.5), np.cos(0.5)]]
@@ -38,14 +38,6 @@ SHAPES = {  # (S, T, H, W), spacing (dz, dy, dx): finer than the model grid and 
     "fine": ((4, 5, 60, 64), (8.0, 1.1, 1.25)),  # coarser and padded
     "coarse": ((3, 4, 30, 34), (10.0, 2.0, 2.2)),
 }
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = SegFinetuner(backbone="cmr_vit_test", patch_size=8, tubelet=2, feature_size=8)
-    out = tmp_path_factory.mktemp("pkg")
-    return save_finetuned(model.eval(), out, preprocess=PREPROCESS, frames=2, datasets=["phantom"])
 
 
 def heart(shape: tuple[int, ...], spacing: tuple[float, ...]) -> np.ndarray:
