@@ -121,21 +121,23 @@ def _size(text: str) -> int:
     return value
 
 
-def _spacing(text: str) -> float:
+def _number(text: str) -> float:
+    """The float text spells, NaN when it spells none (every range check then fails)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
+        return math.nan
+
+
+def _spacing(text: str) -> float:
+    value = _number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number of mm, got {text!r}")
     return value
 
 
 def _percentile(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not 0 <= value <= 100:  # NaN fails too
         raise argparse.ArgumentTypeError(f"expected a percentile in [0, 100], got {text!r}")
     return value
