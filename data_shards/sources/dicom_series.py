@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from data_shards.orientation import APEX  # base to apex: left, anterior, inferior (LPS)
 from data_shards.sources import SourceError
 from data_shards.sources.dicom_frames import CLOCK_KEYS, ORDER_KEYS, TRIGGER_KEYS, Frame
 
 POSITION_TOL_MM = 0.05  # images closer than this along the slice normal share a slice
 ORIENTATION_TOL = 1e-3  # larger differences in direction cosines mean another plane
-# The LV long axis runs from base to apex towards the patient's left, front and feet (LPS).
-APEX_LPS = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
 GEOMETRY = {  # keyword: (tag, number of values)
     "PixelSpacing": ("(0028,0030)", 2),
     "ImageOrientationPatient": ("(0020,0037)", 6),
@@ -176,7 +175,7 @@ def arrange(folder: Path, frames: list[Frame]) -> tuple[Grid, dict]:
             slices[-1].append(i)
         else:
             slices.append([i])
-    if normal @ APEX_LPS < 0:  # increasing depth runs apex to base: flip to base to apex
+    if normal @ APEX < 0:  # increasing depth runs apex to base: flip to base to apex
         slices = slices[::-1]
     unordered = [[frames[i] for i in members] for members in slices]
     key = frame_order(folder, unordered)
@@ -193,7 +192,7 @@ def arrange(folder: Path, frames: list[Frame]) -> tuple[Grid, dict]:
     # each image's cosines a little differently.
     base = grid[0][0]
     row, col, normal = _axes(base)
-    along = normal if normal @ APEX_LPS >= 0 else -normal
+    along = normal if normal @ APEX >= 0 else -normal
     centres = [float(along @ np.array(s[0].get("ImagePositionPatient"))) for s in grid]
     dz = _slice_gap(folder, centres, base)
     dy, dx = base.get("PixelSpacing")
