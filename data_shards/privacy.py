@@ -83,10 +83,11 @@ def scrub(text: str, path: Path | str, root: Path | str | None, ref: str) -> str
     """``text`` with the input's path, and every name along it below ``root`` or beside it in its
     folder, replaced by ``ref``: a reason written to a file must not spell a local name."""
     path, mark = Path(path), "\x00"  # a mark no name can match, replaced by ref at the end
-    forms = {str(path), str(path.resolve()), _relative(path, root).as_posix()}
+    relative = _relative(path, root)
+    forms = {str(path), str(path.resolve()), relative.as_posix()}
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, mark) if len(form) > 1 else text
-    names = set(_relative(path, root).parts)
+    names = set(relative.parts)
     folder = path if path.is_dir() else path.parent
     if folder.is_dir() and (root is None or folder.resolve() != Path(root).resolve()):
         with contextlib.suppress(OSError):  # unreadable: its own name is scrubbed all the same
