@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from data_shards.stream import load_subjects, shard_urls
 from finetune.data import LabelledClips, draw_labelled
-from foundation.progress import LogLines
+from foundation.progress import log_file_progress
 
 TASKS = ("seg", "ef", "cls")
 
@@ -221,10 +220,9 @@ def fit_for_budget(
     )
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
     budget = BudgetStop(budget_s)
-    lines = [] if sys.stdout.isatty() else [LogLines()]  # a log file gets a line every 30 s
     trainer = L.Trainer(
         max_steps=steps,
-        callbacks=[budget, *lines],
+        callbacks=[budget, *log_file_progress()],
         accelerator="auto",
         devices=1,
         logger=False,

@@ -3,6 +3,7 @@ under nohup or a scheduler), where a progress bar writes nothing readable."""
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -56,3 +57,9 @@ class LogLines(Callback):
         if trainer.is_global_zero:
             line = progress_line(step, trainer.max_steps, rate, metrics, now - self._start)
             print(line, flush=True)
+
+
+def log_file_progress() -> list[Callback]:
+    """[LogLines()] when stdout is not a terminal (a log file, where a progress bar writes nothing
+    readable), else []: the callbacks a Trainer's progress needs."""
+    return [] if sys.stdout.isatty() else [LogLines()]

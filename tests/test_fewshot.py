@@ -169,7 +169,7 @@ def test_a_run_into_a_log_file_prints_progress_lines(monkeypatch, capsys):
     clock = FakeClock()
     monkeypatch.setattr(fewshot, "steps_for_budget", lambda step, budget_s: (20, 1.0))
     monkeypatch.setattr(progress, "_now", clock.monotonic)
-    monkeypatch.setattr(fewshot.sys.stdout, "isatty", lambda: False, raising=False)
+    monkeypatch.setattr(progress.sys.stdout, "isatty", lambda: False, raising=False)
     fewshot.fit_for_budget(SlowSteps(clock, 10.0), TensorDataset(torch.randn(8, 4)), 2, 1e4, 0)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert len(lines) == 6  # 200 s of steps, a line each 30 s
