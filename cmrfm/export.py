@@ -22,12 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from data_shards.writer import sha256_file
 from foundation.card import dataset_names, detect_datasets
-from foundation.checkpoint import read_checkpoint, recorded_backbone, weights_from_state_dict
+from foundation.checkpoint import (
+    backbone_kind,
+    read_checkpoint,
+    recorded_backbone,
+    weights_from_state_dict,
+)
 from foundation.hub import check_hub_folder, from_pretrained, save_pretrained
-from foundation.registry import BACKBONES, create_backbone
+from foundation.registry import BACKBONES, Backbone, create_backbone
 from foundation.vit import MODALITIES, CardiacViT
 
 MANIFEST = "manifest.json"
@@ -129,10 +135,13 @@ def _read_zero_folder(path: Path) -> TrainingCheckpoint:
 # --- finding the backbone ----------------------------------------------------------------------
 
 
-def backbone_spec(hparams: Mapping[str, Any], name: str | None = None) -> tuple[str, dict]:
+def backbone_spec(
+    hparams: Mapping[str, Any], name: str | None = None, kind: type[nn.Module] = CardiacViT
+) -> tuple[str, dict]:
     """(registered name, constructor kwargs) from a system's hyper-parameters (read by
-    foundation.checkpoint.recorded_backbone); name, when given, replaces the recorded one."""
-    recorded, kwargs = recorded_backbone(hparams)
+    foundation.checkpoint.recorded_backbone) for a backbone of class kind; name, when given,
+    replaces the recorded one."""
+    recorded, kwargs = recorded_backbone(hparams, kind)
     name = name or recorded
     if name not in BACKBONES:
         raise ValueError(
@@ -144,14 +153,15 @@ def backbone_spec(hparams: Mapping[str, Any], name: str | None = None) -> tuple[
 
 def extract_backbone(
     ckpt: TrainingCheckpoint, name: str | None = None, prefix: str | None = None
-) -> CardiacViT:
+) -> Backbone:
     """The trained backbone of a checkpoint, rebuilt from its hyper-parameters and loaded by the
     one loader (foundation.registry.create_backbone: the backbone found under its prefix,
     architecture checked, strict)."""
     hparams = ckpt.meta.get("hyper_parameters") or {}
-    name, kwargs = backbone_spec(hparams, name)
     try:
         weights = weights_from_state_dict(ckpt.state_dict, ckpt.path, hparams, prefix)
+        kind = backbone_kind(weights.state) or CardiacViT
+        name, kwargs = backbone_spec(hparams, name, kind)
         model = create_backbone(name, pretrained=weights, **kwargs)
     except ValueError as err:
         raise ValueError(

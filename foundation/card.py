@@ -152,10 +152,11 @@ def dataset_lines(datasets: Sequence[str]) -> list[str]:
     return lines
 
 
-def _front_matter(datasets: Sequence[str], objective: str | None) -> str:
+def _front_matter(datasets: Sequence[str], objective: str | None, unet: bool = False) -> str:
     from huggingface_hub import ModelCardData  # writes the YAML the Hub parses
 
-    tags = ["cmrfm", "cardiac-mri", "mri", "medical-imaging", "vision-transformer", "pytorch"]
+    network = "unet" if unet else "vision-transformer"
+    tags = ["cmrfm", "cardiac-mri", "mri", "medical-imaging", network, "pytorch"]
     tags += ["safetensors", "self-supervised"]
     if objective and "mae" in objective:
         tags.append("masked-autoencoder")
@@ -200,13 +201,12 @@ def card_text(
     args, pre = config["model_args"], config["preprocess"]
     objective = training.get("objective")
     seen = ", ".join(datasets) if datasets else "unidentified data"
+    unet = "channels" in args  # foundation.unet.CardiacUNet
     lines = [
-        _front_matter(datasets, objective),
+        _front_matter(datasets, objective, unet),
         f"# {arch}: a cardiac MRI backbone (cmrfm)",
         "",
-        f"A spatiotemporal ViT ({args['embed_dim']} wide, {args['depth']} blocks, "
-        f"{args['num_heads']} heads; tubelets of {args['tubelet']} x {args['patch_size']} x "
-        f"{args['patch_size']}) pretrained with **{objective or 'an unrecorded objective'}** for "
+        f"{_network(args)} pretrained with **{objective or 'an unrecorded objective'}** for "
         f"**{training.get('steps', 'an unrecorded number of')} steps** on {seen}.",
         "",
         "## How to use",
@@ -216,8 +216,7 @@ def card_text(
         "",
         'model = from_pretrained("THIS_REPO_OR_FOLDER")  # eval mode; model.hub_config = config.json',
         "# clip: float (B, 1, T, H, W) in [0, 1], preprocessed as below",
-        'tokens = model.forward_features(clip, modality=["cine"] * B, axis=["time"] * B)',
-        "# tokens: (B, T/tubelet * H/patch * W/patch, width), t-major order",
+        *(_UNET_USAGE if unet else _VIT_USAGE),
         "```",
         "",
         _weights_line(config.get(SHA256_KEY)),
@@ -228,9 +227,15 @@ def card_text(
         "",
         *_table(pre.items(), ("setting", "value")),
         "",
-        f"Modality rows of the embedding: {list(config.get('modalities', MODALITIES))}; axis rows:"
-        f" {list(config.get('axes', AXES))}.",
-        "",
+        *(
+            []
+            if unet
+            else [
+                f"Modality rows of the embedding: {list(config.get('modalities', MODALITIES))}; "
+                f"axis rows: {list(config.get('axes', AXES))}.",
+                "",
+            ]
+        ),
         "## Architecture (config.json `model_args`)",
         "",
         *_table(args.items(), ("argument", "value")),
@@ -263,8 +268,32 @@ def card_text(
     lines += _table(metrics.items(), ("metric", "value")) if metrics else ["None reported."]
     lines += ["", "## Data licences and citations", "", *dataset_lines(datasets), ""]
     lines += ["## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
-    lines += _limitations(datasets, pre)
+    lines += _limitations(datasets, pre, embeddings=not unet)
     return "\n".join(lines) + "\n"
+
+
+_VIT_USAGE = (
+    'tokens = model.forward_features(clip, modality=["cine"] * B, axis=["time"] * B)',
+    "# tokens: (B, T/tubelet * H/patch * W/patch, width), t-major order",
+)
+_UNET_USAGE = (
+    "features = model(clip)  # (B, F, T, H, W): per-pixel features, frame by frame",
+    "# a segmenter adds a 1x1 convolution to classes: cmrfm finetune with arch: dense",
+)
+
+
+def _network(args: Mapping[str, Any]) -> str:
+    """One phrase for the architecture config.json's model_args describe."""
+    if "channels" in args:
+        return (
+            f"MONAI's 2D U-Net applied frame by frame (channels {args['channels']}, "
+            f"{args['num_res_units']} residual units, {args['features']} output features)"
+        )
+    return (
+        f"A spatiotemporal ViT ({args['embed_dim']} wide, {args['depth']} blocks, "
+        f"{args['num_heads']} heads; tubelets of {args['tubelet']} x {args['patch_size']} x "
+        f"{args['patch_size']})"
+    )
 
 
 def _weights_line(sha256: str | None) -> str:
@@ -276,7 +305,9 @@ def _weights_line(sha256: str | None) -> str:
     )
 
 
-def _limitations(datasets: Sequence[str], pre: Mapping[str, Any]) -> list[str]:
+def _limitations(
+    datasets: Sequence[str], pre: Mapping[str, Any], embeddings: bool = True
+) -> list[str]:
     unseen = [m for m in MODALITIES if m not in set(pre.get("modalities") or [])]
     unseen += [f"{a} as the third axis" for a in AXES if a not in set(pre.get("axes") or [])]
     lines = [
@@ -287,7 +318,7 @@ def _limitations(datasets: Sequence[str], pre: Mapping[str, Any]) -> list[str]:
         " percentiles, frames, value range).",
         "- Self-supervised features: downstream accuracy depends on the fine-tuning data and head.",
     ]
-    if unseen:
+    if unseen and embeddings:
         lines.append(
             f"- Never saw {', '.join(unseen)} during training: those rows of the modality/axis "
             "embeddings are untrained."

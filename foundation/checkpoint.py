@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import struct
 import warnings
 from collections.abc import Iterable, Mapping
@@ -25,9 +26,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from data_shards.writer import sha256_file
+from foundation.unet import CardiacUNet
 from foundation.vit import AXES, CONTEXT_EMBEDDINGS, MODALITIES, CardiacViT
 
 M = TypeVar("M", bound=nn.Module)
+B = TypeVar("B", CardiacViT, CardiacUNet)
 
 # A hub folder (huggingface_hub.constants.SAFETENSORS_SINGLE_FILE and CONFIG_NAME).
 WEIGHTS_NAME = "model.safetensors"
@@ -43,12 +46,19 @@ SHA256_KEY = "weights_sha256"  # config.json: sha256 of model.safetensors, verif
 # key names (find_backbone_prefix), so a new system needs no entry here.
 PREFIXES = ("objective.encoder.", "mae.encoder.", "model.backbone.", "encoder.")
 WRAPPERS = ("_forward_module.",)
-ANCHOR = "patch_embed.weight"  # every backbone has it; its prefix is the backbone's
+# The first tensor of each kind of backbone; the prefix it sits under is the backbone's.
+ANCHOR = "patch_embed.weight"  # CardiacViT
+UNET_ANCHORS = ("unet.model.0.conv.unit0.conv.weight", "unet.model.0.conv.weight")  # CardiacUNet
+ANCHORS = (ANCHOR, *UNET_ANCHORS)
 # Constructor arguments that decide what the weights mean: the source and the model must agree.
 # drop_path_rate and compile are training and runtime choices, free to differ.
-ARCH_ARGS = (
+VIT_ARGS = (
     "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet", "in_chans", "qkv_bias"
 )  # fmt: skip
+UNET_ARGS = ("channels", "strides", "num_res_units", "features", "in_chans")
+ARCH_ARGS = tuple(dict.fromkeys(VIT_ARGS + UNET_ARGS))
+# A U-Net's down path: level d's first convolution (the bottom block has no "0.").
+_UNET_DOWN = re.compile(r"^unet\.model\.((?:1\.submodule\.)*)(0\.)?conv\.(?:unit0\.conv\.)?weight$")
 RUNTIME_ARGS = frozenset({"compile"})  # constructor arguments that are not architecture
 
 
@@ -98,12 +108,16 @@ def restore(cls: type[M], path: Path, **overrides: Any) -> tuple[M, dict[str, An
     return module, ckpt
 
 
-def recorded_backbone(hparams: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+def recorded_backbone(
+    hparams: Mapping[str, Any], kind: type[nn.Module] = CardiacViT
+) -> tuple[str | None, dict[str, Any]]:
     """(registered name or None, constructor kwargs) that a system's hyper-parameters record:
     ``backbone`` with ``backbone_kwargs`` (PretrainSystem) or top-level patch_size, tubelet, ...
-    (MAEPretrainer, the fine-tuning systems); runtime switches (compile) left out."""
+    (MAEPretrainer, the fine-tuning systems), for a backbone of class kind (top-level arguments
+    it does not take, e.g. a U-Net fine-tuner's patch_size, are left out); runtime switches
+    (compile) left out."""
     name = hparams.get("backbone")
-    known = set(inspect.signature(CardiacViT).parameters) - RUNTIME_ARGS
+    known = set(inspect.signature(kind).parameters) - RUNTIME_ARGS
     kwargs = {k: v for k, v in hparams.items() if k in known}
     kwargs.update(hparams.get("backbone_kwargs") or {})
     kwargs = {k: v for k, v in kwargs.items() if k not in RUNTIME_ARGS}
@@ -118,7 +132,25 @@ def _backbone_keys(depth: int, qkv_bias: bool) -> frozenset[str]:
     return frozenset(model.state_dict())
 
 
-BACKBONE_TOPS = frozenset(k.split(".")[0] for k in _backbone_keys(1, True))  # patch_embed, ...
+@functools.lru_cache(maxsize=16)
+def _unet_keys(levels: int, num_res_units: int) -> frozenset[str]:
+    """State-dict keys of a CardiacUNet with this many resolutions (meta device: names only)."""
+    with torch.device("meta"):
+        model = CardiacUNet([2] * levels, [2] * (levels - 1), num_res_units, features=2)
+    return frozenset(model.state_dict())
+
+
+# The top-level names of backbone tensors: patch_embed, blocks, ... (ViT) and unet (U-Net).
+BACKBONE_TOPS = frozenset(k.split(".")[0] for k in _backbone_keys(1, True)) | {"unet"}
+
+
+def backbone_kind(state: Mapping[str, torch.Tensor]) -> type[nn.Module] | None:
+    """The backbone class these tensors (prefix stripped) are weights of, by their first key."""
+    if ANCHOR in state:
+        return CardiacViT
+    if any(anchor in state for anchor in UNET_ANCHORS):
+        return CardiacUNet
+    return None
 
 
 def _strip_wrappers(prefix: str) -> str:
@@ -140,7 +172,10 @@ def _under(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 def _gaps(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Keys a backbone of the architecture the tensors imply would have and they lack."""
     args = inferred_architecture(state)
-    expected = _backbone_keys(args.get("depth", 0), args.get("qkv_bias", True))
+    if "channels" in args:
+        expected = _unet_keys(len(args["channels"]), args["num_res_units"])
+    else:
+        expected = _backbone_keys(args.get("depth", 0), args.get("qkv_bias", True))
     return sorted(expected - set(state) - set(CONTEXT_EMBEDDINGS))  # older checkpoints lack these
 
 
@@ -151,12 +186,17 @@ def find_backbone_prefix(state: Mapping[str, torch.Tensor], source: Path) -> str
     complete ones count, the known PREFIXES first; raises naming the candidates otherwise.
     """
     candidates = sorted(
-        {k[: -len(ANCHOR)] for k in state if k == ANCHOR or k.endswith("." + ANCHOR)}
+        {
+            k[: -len(anchor)]
+            for k in state
+            for anchor in ANCHORS
+            if k == anchor or k.endswith("." + anchor)
+        }
     )
     if not candidates:
         raise ValueError(
-            f"{source}: no backbone weights (no key ends with {ANCHOR!r}; systems keep the "
-            f"backbone under {', '.join(PREFIXES)})"
+            f"{source}: no backbone weights (no key ends with {' or '.join(map(repr, ANCHORS))}; "
+            f"systems keep the backbone under {', '.join(PREFIXES)})"
         )
     if len(candidates) == 1:
         return candidates[0]
@@ -190,7 +230,7 @@ def weights_from_state_dict(
     tensors = _under(state, prefix)
     if not tensors:
         raise ValueError(f"{source}: no backbone weights under the prefix {prefix!r}")
-    name, kwargs = recorded_backbone(hparams or {})
+    name, kwargs = recorded_backbone(hparams or {}, backbone_kind(tensors) or CardiacViT)
     recorded = {k: kwargs[k] for k in ARCH_ARGS if k in kwargs}
     weights = BackboneWeights(Path(source), tensors, prefix, recorded, name)
     _check_agree(
@@ -342,7 +382,9 @@ def backbone_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def inferred_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """ARCH_ARGS that tensor shapes imply: embed_dim, in_chans, tubelet and patch_size from
     patch_embed.weight (D, C, t, p, p), depth from the blocks present, mlp_ratio and qkv_bias
-    from the first block; {} without a patch embedding."""
+    from the first block; a U-Net's as :func:`_unet_architecture`; {} for neither."""
+    if backbone_kind(state) is CardiacUNet:
+        return _unet_architecture(state)
     w = state.get(ANCHOR)
     if w is None or w.ndim != 5:
         return {}
@@ -361,9 +403,33 @@ def inferred_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return args
 
 
+def _unet_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """UNET_ARGS but strides (shapes do not show them): channels from each level's first
+    convolution, num_res_units from the first block, in_chans and features from the ends."""
+    levels = {}
+    for key, tensor in state.items():
+        match = _UNET_DOWN.match(key)
+        if match and tensor.ndim == 4:
+            levels[match.group(1).count("submodule")] = int(tensor.shape[0])
+    first = next(state[k] for k in UNET_ANCHORS if k in state)
+    units = {k.split(".")[4] for k in state if k.startswith("unet.model.0.conv.unit")}
+    args: dict[str, Any] = {
+        "channels": [levels[d] for d in sorted(levels)], "num_res_units": len(units),
+        "in_chans": int(first.shape[1]),
+    }  # fmt: skip
+    last = state.get("unet.model.2.1.conv.unit0.conv.weight")  # the up path's units have one
+    if last is not None:
+        args["features"] = int(last.shape[0])
+    elif "unet.model.2.conv.weight" in state:  # no residual units: a transposed convolution
+        args["features"] = int(state["unet.model.2.conv.weight"].shape[1])
+    return args
+
+
 def _differ(key: str, theirs: Any, ours: Any, width: int) -> bool:
     if key == "mlp_ratio":  # the hidden width is int(width * ratio): equal widths agree
         return int(width * float(ours)) != round(width * float(theirs))
+    if isinstance(theirs, (list, tuple)) and isinstance(ours, (list, tuple)):
+        return list(theirs) != list(ours)
     return theirs != ours
 
 
@@ -396,9 +462,7 @@ def _some(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_backbone_weights(
-    model: CardiacViT, pretrained: str | Path | BackboneWeights
-) -> CardiacViT:
+def load_backbone_weights(model: B, pretrained: str | Path | BackboneWeights) -> B:
     """Load pretrained (a Lightning checkpoint, a hub folder, or weights already read) into model
     strictly; returns model.
 
@@ -407,15 +471,22 @@ def load_backbone_weights(
     shape that differs. Only the modality and axis tables of checkpoints from before they existed
     may be absent (CardiacViT loads zeros, with a warning).
     """
-    if not isinstance(model, CardiacViT):
+    if not isinstance(model, (CardiacViT, CardiacUNet)):
         raise TypeError(
-            f"load_backbone_weights loads into a CardiacViT, got {type(model).__name__}"
+            "load_backbone_weights loads into a CardiacViT or CardiacUNet, got "
+            f"{type(model).__name__}"
         )
     weights = (
         pretrained if isinstance(pretrained, BackboneWeights) else read_backbone_weights(pretrained)
     )
-    name = model.architecture or "CardiacViT"
+    name = model.architecture or type(model).__name__
     was = f" (they were trained as {weights.architecture})" if weights.architecture else ""
+    kind = backbone_kind(weights.state)
+    if kind is not None and not isinstance(model, kind):
+        raise ValueError(
+            f"{weights.source}: the weights are a {kind.__name__}'s{was}, but {name} is a "
+            f"{type(model).__name__}: build the backbone they were trained as"
+        )
     _check_agree(
         weights.arch_args(), model.model_args, weights.source,
         "the pretrained weights have", f"but {name} is asked for with",

@@ -23,7 +23,8 @@ from foundation.checkpoint import (
     load_backbone_weights,
     read_hub_weights,
 )
-from foundation.registry import BACKBONES, create_backbone
+from foundation.registry import BACKBONES, Backbone, create_backbone
+from foundation.unet import CardiacUNet
 from foundation.vit import AXES, MODALITIES, CardiacViT
 
 CARD_NAME = "README.md"
@@ -33,9 +34,9 @@ PREPROCESS_KEYS = ("spacing", "size", "frames", "percentiles", "modalities")
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
-def hub_config(model: CardiacViT, preprocess: Mapping[str, Any]) -> dict[str, Any]:
+def hub_config(model: Backbone, preprocess: Mapping[str, Any]) -> dict[str, Any]:
     """config.json contents: architecture name + every constructor argument, the embedding row
-    order, the preprocessing the weights expect, and the cmrfm version that wrote them.
+    order (a ViT's), the preprocessing the weights expect, and the cmrfm version that wrote them.
 
     preprocess needs spacing (mm, in-plane; None = native grid), size (crop, pixels), frames,
     percentiles ([lo, hi] mapped to 0 and 255), modalities (seen in training); axes defaults to
@@ -53,14 +54,14 @@ def hub_config(model: CardiacViT, preprocess: Mapping[str, Any]) -> dict[str, An
             raise ValueError(f"preprocess {key} {unknown} are not known; known: {list(known)}")
     if len(pre["percentiles"]) != 2:
         raise ValueError(f"preprocess percentiles must be [lo, hi], got {pre['percentiles']}")
+    rows = {"modalities": list(MODALITIES), "axes": list(AXES)}  # modality/axis_embed rows
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": model.architecture,  # None: build CardiacViT(**model_args) directly
         "model_args": dict(model.model_args),
-        "num_features": model.embed_dim,
-        "modalities": list(MODALITIES),  # row order of modality_embed
-        "axes": list(AXES),  # row order of axis_embed
+        "num_features": model.num_features,
+        **(rows if isinstance(model, CardiacViT) else {}),
         "input": {"layout": "B C T H W", "channels": model.in_chans, "dtype": "float32"},
         "preprocess": json.loads(json.dumps(pre)),  # tuples -> lists, fails early if not JSON
         "cmrfm_version": _version(),
@@ -75,7 +76,7 @@ def _version() -> str:
 
 
 def save_pretrained(
-    model: CardiacViT,
+    model: Backbone,
     folder: Path,
     *,
     preprocess: Mapping[str, Any],
@@ -88,8 +89,10 @@ def save_pretrained(
     the model card (see foundation.card.card_text)."""
     from safetensors.torch import save_model
 
-    if not isinstance(model, CardiacViT):
-        raise TypeError(f"save_pretrained takes a CardiacViT, got {type(model).__name__}")
+    if not isinstance(model, (CardiacViT, CardiacUNet)):
+        raise TypeError(
+            f"save_pretrained takes a CardiacViT or CardiacUNet, got {type(model).__name__}"
+        )
     config = hub_config(model, preprocess)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,7 @@ def save_pretrained(
     return folder
 
 
-def build_from_config(config: Mapping[str, Any], **overrides: Any) -> CardiacViT:
+def build_from_config(config: Mapping[str, Any], **overrides: Any) -> Backbone:
     """An untrained backbone of config's architecture; overrides (drop_path_rate, compile)."""
     name, args = config.get("architecture"), {**config["model_args"], **overrides}
     if name is None:

@@ -54,11 +54,6 @@ def create_backbone(
     model = BACKBONES[name](**kwargs)
     if pretrained is None:
         return model
-    if isinstance(model, CardiacUNet):
-        raise ValueError(
-            f"{name}: loading pretrained weights into a U-Net backbone is not supported yet "
-            "(only pretraining it is); pass pretrained=None"
-        )
     weights = pretrained
     if not isinstance(weights, BackboneWeights):
         weights = read_backbone_weights(pretrained)

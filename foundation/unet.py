@@ -9,6 +9,7 @@ top. The bottleneck's features are exposed too, for objectives that compare whol
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,10 @@ class CardiacUNet(nn.Module):
             "in_chans": in_chans,
         }
         self.features, self.in_chans = features, in_chans
+        self.num_features = features  # timm's name for what heads take
+        self.architecture: str | None = None  # the registered name (foundation.registry)
         self.bottleneck_dim = int(channels[-1])
-        self.reduction = int(torch.tensor(list(strides)).prod())
+        self.reduction = math.prod(strides)
         from monai.networks.nets import UNet  # here: MONAI's eager import takes seconds
 
         self.unet = UNet(
@@ -66,9 +69,10 @@ class CardiacUNet(nn.Module):
             num_res_units=num_res_units,
             norm="instance",
         )
-        self._bottom = _deepest_block(self.unet, int(channels[-1]))
         self._kept: list[torch.Tensor] = []
-        self._bottom.register_forward_hook(lambda _m, _i, out: self._kept.append(out))
+        bottom = _deepest_block(self.unet, int(channels[-1]))  # not an attribute: no alias keys
+        bottom.register_forward_hook(lambda _m, _i, out: self._kept.append(out))
+        self._register_load_state_dict_pre_hook(_drop_alias_keys)
 
     def _frames(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, C, T, H, W) -> (B*T, C, H, W), checking the size; returns (frames, (B, T))."""
@@ -104,6 +108,13 @@ class CardiacUNet(nn.Module):
         """Accepted for the backbone interface; the U-Net's activations are small at CPU scale."""
         if enable:
             raise ValueError("CardiacUNet has no gradient checkpointing; set it to false")
+
+
+def _drop_alias_keys(state: dict[str, torch.Tensor], prefix: str, *_: Any) -> None:
+    """Checkpoints written before 2026-12-04 also hold the bottom block under ``_bottom.``, an
+    alias of tensors saved under ``unet.``: drop it so they load strictly."""
+    for key in [k for k in state if k.startswith(prefix + "_bottom.")]:
+        del state[key]
 
 
 def _deepest_block(unet: UNet, channels: int) -> nn.Module:

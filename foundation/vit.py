@@ -124,6 +124,7 @@ class CardiacViT(nn.Module):
         }
         self.architecture: str | None = None  # the registry name, set by registered entry points
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
+        self.num_features = embed_dim  # timm's name for what heads take
         self.patch_size, self.tubelet, self.in_chans = patch_size, tubelet, in_chans
         kernel = (tubelet, patch_size, patch_size)
         self.patch_embed = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)

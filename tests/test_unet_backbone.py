@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from finetune.unet import UNet2DSegmenter
+from foundation.checkpoint import inferred_architecture
+from foundation.hub import from_pretrained, save_pretrained
+from foundation.registry import create_backbone
 from foundation.unet import CardiacUNet
 
 SMALL = {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1, "features": 6}
@@ -53,3 +59,91 @@ def test_bad_arguments_are_named(kwargs: dict, problem: str) -> None:
 def test_a_size_the_strides_do_not_divide_is_refused() -> None:
     with pytest.raises(ValueError, match="does not divide by 4"):
         CardiacUNet(**SMALL)(torch.rand(1, 1, 1, 30, 32))
+
+
+# --- weights in and out: the one loader (foundation.checkpoint) --------------------------------
+
+
+def _trained(**kwargs) -> CardiacUNet:
+    torch.manual_seed(1)
+    net = create_backbone("cmr_unet_small", **{**SMALL, **kwargs})
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # unlike any fresh initialisation
+    return net.eval()
+
+
+def _pretraining_checkpoint(path: Path, net: CardiacUNet, legacy_alias: bool = False) -> Path:
+    """A checkpoint laid out as PretrainSystem saves one (backbone under objective.encoder.)."""
+    state = {f"objective.encoder.{k}": v for k, v in net.state_dict().items()}
+    state["objective.projector.0.weight"] = torch.zeros(3, 3)  # a sibling, not the backbone's
+    if legacy_alias:  # as written before 2026-12-04: the bottom block twice
+        bottom = "unet.model.1.submodule.1.submodule."
+        state.update({f"objective.encoder._bottom.{k[len(bottom):]}": v
+                      for k, v in net.state_dict().items() if k.startswith(bottom)})  # fmt: skip
+    hparams = {"backbone": "cmr_unet_small", "backbone_kwargs": SMALL, "patch_size": 16}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
+    return path
+
+
+@pytest.mark.parametrize("legacy_alias", [False, True])
+def test_a_pretraining_checkpoint_loads_into_the_registered_unet(tmp_path, legacy_alias) -> None:
+    net = _trained()
+    ckpt = _pretraining_checkpoint(tmp_path / "p.ckpt", net, legacy_alias)
+    loaded = create_backbone("cmr_unet_small", pretrained=ckpt, **SMALL).eval()
+    x = torch.rand(1, 1, 2, 16, 16)
+    torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+
+
+def test_the_architecture_is_read_from_the_tensor_shapes() -> None:
+    for kwargs in ({"num_res_units": 0}, {"num_res_units": 3, "in_chans": 2, "features": 5}):
+        net = CardiacUNet(**{**SMALL, **kwargs})
+        args = {k: v for k, v in net.model_args.items() if k != "strides"}  # not in the shapes
+        assert inferred_architecture(net.state_dict()) == args
+
+
+def test_weights_of_other_channels_are_refused_naming_both(tmp_path) -> None:
+    ckpt = _pretraining_checkpoint(tmp_path / "p.ckpt", _trained())
+    with pytest.raises(ValueError, match=r"p\.ckpt.*channels \[4, 8, 16\].*channels \[4, 8, 32\]"):
+        create_backbone("cmr_unet_small", pretrained=ckpt, **{**SMALL, "channels": (4, 8, 32)})
+
+
+def test_unet_weights_are_refused_by_a_vit_and_back(tmp_path) -> None:
+    ckpt = _pretraining_checkpoint(tmp_path / "p.ckpt", _trained())
+    with pytest.raises(ValueError, match=r"a CardiacUNet's.*cmr_vit_test is a CardiacViT"):
+        create_backbone("cmr_vit_test", pretrained=ckpt)
+    vit = create_backbone("cmr_vit_test")
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in vit.state_dict().items()}},
+               tmp_path / "v.ckpt")  # fmt: skip
+    with pytest.raises(ValueError, match=r"a CardiacViT's.*is a CardiacUNet"):
+        create_backbone("cmr_unet_small", pretrained=tmp_path / "v.ckpt", **SMALL)
+
+
+def test_a_hub_folder_round_trips_with_a_unet_card(tmp_path) -> None:
+    net = _trained()
+    pre = {"spacing": 1.5, "size": 16, "frames": 2, "percentiles": [0.5, 99.5],
+           "modalities": ["cine"]}  # fmt: skip
+    folder = save_pretrained(net, tmp_path / "hub", preprocess=pre)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "cmr_unet_small" and config["num_features"] == 6
+    assert "modalities" not in config  # a U-Net has no embedding rows
+    card = (folder / "README.md").read_text()
+    assert "U-Net" in card and "vision-transformer" not in card and "tubelet" not in card
+    loaded = from_pretrained(folder)
+    x = torch.rand(1, 1, 2, 16, 16)
+    torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+
+
+def test_a_state_with_the_legacy_bottom_alias_loads_strictly() -> None:
+    """Resuming a pretraining run saved with the ``_bottom.`` alias keys must not fail."""
+    net = _trained()
+    state = dict(net.state_dict())
+    bottom = "unet.model.1.submodule.1.submodule."
+    state.update(
+        {f"_bottom.{k[len(bottom) :]}": v for k, v in state.items() if k.startswith(bottom)}
+    )
+    fresh = CardiacUNet(**SMALL)
+    fresh.load_state_dict(state, strict=True)
+    assert "_bottom.conv.unit0.conv.weight" in state and not any(
+        "_bottom" in k for k in fresh.state_dict()
+    )
