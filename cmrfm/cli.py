@@ -207,6 +207,20 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, data=args.data, quick=args.quick, labels=args.labels, seed=args.seed)
 
 
+def _probe(args: argparse.Namespace) -> None:
+    from finetune.probe import SegProbe, probe_checkpoints
+
+    probe = SegProbe(
+        args.shards, labels=args.labels, steps=args.steps, seed=args.seed,
+        max_eval_subjects=args.max_eval_subjects,
+    )  # fmt: skip
+    missing = [str(p) for p in args.checkpoints if not p.exists()]
+    if missing:
+        raise SystemExit(f"cmrfm probe: error: no such checkpoint: {', '.join(missing)}")
+    rows = probe_checkpoints(args.checkpoints, probe, args.out, random_init=not args.no_random)
+    print(f"{len(rows)} probes -> {args.out / 'probe.csv'}, {args.out / 'probe.png'}")
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from data_shards.inspect import inspect_shards
 
@@ -300,6 +314,23 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=8, help="contact sheet columns (frames)")
     p.add_argument("--seed", type=int, default=0, help="which subjects, slices and frames")
     p.set_defaults(func=_inspect)
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="the online segmentation probe on saved pretraining checkpoints, and on a random "
+        "initialisation (step 0): probe.csv and probe.png",
+    )
+    p.add_argument("checkpoints", type=Path, nargs="+", help="pretraining checkpoints (.ckpt)")
+    p.add_argument("--shards", required=True, help="labelled shards (e.g. runs/real/acdc)")
+    p.add_argument("--out", type=Path, required=True, help="folder for probe.csv and probe.png")
+    p.add_argument("--labels", type=int, default=5, help="labelled train subjects to fit on")
+    p.add_argument("--steps", type=int, default=300, help="head optimisation steps per probe")
+    p.add_argument("--max-eval-subjects", type=int, default=None, help="score only this many")
+    p.add_argument("--seed", type=int, default=0, help="the draw, the head and the random init")
+    p.add_argument("--no-random", action="store_true", help="leave out the step-0 random init")
+    p.set_defaults(func=_probe)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -716,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_demo)
     _add_inspect(sub)
+    _add_probe(sub)
     _add_bench(sub)
     _add_export(sub)
     _add_predict(sub)

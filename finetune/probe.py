@@ -27,6 +27,7 @@ from data_shards.record import IGNORE
 from data_shards.stream import cyclic_window, load_subjects, shard_urls
 from finetune.data import draw_labelled
 from finetune.metrics import dice_per_class
+from foundation.unet import CardiacUNet
 
 PROBE_CSV = "probe.csv"
 PROBE_PLOT = "probe.png"
@@ -145,7 +146,15 @@ class SegProbe(Callback):
     @torch.no_grad()
     def _features(self, encoder: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Clips (N, 1, T, H, W) -> the tapped blocks' tokens of the first time slot as maps
-        (N, taps * D, h, w)."""
+        (N, taps * D, h, w); a dense backbone's (CardiacUNet) bottleneck map of the first frame
+        (N, C, H/r, W/r), the same grid as a patch-16 ViT's at r = 16."""
+        if isinstance(encoder, CardiacUNet):
+            return torch.cat(
+                [
+                    encoder.forward_features(b.to(device), bottleneck=True)[1][:, 0].float().cpu()
+                    for b in x.split(64)
+                ]
+            )
         taps = encoder.default_taps(min(self.taps, encoder.depth))
         out = []
         for batch in x.split(64):
@@ -159,7 +168,7 @@ class SegProbe(Callback):
         """Fit the head on the frozen encoder and return Dice on the held-out subjects
         (``dice_mean`` over subjects and their labelled frames, and per class)."""
         self._load()
-        frames = encoder.tubelet
+        frames = getattr(encoder, "tubelet", 1)  # a dense backbone sees frames one by one
         x, y, _ = probe_clips(self._train, frames)
         x_eval, y_eval, where = probe_clips(self._eval, frames)
         was_training = encoder.training
@@ -297,3 +306,57 @@ def plot_history(rows: Sequence[dict[str, float]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def probe_checkpoints(
+    checkpoints: Sequence[Path], probe: SegProbe, out: Path, random_init: bool = True
+) -> list[dict[str, float]]:
+    """The probe of saved pretraining checkpoints, for a run that had none (or to compare probe
+    settings): one row per checkpoint at its global step, and with ``random_init`` a step-0 row
+    for the same backbone freshly initialised (seeded by the probe's seed). Rows are sorted by
+    step and written to ``out/probe.csv`` and ``out/probe.png`` after each one."""
+    from foundation.checkpoint import backbone_kind, read_backbone_weights, recorded_backbone
+    from foundation.registry import create_backbone
+
+    rows: list[dict[str, float]] = []
+    first: tuple[str, dict[str, Any]] | None = None
+    for path in checkpoints:
+        weights = read_backbone_weights(path)
+        hparams = read_checkpoint_meta(path)
+        name, kwargs = recorded_backbone(hparams["hyper_parameters"], backbone_kind(weights.state))
+        name = name or weights.architecture
+        if name is None:
+            raise ValueError(f"{path}: its hyper-parameters name no backbone")
+        first = first or (name, kwargs)
+        encoder = create_backbone(name, pretrained=weights, **kwargs)
+        rows.append(_probe_row(probe, encoder, hparams["global_step"], path.name))
+        _write(rows, out)
+    if random_init and first is not None:
+        torch.manual_seed(probe.seed)
+        rows.append(_probe_row(probe, create_backbone(first[0], **first[1]), 0, "random init"))
+        _write(rows, out)
+    return sorted(rows, key=lambda row: row["step"])
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's hyper_parameters and global_step, its tensors not read (mmap)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {
+        "hyper_parameters": ckpt.get("hyper_parameters") or {},
+        "global_step": int(ckpt.get("global_step", -1)),
+    }
+
+
+def _probe_row(probe: SegProbe, encoder: nn.Module, step: int, source: str) -> dict[str, Any]:
+    start = time.perf_counter()
+    scores = probe.score(encoder)
+    seconds = round(time.perf_counter() - start, 2)
+    print(f"probe {source} (step {step}): mean Dice {scores['dice_mean']:.3f} in {seconds} s",
+          flush=True)  # fmt: skip
+    return {"step": step, **scores, "probe_s": seconds}
+
+
+def _write(rows: list[dict[str, Any]], out: Path) -> None:
+    ordered = sorted(rows, key=lambda row: row["step"])
+    write_history(ordered, Path(out) / PROBE_CSV)
+    plot_history(ordered, Path(out) / PROBE_PLOT)

@@ -4,6 +4,7 @@ or a MONAI U-Net baseline) and subject-level EF regression or diagnosis classifi
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import lightning as L
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from data_shards.record import IGNORE
+from finetune.dense import DenseSegmenter
 from finetune.light_decoder import LightSegmenter
 from finetune.protocols import apply_protocol, check_protocol, eval_frozen, layer_decay_groups
 from finetune.subject import ACDC_GROUPS, SubjectModel
@@ -19,9 +21,11 @@ from finetune.unet import UNet2DSegmenter
 from finetune.unetr import UNETRSegmenter
 from foundation.optim import param_groups, warmup_cosine
 from foundation.registry import create_backbone
+from foundation.unet import CardiacUNet
 from foundation.vit import CardiacViT
 
-ARCHS = ("unetr", "light", "unet")
+ARCHS = ("unetr", "light", "unet", "dense")
+DENSE_PROTOCOLS = ("full", "linear")  # a U-Net backbone has no blocks to pick or adapt
 # Frozen modules are put in eval mode on purpose (`_Finetuner.train`); Lightning warns about it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
@@ -34,16 +38,40 @@ def build_backbone(
     protocol: str,
     last_k: int,
     lora_rank: int,
+    backbone_kwargs: dict[str, Any] | None = None,
 ) -> CardiacViT:
     """A registered backbone, its pretrained weights (a checkpoint or hub folder) loaded by
     create_backbone before LoRA renames its layers, with the protocol's trainable parameters
     (see :func:`finetune.protocols.apply_protocol`)."""
     encoder = create_backbone(
-        name, pretrained=pretrained or None, patch_size=patch_size, tubelet=tubelet
+        name,
+        pretrained=pretrained or None,
+        patch_size=patch_size,
+        tubelet=tubelet,
+        **(backbone_kwargs or {}),
     )
     return apply_protocol(
         encoder, protocol, last_k=last_k, lora_rank=lora_rank, lora_alpha=2 * lora_rank
     )
+
+
+def dense_backbone(
+    name: str, pretrained: str | None, protocol: str, backbone_kwargs: dict[str, Any] | None = None
+) -> CardiacUNet:
+    """A registered dense backbone (cmr_unet_small), its weights loaded by create_backbone,
+    frozen for protocol "linear"."""
+    if protocol not in DENSE_PROTOCOLS:
+        raise ValueError(
+            f"arch='dense' takes protocol {' or '.join(map(repr, DENSE_PROTOCOLS))}, not "
+            f"{protocol!r}: a U-Net backbone has no transformer blocks to pick or adapt"
+        )
+    backbone = create_backbone(name, pretrained=pretrained or None, **(backbone_kwargs or {}))
+    if not isinstance(backbone, CardiacUNet):
+        raise ValueError(
+            f"arch='dense' needs a dense backbone (e.g. cmr_unet_small); {name} is a "
+            f"{type(backbone).__name__}: use arch 'unetr' or 'light' for it"
+        )
+    return backbone.requires_grad_(protocol == "full")
 
 
 class _Finetuner(L.LightningModule):
@@ -69,7 +97,11 @@ class _Finetuner(L.LightningModule):
         in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
         head = [(n, p) for n, p in self.model.named_parameters() if id(p) not in in_backbone]
         groups = param_groups(head, hp.weight_decay, hp.lr)
-        if backbone is not None:
+        if isinstance(backbone, CardiacUNet):  # no blocks to decay layer by layer
+            groups += param_groups(
+                backbone.named_parameters(), hp.weight_decay, hp.lr * hp.backbone_lr_scale
+            )
+        elif backbone is not None:
             groups += layer_decay_groups(
                 backbone.named_parameters(),
                 hp.lr * hp.backbone_lr_scale,
@@ -98,11 +130,15 @@ class SegFinetuner(_Finetuner):
             each layer below layer_decay times less (`finetune.protocols.layer_decay_groups`).
         freeze_backbone: the same as protocol="linear" (kept for older configs and checkpoints).
         arch: "unetr" (backbone + UNETR decoder), "light" (backbone + the light decoder of
-            `finetune.light_decoder`, a cheaper step: `cmrfm bench seg`) or "unet" (MONAI 2D
+            `finetune.light_decoder`, a cheaper step: `cmrfm bench seg`), "unet" (MONAI 2D
             U-Net from scratch: the backbone arguments are ignored, pretrained and non-"full"
-            protocols are errors).
+            protocols are errors) or "dense" (a dense backbone such as cmr_unet_small + a 1x1
+            class layer, `finetune.dense`; patch_size and tubelet are ignored, protocols
+            "full" and "linear").
         protocol: "linear", "partial" (last_k blocks + final norm), "full" or "lora" (adapters of
             rank lora_rank, alpha 2 x rank, on the attention layers).
+        backbone_kwargs: further constructor arguments of the backbone (a U-Net's channels, a
+            ViT's depth); pretrained weights must have been trained with the same.
     """
 
     def __init__(
@@ -123,6 +159,7 @@ class SegFinetuner(_Finetuner):
         last_k: int = 2,
         layer_decay: float = 0.75,
         lora_rank: int = 8,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -136,10 +173,14 @@ class SegFinetuner(_Finetuner):
             if self.protocol != "full":
                 raise ValueError(f"arch='unet' has no backbone to apply protocol {protocol!r} to")
             self.model: nn.Module = UNet2DSegmenter(num_classes)
+        elif arch == "dense":
+            encoder = dense_backbone(backbone, pretrained, self.protocol, backbone_kwargs)
+            self.model = DenseSegmenter(encoder, num_classes)
         elif arch in ("unetr", "light"):
             encoder = build_backbone(
-                backbone, patch_size, tubelet, pretrained, self.protocol, last_k, lora_rank
-            )
+                backbone, patch_size, tubelet, pretrained, self.protocol, last_k, lora_rank,
+                backbone_kwargs,
+            )  # fmt: skip
             decoder = LightSegmenter if arch == "light" else UNETRSegmenter
             self.model = decoder(encoder, num_classes, feature_size)
         else:

@@ -16,7 +16,15 @@ from lightning.pytorch.loggers import CSVLogger
 
 from data_shards.datamodule import ClipDataModule
 from data_shards.record import IGNORE
-from finetune.probe import PROBE_CSV, PROBE_PLOT, SegProbe, probe_clips, read_history
+from finetune.probe import (
+    PROBE_CSV,
+    PROBE_PLOT,
+    SegProbe,
+    probe_checkpoints,
+    probe_clips,
+    read_history,
+)
+from foundation.registry import create_backbone
 from pretext.system import PretrainSystem
 
 
@@ -138,3 +146,35 @@ def test_a_resumed_run_keeps_the_curve_of_its_checkpoint(shards: Path, tmp_path:
     pretrain(shards, tmp_path, 6, probe, ckpt=tmp_path / "step=2.ckpt")
     assert [r["step"] for r in probe.history] == [0, 2, 4, 6]  # 0 and 2 from the checkpoint
     assert [r["step"] for r in read_history(tmp_path / PROBE_CSV)] == [0, 2, 4, 6]
+
+
+UNET = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1, "features": 4}
+
+
+def test_a_dense_backbone_is_probed_on_its_bottleneck_map_of_the_first_frame() -> None:
+    encoder = create_backbone("cmr_unet_small", **UNET).eval()
+    x = torch.rand(3, 1, 2, 16, 16)
+    feats = SegProbe("unused")._features(encoder, x, torch.device("cpu"))
+    _, deep = encoder.forward_features(x, bottleneck=True)
+    assert feats.shape == (3, 16, 4, 4)  # (N, C_last, H/4, W/4)
+    assert torch.equal(feats, deep[:, 0])
+
+
+def test_saved_checkpoints_are_probed_at_their_steps_beside_a_random_start(shards, tmp_path):
+    L.seed_everything(0)
+    system = PretrainSystem("cmr_unet_small", UNET, "positional", {"hidden": 8, "proj_dim": 4},
+                            lr=1e-3, scale_lr=False, warmup_steps=1)  # fmt: skip
+    data = ClipDataModule(str(shards), frames=1, batch_size=4, epoch_length=64, splits=["train"])
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=4, default_root_dir=tmp_path, enable_progress_bar=False,
+        logger=False, enable_model_summary=False,
+        callbacks=[ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=2, save_top_k=-1)],
+    )  # fmt: skip
+    trainer.fit(system, datamodule=data)
+    checkpoints = sorted(tmp_path.glob("step=*.ckpt"), reverse=True)  # any order in
+    rows = probe_checkpoints(checkpoints, make_probe(shards), tmp_path / "probe")
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    written = read_history(tmp_path / "probe" / PROBE_CSV)
+    assert [r["dice_mean"] for r in written] == pytest.approx([r["dice_mean"] for r in rows])
+    trained = create_backbone("cmr_unet_small", pretrained=tmp_path / "step=4.ckpt", **UNET)
+    assert make_probe(shards).score(trained)["dice_mean"] == pytest.approx(rows[-1]["dice_mean"])
