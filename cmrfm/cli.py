@@ -167,6 +167,7 @@ def _fewshot(args: argparse.Namespace) -> None:
         "methods": split(args.methods),
         "pretrained": args.pretrained,
         "budget_s": args.budget_s,
+        "steps": args.steps,
         "eval_split": args.eval_split,
         "seg_from": args.seg_from,
     }
@@ -723,6 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="e.g. pretrained,scratch,unet")
     p.add_argument("--pretrained", default=None, help="hub folder or pretraining checkpoint")
     p.add_argument("--budget-s", type=float, default=None, help="training seconds per run")
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimiser steps per run instead of --budget-s"
+    )
     p.add_argument("--eval-split", default=None, help="evaluation split (default: test)")
     p.add_argument("--seg-from", default=None, help="segmentation benchmark folder to reuse")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

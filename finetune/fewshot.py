@@ -75,7 +75,9 @@ HEADLINES = {
 RUN_KEYS = ("run", "task", "method", "labels", "n", "seed", "train_subjects")
 TRAINING_KEYS = ("steps", "planned_steps", "cut_short", "train_s", "s_per_step_probe", "predict_s")
 # Settings a re-run must share with the results already in its folder.
-SAME_RUN_KEYS = ("task", "shards", "train_split", "eval_split", "budget_s", "frames", "model")
+SAME_RUN_KEYS = (
+    "task", "shards", "train_split", "eval_split", "budget_s", "steps", "frames", "model"
+)  # fmt: skip
 
 
 @dataclass
@@ -83,7 +85,9 @@ class FewShotConfig:
     """One benchmark: a task, label counts, seeds and methods; YAML keys are these fields.
 
     labels holds counts or "all" (every labelled subject of train_split); seeds = how many seeds
-    (0 .. seeds-1); budget_s = training seconds per run, the same for every method; model =
+    (0 .. seeds-1); budget_s = training seconds per run, the same for every method; steps =
+    optimiser steps per run instead (the same for every method: equal time for methods that share
+    a network, whatever else the machine runs; `cmrfm bench seg` gives the step costs); model =
     constructor arguments shared by the methods (backbone, patch_size, tubelet, lr, ...);
     method_args = per-method overrides; seg_from = a segmentation benchmark's folder whose saved
     predictions "from_seg" and "radiomics" use (trained here when absent).
@@ -97,6 +101,7 @@ class FewShotConfig:
     methods: list[str] | None = None
     pretrained: str | None = None
     budget_s: float = 60.0
+    steps: int | None = None
     train_split: str = "train"
     eval_split: str = "test"
     frames: int = 2
@@ -123,6 +128,8 @@ class FewShotConfig:
             raise ValueError(f"unknown {self.task} method(s) {unknown}; known: {known}")
         if self.budget_s <= 0:
             raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1 (or null for the time budget), got {self.steps}")
         needs_weights = any(METHODS[self.task][m].get("pretrained") for m in self.methods)
         if needs_weights and not self.pretrained:
             raise ValueError(
@@ -197,24 +204,34 @@ class BudgetStop(L.Callback):
 
 
 def fit_for_budget(
-    system: L.LightningModule, dataset: Dataset, batch_size: int, budget_s: float, seed: int
+    system: L.LightningModule,
+    dataset: Dataset,
+    batch_size: int,
+    budget_s: float,
+    seed: int,
+    steps: int | None = None,
 ) -> dict[str, float]:
-    """Train `system` on clips drawn with replacement from dataset for at most budget_s seconds.
+    """Train `system` on clips drawn with replacement from dataset for at most budget_s seconds,
+    or for exactly ``steps`` optimiser steps when given (no clock involved).
 
     The step count comes from a timed probe, so the warmup + cosine schedule ends when the time
     does; on a machine slower than the probe said, :class:`BudgetStop` ends the run before a
     step would take it past budget_s (the schedule keeps the planned length). Returns steps
-    done, planned_steps, cut_short, train_s and s_per_step_probe.
+    done, planned_steps, cut_short, train_s and s_per_step_probe (None with ``steps``).
     """
     generator = torch.Generator().manual_seed(seed)
     probe = next(
         iter(DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator))
     )
     system.train()
-    with warnings.catch_warnings():  # self.log outside a Trainer warns; the probe logs nothing
-        warnings.simplefilter("ignore")
-        steps, per_step = steps_for_budget(lambda: system.training_step(probe, 0), budget_s)
-    _zero_grads(system)
+    per_step = None
+    if steps is None:
+        with warnings.catch_warnings():  # self.log outside a Trainer warns; the probe logs nothing
+            warnings.simplefilter("ignore")
+            steps, per_step = steps_for_budget(lambda: system.training_step(probe, 0), budget_s)
+        _zero_grads(system)
+    else:
+        budget_s = math.inf
     sampler = RandomSampler(
         dataset, replacement=True, num_samples=steps * batch_size, generator=generator
     )
@@ -343,7 +360,9 @@ class FewShotBenchmark:
         L.seed_everything(run.seed, workers=True, verbose=False)
         system = SegFinetuner(**self._system_args(run))
         dataset = LabelledClips(drawn, self.cfg.frames, augment=True)
-        info = fit_for_budget(system, dataset, self.cfg.batch_size, self.cfg.budget_s, run.seed)
+        info = fit_for_budget(
+            system, dataset, self.cfg.batch_size, self.cfg.budget_s, run.seed, self.cfg.steps
+        )
         system.eval()
         start = time.perf_counter()
         preds = {s["key"]: predict_study(system, s["image"], self.cfg.frames) for s in self.eval}
@@ -487,7 +506,7 @@ class FewShotBenchmark:
             drawn, self.cfg.frames, self.cfg.max_slices, task=self.cfg.task, augment=True
         )
         batch = min(self.cfg.batch_size, len(dataset))
-        info = fit_for_budget(system, dataset, batch, self.cfg.budget_s, run.seed)
+        info = fit_for_budget(system, dataset, batch, self.cfg.budget_s, run.seed, self.cfg.steps)
         return system.eval(), info
 
     @torch.no_grad()

@@ -163,6 +163,20 @@ def test_budget_is_a_limit_when_steps_are_slower_than_probed(monkeypatch, step_s
     assert system.schedule_steps == 20
 
 
+def test_fixed_steps_train_exactly_that_many_whatever_the_clock_says(monkeypatch):
+    """steps: every run trains that many steps, with no timed probe and no time limit (steps
+    of 10 s each would be cut short by a 60 s budget)."""
+    clock = FakeClock()
+    monkeypatch.setattr(fewshot, "time", SimpleNamespace(monotonic=clock.monotonic,
+                                                         perf_counter=time.perf_counter))  # fmt: skip
+    probed = []
+    monkeypatch.setattr(fewshot, "steps_for_budget", lambda *a: probed.append(1) or (20, 1.0))
+    system = SlowSteps(clock, 10.0)
+    info = fewshot.fit_for_budget(system, TensorDataset(torch.randn(8, 4)), 2, 60.0, 0, steps=9)
+    assert info["steps"] == info["planned_steps"] == system.schedule_steps == 9
+    assert info["cut_short"] is False and info["s_per_step_probe"] is None and not probed
+
+
 def test_a_run_into_a_log_file_prints_progress_lines(monkeypatch, capsys):
     """Output that is not a terminal gets a step / rate / ETA line every 30 s of a run (here a
     fake clock, 10 s a step): a few-shot job under nohup is not silent."""
