@@ -245,9 +245,12 @@ def training_facts(ckpt: TrainingCheckpoint) -> dict[str, Any]:
     if not isinstance(objective, str):
         objective = "mae" if system.endswith("MAEPretrainer") else None
     dm = ckpt.meta.get("datamodule_hyper_parameters") or {}
+    cpu_s = (ckpt.meta.get("pretrain_state") or {}).get("cpu_seconds")
     facts = {
         "objective": objective,
         "steps": ckpt.meta.get("global_step"),
+        # process CPU time of training (pretext.system.PretrainSystem.cpu_seconds), all threads
+        "cpu_hours": None if cpu_s is None else round(cpu_s / 3600, 2),
         "epoch": ckpt.meta.get("epoch"),
         "checkpoint": ckpt.kind,
         "lightning": ckpt.meta.get("pytorch-lightning_version"),
