@@ -11,7 +11,8 @@ Rows: the U-Net baseline (``arch="unet"``), then per patch size every variant, n
 ``ARCH[-fsN][-lastK|-linear]``: ``unetr-fs8`` is the UNETR decoder with feature_size 8,
 ``light-last4`` the light decoder with the first blocks frozen (protocol "partial", last_k 4).
 ``none`` is the backbone alone (its step with a loss on the last block's tokens): the floor
-under every decoder at that patch size.
+under every decoder at that patch size. ``dense`` (no patch size) is the pretrainable U-Net
+(``cmr_unet_small`` + a 1x1 class layer, ``arch="dense"``), ``dense-linear`` with it frozen.
 
 Every contender first runs ``warmup`` untimed steps (allocations, lazy initialisation); then all
 take turns in rounds of ``steps`` steps (A B C, C B A, ...), so drifting machine load reaches
@@ -43,8 +44,9 @@ DEFAULT_VARIANTS = (
     *("light-last4", "light-last2", "light-linear"),  # frozen early blocks: what patch 8 needs
 )
 _VARIANT = re.compile(
-    r"^(?P<arch>none|unetr|light)(-fs(?P<fs>\d+))?(-last(?P<k>\d+)|-(?P<lin>linear))?$"
+    r"^(?P<arch>none|unetr|light|dense)(-fs(?P<fs>\d+))?(-last(?P<k>\d+)|-(?P<lin>linear))?$"
 )
+DENSE_BACKBONE = "cmr_unet_small"  # the backbone of the "dense" rows
 
 
 def variant_args(name: str) -> dict[str, Any]:
@@ -57,9 +59,13 @@ def variant_args(name: str) -> dict[str, Any]:
     if match is None:
         raise ValueError(
             f"variant {name!r} is not ARCH[-fsN][-lastK|-linear] with ARCH one of "
-            f"{['none', *DECODERS]}, e.g. 'light', 'unetr-fs8', 'light-fs8-last4'"
+            f"{['none', *DECODERS, 'dense']}, e.g. 'light', 'unetr-fs8', 'light-fs8-last4'"
         )
     args: dict[str, Any] = {"arch": match["arch"]}
+    if match["arch"] == "dense":
+        if match["fs"] or match["k"]:
+            raise ValueError(f"variant {name!r}: a dense backbone has no decoder width or blocks")
+        args["backbone"] = DENSE_BACKBONE
     if match["fs"]:
         args["feature_size"] = int(match["fs"])
     if match["k"]:
@@ -140,7 +146,10 @@ def bench_seg(
         config["threads"] = torch.get_num_threads()
         clip, label = make_batch(batch, frames, size, num_classes, seed)
         plan = [(BASELINE, None, {"arch": "unet"})]
-        plan += [(name, p, args) for p in patches for name, args in parsed.items()]
+        dense = {name: args for name, args in parsed.items() if args["arch"] == "dense"}
+        plan += [(name, None, args) for name, args in dense.items()]  # no patch size
+        plan += [(name, p, args) for p in patches for name, args in parsed.items()
+                 if name not in dense]  # fmt: skip
         contenders = []
         with console.status("building the segmenters"):
             for name, patch, args in plan:
@@ -204,7 +213,7 @@ class Contender:
                 (tokens,) = encoder.forward_intermediates(clip, taps, norm=True)  # (B, L, D)
                 return tokens.square().mean()
         else:
-            system = SegFinetuner(**model_args, **args)
+            system = SegFinetuner(**{**model_args, **args})
             self.module = system.model
             optimizer = system.configure_optimizers()["optimizer"]
 

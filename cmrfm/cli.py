@@ -439,7 +439,7 @@ def _add_bench_seg(group: argparse._SubParsersAction) -> None:
         "--variants",
         type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
         default=None,
-        help="ARCH[-fsN][-lastK|-linear], ARCH unetr, light or none (backbone alone), e.g. "
+        help="ARCH[-fsN][-lastK|-linear], ARCH unetr, light, dense (the U-Net backbone) or none (backbone alone), e.g. "
         "unetr,unetr-fs8,light,light-last4 (default: cmrfm.bench_seg.DEFAULT_VARIANTS)",
     )
     p.add_argument("--tubelet", type=int, default=2)

@@ -34,13 +34,18 @@ def _quiet() -> Console:
         ("light-last4", {"arch": "light", "protocol": "partial", "last_k": 4}),
         ("unetr-fs8-linear", {"arch": "unetr", "feature_size": 8, "protocol": "linear"}),
         ("none-last2", {"arch": "none", "protocol": "partial", "last_k": 2}),
+        ("dense", {"arch": "dense", "backbone": "cmr_unet_small"}),
+        ("dense-linear", {"arch": "dense", "backbone": "cmr_unet_small", "protocol": "linear"}),
     ],
 )
 def test_variant_names_map_onto_seg_finetuner_arguments(name: str, args: dict) -> None:
     assert variant_args(name) == args
 
 
-@pytest.mark.parametrize("name", ["unet", "light-last", "light-linear-fs8", "none-linear", ""])
+@pytest.mark.parametrize(
+    "name",
+    ["unet", "light-last", "light-linear-fs8", "none-linear", "dense-fs8", "dense-last2", ""],
+)
 def test_bad_variant_names_are_refused_by_name(name: str) -> None:
     with pytest.raises(ValueError, match=f"variant {name!r}"):
         variant_args(name)
@@ -49,7 +54,7 @@ def test_bad_variant_names_are_refused_by_name(name: str) -> None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("bench") / "seg.json"
-    variants = ["none", "unetr-fs8", "light-fs8", "light-fs8-last1"]
+    variants = ["none", "unetr-fs8", "dense", "light-fs8", "light-fs8-last1"]
     result = bench_seg(**TINY, patches=[8, 16], variants=variants, out=out, console=_quiet())
     return result, out
 
@@ -63,9 +68,15 @@ def test_rows_are_the_baseline_then_patch_by_variant(result: dict[str, Any]) -> 
     rows = result["rows"]
     assert [(r["variant"], r["patch"]) for r in rows] == [
         (BASELINE, None),
+        ("dense", None),  # the pretrainable U-Net has no patch size: one row
         *((v, p) for p in (8, 16) for v in ("none", "unetr-fs8", "light-fs8", "light-fs8-last1")),
     ]
-    assert rows[0]["name"] == "unet" and rows[1]["name"] == "none p8"
+    assert rows[0]["name"] == "unet" and rows[1]["name"] == "dense" and rows[2]["name"] == "none p8"
+
+
+def test_the_dense_row_is_the_baseline_network_with_a_1x1_class_layer(result: dict) -> None:
+    base, dense = result["rows"][0], result["rows"][1]
+    assert 0 < dense["params"] - base["params"] < 0.01 * base["params"]
 
 
 def test_ratios_divide_by_the_baseline_of_the_same_run(result: dict[str, Any]) -> None:
@@ -92,7 +103,7 @@ def test_config_records_threads_load_and_the_batch(result: dict[str, Any]) -> No
     assert config["threads"] == 1 and config["device"] == "cpu"
     assert len(config["load_average_before"]) == len(config["load_average_after"]) == 3
     assert config["clip_shape"] == [2, 1, 2, 32, 32]
-    assert config["variants"] == ["none", "unetr-fs8", "light-fs8", "light-fs8-last1"]
+    assert config["variants"] == ["none", "unetr-fs8", "dense", "light-fs8", "light-fs8-last1"]
 
 
 def test_result_is_written_as_json(run: tuple[dict[str, Any], Path]) -> None:
