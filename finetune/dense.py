@@ -1,8 +1,10 @@
-"""A segmenter on a dense backbone: per-pixel features to classes with a 1x1 convolution.
+"""A segmenter that is a dense backbone: the U-Net's top layer outputs the classes.
 
-A dense backbone (foundation.unet.CardiacUNet) already has its decoder, so the only new layer is
-the class layer; started from pretrained weights, it is the baseline U-Net with every tensor but
-that layer pretrained (benchmarks/RESULTS.md, "Few labels on a CPU").
+A dense backbone (foundation.unet.CardiacUNet) already has its decoder. Built with ``features``
+equal to the number of classes it is MONAI's baseline U-Net itself, layer for layer (same
+initialisation under the same seed, same cost per step); started from pretrained weights, every
+tensor but that top layer is loaded (foundation.checkpoint.load_backbone_weights), as in
+benchmarks/RESULTS.md, "Few labels on a CPU".
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ from foundation.unet import CardiacUNet
 
 
 class DenseSegmenter(nn.Module):
-    """backbone (B, 1, T, H, W) -> features (B, F, T, H, W) -> logits (B, K, T, H, W)."""
+    """backbone (B, 1, T, H, W) -> logits (B, K, T, H, W), K = the backbone's features."""
 
-    def __init__(self, backbone: CardiacUNet, num_classes: int = 4) -> None:
+    def __init__(self, backbone: CardiacUNet) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes={num_classes} must be >= 2")
-        self.backbone, self.num_classes = backbone, num_classes
-        self.head = nn.Conv3d(backbone.num_features, num_classes, kernel_size=1)
+        if backbone.num_features < 2:
+            raise ValueError(
+                f"a dense segmenter needs >= 2 classes; the backbone outputs {backbone.num_features}"
+            )
+        self.backbone, self.num_classes = backbone, backbone.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 1, T, H, W) in [0, 1] -> logits (B, K, T, H, W)."""
-        return self.head(self.backbone(x))
+        return self.backbone(x)

@@ -56,22 +56,33 @@ def build_backbone(
 
 
 def dense_backbone(
-    name: str, pretrained: str | None, protocol: str, backbone_kwargs: dict[str, Any] | None = None
+    name: str,
+    pretrained: str | None,
+    protocol: str,
+    num_classes: int,
+    backbone_kwargs: dict[str, Any] | None = None,
 ) -> CardiacUNet:
-    """A registered dense backbone (cmr_unet_small), its weights loaded by create_backbone,
-    frozen for protocol "linear"."""
+    """A registered dense backbone (cmr_unet_small) whose top layer outputs num_classes, its
+    other weights loaded by create_backbone; for protocol "linear" only that top layer trains."""
     if protocol not in DENSE_PROTOCOLS:
         raise ValueError(
             f"arch='dense' takes protocol {' or '.join(map(repr, DENSE_PROTOCOLS))}, not "
             f"{protocol!r}: a U-Net backbone has no transformer blocks to pick or adapt"
         )
-    backbone = create_backbone(name, pretrained=pretrained or None, **(backbone_kwargs or {}))
-    if not isinstance(backbone, CardiacUNet):
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes} must be >= 2")
+    with torch.device("meta"):  # its class only, no memory
+        kind = type(create_backbone(name, **(backbone_kwargs or {})))
+    if kind is not CardiacUNet:
         raise ValueError(
             f"arch='dense' needs a dense backbone (e.g. cmr_unet_small); {name} is a "
-            f"{type(backbone).__name__}: use arch 'unetr' or 'light' for it"
+            f"{kind.__name__}: use arch 'unetr' or 'light' for it"
         )
-    return backbone.requires_grad_(protocol == "full")
+    kwargs = {**(backbone_kwargs or {}), "features": num_classes}
+    backbone = create_backbone(name, pretrained=pretrained or None, **kwargs)
+    backbone.requires_grad_(protocol == "full")
+    backbone.top_layer().requires_grad_(True)
+    return backbone
 
 
 class _Finetuner(L.LightningModule):
@@ -132,9 +143,10 @@ class SegFinetuner(_Finetuner):
         arch: "unetr" (backbone + UNETR decoder), "light" (backbone + the light decoder of
             `finetune.light_decoder`, a cheaper step: `cmrfm bench seg`), "unet" (MONAI 2D
             U-Net from scratch: the backbone arguments are ignored, pretrained and non-"full"
-            protocols are errors) or "dense" (a dense backbone such as cmr_unet_small + a 1x1
-            class layer, `finetune.dense`; patch_size and tubelet are ignored, protocols
-            "full" and "linear").
+            protocols are errors) or "dense" (a dense backbone such as cmr_unet_small whose top
+            layer outputs the classes: the baseline U-Net, pretrained but for that layer,
+            `finetune.dense`; patch_size and tubelet are ignored, protocols "full" and "linear",
+            the latter training the top layer only).
         protocol: "linear", "partial" (last_k blocks + final norm), "full" or "lora" (adapters of
             rank lora_rank, alpha 2 x rank, on the attention layers).
         backbone_kwargs: further constructor arguments of the backbone (a U-Net's channels, a
@@ -174,8 +186,10 @@ class SegFinetuner(_Finetuner):
                 raise ValueError(f"arch='unet' has no backbone to apply protocol {protocol!r} to")
             self.model: nn.Module = UNet2DSegmenter(num_classes)
         elif arch == "dense":
-            encoder = dense_backbone(backbone, pretrained, self.protocol, backbone_kwargs)
-            self.model = DenseSegmenter(encoder, num_classes)
+            encoder = dense_backbone(
+                backbone, pretrained, self.protocol, num_classes, backbone_kwargs
+            )
+            self.model = DenseSegmenter(encoder)
         elif arch in ("unetr", "light"):
             encoder = build_backbone(
                 backbone, patch_size, tubelet, pretrained, self.protocol, last_k, lora_rank,

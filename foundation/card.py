@@ -278,7 +278,7 @@ _VIT_USAGE = (
 )
 _UNET_USAGE = (
     "features = model(clip)  # (B, F, T, H, W): per-pixel features, frame by frame",
-    "# a segmenter adds a 1x1 convolution to classes: cmrfm finetune with arch: dense",
+    "# a segmenter asks for features=classes (arch: dense): all but the top layer load",
 )
 
 

@@ -10,9 +10,11 @@ architecture the weights imply is compared with the one asked for before a stric
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
+import logging
 import re
 import struct
 import warnings
@@ -29,6 +31,7 @@ from data_shards.writer import sha256_file
 from foundation.unet import CardiacUNet
 from foundation.vit import AXES, CONTEXT_EMBEDDINGS, MODALITIES, CardiacViT
 
+logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=nn.Module)
 B = TypeVar("B", CardiacViT, CardiacUNet)
 
@@ -469,7 +472,9 @@ def load_backbone_weights(model: B, pretrained: str | Path | BackboneWeights) ->
     Refused, naming the source: weights of another architecture than model's (patch_size,
     tubelet, depth, embed_dim, num_heads when recorded, ...), a missing or an unexpected key, a
     shape that differs. Only the modality and axis tables of checkpoints from before they existed
-    may be absent (CardiacViT loads zeros, with a warning).
+    may be absent (CardiacViT loads zeros, with a warning). A U-Net asked for with other output
+    ``features`` (a segmenter's classes) keeps its own fresh top layer, as timm resets a
+    classifier for another num_classes (:func:`_without_top_layer`).
     """
     if not isinstance(model, (CardiacViT, CardiacUNet)):
         raise TypeError(
@@ -487,12 +492,15 @@ def load_backbone_weights(model: B, pretrained: str | Path | BackboneWeights) ->
             f"{weights.source}: the weights are a {kind.__name__}'s{was}, but {name} is a "
             f"{type(model).__name__}: build the backbone they were trained as"
         )
+    fresh: set[str] = set()  # the model's own keys that stay as initialised
+    if isinstance(model, CardiacUNet):
+        weights, fresh = _without_top_layer(weights, model)
     _check_agree(
         weights.arch_args(), model.model_args, weights.source,
         "the pretrained weights have", f"but {name} is asked for with",
         f"{was}: build the backbone with their arguments, or load weights trained for this one",
     )  # fmt: skip
-    expected = set(model.state_dict())
+    expected = set(model.state_dict()) - fresh
     missing = sorted(expected - set(weights.state) - set(CONTEXT_EMBEDDINGS))
     unexpected = sorted(set(weights.state) - expected)
     if missing or unexpected:
@@ -503,7 +511,29 @@ def load_backbone_weights(model: B, pretrained: str | Path | BackboneWeights) ->
             f"{weights.source}: the weights{where} do not fit {name}{was}: {'; '.join(problems)}"
         )
     try:
-        model.load_state_dict(weights.state, strict=True)
+        model.load_state_dict(weights.state, strict=not fresh)  # the keys were checked above
     except RuntimeError as err:  # shapes the architecture check cannot see
         raise ValueError(f"{weights.source}: the weights do not fit {name}{was}: {err}") from err
     return model
+
+
+UNET_TOP = "unet.model.2."  # the U-Net's last up-sampling layer: it outputs the features
+
+
+def _without_top_layer(
+    weights: BackboneWeights, model: CardiacUNet
+) -> tuple[BackboneWeights, set[str]]:
+    """(weights, model keys left fresh): unchanged when the weights output the model's number of
+    features; otherwise the weights without their top layer and the model's top-layer keys,
+    which keep their initialisation (a U-Net segmenter's top layer outputs its classes)."""
+    theirs = weights.arch_args().get("features")
+    if theirs is None or theirs == model.features:
+        return weights, set()
+    logger.info(
+        "%s: features %s, the model asks for %s: its top layer (%s*) starts fresh",
+        weights.source, theirs, model.features, UNET_TOP,
+    )  # fmt: skip
+    state = {k: v for k, v in weights.state.items() if not k.startswith(UNET_TOP)}
+    recorded = {k: v for k, v in weights.recorded.items() if k != "features"}
+    fresh = {k for k in model.state_dict() if k.startswith(UNET_TOP)}
+    return dataclasses.replace(weights, state=state, recorded=recorded), fresh

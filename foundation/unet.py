@@ -104,6 +104,10 @@ class CardiacUNet(nn.Module):
         """x (B, C_in, T, H, W) -> features (B, F, T, H, W)."""
         return self.forward_features(x)
 
+    def top_layer(self) -> nn.Module:
+        """The last up-sampling layer, which outputs the features (a segmenter's classes)."""
+        return self.unet.model[2]
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Accepted for the backbone interface; the U-Net's activations are small at CPU scale."""
         if enable:
