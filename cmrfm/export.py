@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_shards.writer import sha256_file
+from cmrfm_io.files import sha256_file
 from foundation.card import dataset_names, detect_datasets
 from foundation.checkpoint import (
     backbone_kind,

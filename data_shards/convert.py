@@ -32,12 +32,13 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cmrfm_io.files import sha256_file, write_json_atomic
 from data_shards.preprocess import PreprocessConfig, preprocess
 from data_shards.privacy import default_salt, input_ref, scrub
 from data_shards.record import IGNORE, Subject
 from data_shards.sources import SourceError, get_source
 from data_shards.split import SPLITS, subject_split
-from data_shards.writer import MANIFEST, sha256_file, write_manifest, write_shards
+from data_shards.writer import MANIFEST, write_manifest, write_shards
 
 QUARANTINE = "quarantine.json"
 SECRET_OPTIONS = frozenset({"salt"})
@@ -103,10 +104,10 @@ def convert(
         namer = InputNamer(root, options.get("salt"), console)
         _run(items, journal, out_dir, source, preprocess_config, maxcount, namer)
     journal["complete"] = True
-    _write_json(out_dir / PROGRESS, journal)
+    write_json_atomic(out_dir / PROGRESS, journal, default=str)
 
     quarantine = journal["quarantine"]
-    _write_json(out_dir / QUARANTINE, quarantine)
+    write_json_atomic(out_dir / QUARANTINE, quarantine, default=str)
     shards = journal["shards"]
     manifest = write_manifest(
         out_dir,
@@ -139,11 +140,12 @@ def _run(
     done = {sample["subject"] for sample in kept}
     quarantine: list[dict[str, str]] = journal["quarantine"]
     prefix = journal["fingerprint"]["prefix"]
-    _write_json(out_dir / PROGRESS, journal)  # a run killed before its first shard resumes too
+    # Written before the first shard, so a run killed before it resumes too.
+    write_json_atomic(out_dir / PROGRESS, journal, default=str)
 
     def shard_closed(entry: dict) -> None:
         journal["shards"].append(entry)
-        _write_json(out_dir / PROGRESS, journal)
+        write_json_atomic(out_dir / PROGRESS, journal, default=str)
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=namer.console) as progress:
@@ -321,13 +323,6 @@ def _keep_verified(
 def _shard_number(name: str, prefix: str) -> int:
     """3 for ``shard-000003.tar``."""
     return int(name.removeprefix(f"{prefix}-").removesuffix(".tar"))
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write then rename, so a job killed mid-write leaves the previous file whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str) + "\n")
-    tmp.replace(path)
 
 
 def summary_table(manifest: dict, out_dir: Path) -> Table:

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
+from cmrfm_io.files import json_default, sha256_file, write_atomic
 from data_shards.record import Subject
 from data_shards.split import SPLITS, subject_split
 
@@ -158,7 +158,7 @@ def _encode(subject: Subject, key: str) -> tuple[dict[str, Any], dict[str, Any]]
     sample: dict[str, Any] = {
         "__key__": key,
         "image.npy": _npy_bytes(subject.image),
-        "meta.json": json.dumps(meta, default=_json_default, allow_nan=False).encode("utf-8"),
+        "meta.json": json.dumps(meta, default=json_default, allow_nan=False).encode("utf-8"),
     }
     if subject.label is not None:
         sample["label.npy"] = _npy_bytes(subject.label)
@@ -178,27 +178,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
-
-
-def _json_default(value: Any) -> Any:
-    """Numpy scalars/arrays and paths that sources leave in meta."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (Path, os.PathLike)):
-        return str(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"meta value {value!r} of type {type(value).__name__} is not JSON-serialisable")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(
@@ -248,11 +227,8 @@ def write_manifest(
         if field in manifest:
             raise ValueError(f"extra field {field!r} would overwrite the manifest's own {field!r}")
         manifest[field] = value
-    # Write then rename, so a reader never sees half a manifest.
-    text = json.dumps(manifest, indent=1, default=_json_default)
-    tmp = out_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(text + "\n")
-    tmp.replace(out_dir / MANIFEST)
+    text = json.dumps(manifest, indent=1, default=json_default)
+    write_atomic(out_dir / MANIFEST, text + "\n")  # a reader never sees half a manifest
     return json.loads(text)  # exactly what a reader of the file gets (tuples become lists)
 
 

@@ -8,6 +8,7 @@ re-run with the same settings picks up where it stopped.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from cmrfm_io.files import json_default, write_atomic
 from data_shards.stream import load_subjects, shard_urls
 from finetune.data import LabelledClips, draw_labelled
 from foundation.progress import log_file_progress
@@ -613,10 +615,9 @@ def _ef_row(subject: dict, pred: Sequence[float], true: Sequence[float]) -> dict
 
 def save_predictions(path: Path, preds: dict[str, np.ndarray]) -> None:
     """Label maps by subject key, compressed (a 10 x 2 x 128 x 128 map takes ~10 kB)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **preds)
-    tmp.replace(path)  # a killed job never leaves a half-written file under the final name
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **preds)
+    write_atomic(path, buffer.getvalue())  # a killed job never leaves half a file under path
 
 
 def load_predictions(path: Path) -> dict[str, np.ndarray]:
@@ -626,15 +627,13 @@ def load_predictions(path: Path) -> dict[str, np.ndarray]:
 
 def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     """Replace a JSON-lines file whole: written aside, then renamed over the old one."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(r, default=json_default) + "\n" for r in rows))
 
 
 def append_jsonl(path: Path, rows: Sequence[dict]) -> None:
     with path.open("a") as f:
         for row in rows:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+            f.write(json.dumps(row, default=json_default) + "\n")
         f.flush()
 
 
@@ -649,14 +648,6 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def group_rows(

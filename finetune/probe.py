@@ -10,6 +10,7 @@ depends on wall time, so a probe's score is a function of the weights alone (and
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn import functional as F
 
+from cmrfm_io.files import write_atomic
 from data_shards.record import IGNORE
 from data_shards.stream import cyclic_window, load_subjects, shard_urls
 from finetune.data import draw_labelled
@@ -264,14 +266,12 @@ class SegProbe(Callback):
 def write_history(rows: Sequence[dict[str, float]], path: Path) -> None:
     """The probe rows as CSV (written whole each time, so a resumed run's file matches its
     checkpoint's history)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def read_history(path: Path) -> list[dict[str, float]]:

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from data_shards.writer import sha256_file
+from cmrfm_io.files import sha256_file
 from foundation.unet import CardiacUNet
 from foundation.vit import AXES, CONTEXT_EMBEDDINGS, MODALITIES, CardiacViT
 

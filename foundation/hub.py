@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from data_shards.writer import sha256_file
+from cmrfm_io.files import sha256_file
 from foundation.card import LICENCE_NAME, card_text, write_licence
 from foundation.checkpoint import (
     CONFIG_NAME,

@@ -1,0 +1,1 @@
+"""Bottom-layer file helpers shared by every package; imports nothing from the project."""
