@@ -11,12 +11,20 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from cmrfm import CONFIGS
 
 
 class UsageError(Exception):
     """An argument checked before any work starts: main() prints it as one line, exit 2."""
+
+
+def fail(command: str, error: object) -> NoReturn:
+    """A user's error: one line on stderr naming the command, exit 2 (argparse's code for bad
+    usage), no traceback."""
+    print(f"cmrfm {command}: error: {error}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 # Errors whose message says what to fix; anything else keeps its traceback.
@@ -174,8 +182,7 @@ def _fewshot(args: argparse.Namespace) -> None:
     try:
         cfg = load_config(Path(config), overrides)
     except ValueError as error:  # a bad option is the user's to fix: one line, exit 2
-        print(f"cmrfm fewshot: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail("fewshot", error)
     if args.threads:
         import torch
 
@@ -217,7 +224,7 @@ def _probe(args: argparse.Namespace) -> None:
     )  # fmt: skip
     missing = [str(p) for p in args.checkpoints if not p.exists()]
     if missing:
-        raise SystemExit(f"cmrfm probe: error: no such checkpoint: {', '.join(missing)}")
+        fail("probe", f"no such checkpoint: {', '.join(missing)}")
     rows = probe_checkpoints(args.checkpoints, probe, args.out, random_init=not args.no_random)
     print(f"{len(rows)} probes -> {args.out / 'probe.csv'}, {args.out / 'probe.png'}")
 
@@ -268,7 +275,7 @@ def _bench_pretrain(args: argparse.Namespace) -> None:
             out=args.out,
         )
     except ValueError as error:  # an option that does not fit: say which, no trace
-        raise SystemExit(f"cmrfm bench pretrain: error: {error}") from None
+        fail("bench pretrain", error)
 
 
 def _bench_seg(args: argparse.Namespace) -> None:
@@ -292,7 +299,7 @@ def _bench_seg(args: argparse.Namespace) -> None:
             out=args.out,
         )
     except ValueError as error:  # a variant or size that does not fit: say which, no trace
-        raise SystemExit(f"cmrfm bench seg: error: {error}") from None
+        fail("bench seg", error)
 
 
 def _worker_counts(text: str) -> list[int]:
@@ -472,7 +479,7 @@ def _export(args: argparse.Namespace) -> None:
             overwrite=args.overwrite,
         )
     except ValueError as error:  # a checkpoint or option that does not fit: say which, no trace
-        raise SystemExit(f"cmrfm export: error: {error}") from None
+        fail("export", error)
     print(
         f"{summary['checkpoint']} (step {summary['steps']}) -> {summary['out']}: "
         f"{summary['architecture']}, data {', '.join(summary['datasets']) or 'unidentified'}"
@@ -484,8 +491,8 @@ def _publish(args: argparse.Namespace) -> None:
 
     try:
         url = publish(args.folder, args.repo_id, private=args.private, revision=args.revision)
-    except ValueError as error:
-        raise SystemExit(f"cmrfm publish: error: {error}") from None
+    except (ValueError, OSError) as error:  # a bad folder, no network, no login
+        fail("publish", error)
     print(f"published {args.folder} -> {url}")
 
 
@@ -530,7 +537,7 @@ def _predict(args: argparse.Namespace) -> None:
     from cmrfm.predict import Predictor, predict, study_folder_name
     from data_shards.sources import SourceError
 
-    def fail(error: Exception) -> None:
+    def say(error: Exception) -> None:  # one line; the other studies go on
         if os.environ.get("CMRFM_DEBUG"):
             raise error
         print(f"cmrfm predict: error: {error}", file=sys.stderr)
@@ -539,7 +546,7 @@ def _predict(args: argparse.Namespace) -> None:
     try:
         model = Predictor.load(args.model, args.frames)
     except (SourceError, ValueError) as error:  # an unusable model folder: one line
-        fail(error)
+        say(error)
         raise SystemExit(2) from None
     several, failed = len(args.study) > 1, []
     for i, study in enumerate(args.study, start=1):
@@ -548,7 +555,7 @@ def _predict(args: argparse.Namespace) -> None:
         try:
             volumes = predict(study, model, out, **options)
         except (SourceError, ValueError, OSError) as error:  # an unreadable study: one line
-            fail(error)
+            say(error)
             failed.append(str(study))
             continue
         _print_volumes(volumes, out, time.perf_counter() - start)
@@ -776,8 +783,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # the user's to fix, one line (CMRFM_DEBUG=1 shows the traceback)
             if os.environ.get("CMRFM_DEBUG"):
                 raise
-            print(f"cmrfm {argv[0]}: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+            fail(argv[0], error)
         print(f"checkpoint: {path}")
         return
     args = build_parser().parse_args(argv)
@@ -788,8 +794,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # (CMRFM_DEBUG=1 shows it).
         if os.environ.get("CMRFM_DEBUG"):
             raise
-        print(f"cmrfm {args.command}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(args.command, error)
 
 
 if __name__ == "__main__":

@@ -451,13 +451,20 @@ def publish(
 
     files = check_hub_folder(folder)  # refuses an incomplete folder before any network call
     api = HfApi()
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
-        revision=revision,
-        allow_patterns=[f.name for f in files],
-        commit_message=commit_message,
-    )
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            revision=revision,
+            allow_patterns=[f.name for f in files],
+            commit_message=commit_message,
+        )
+    except Exception as err:  # no network, no login, no access: say which, in one line
+        raise OSError(
+            f"{repo_id}: uploading to the Hugging Face Hub failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no details'}); check the network and "
+            "`huggingface-cli login` (or HF_TOKEN)"
+        ) from err
     return str(getattr(info, "commit_url", info))

@@ -99,7 +99,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, not a checkpoint, or unsafe pickle content
-        raise ValueError(f"{path}: cannot read as a Lightning checkpoint ({err})") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: cannot read as a Lightning checkpoint ({first})") from err
 
 
 def restore(cls: type[M], path: Path, **overrides: Any) -> tuple[M, dict[str, Any]]:

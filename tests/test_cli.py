@@ -193,3 +193,20 @@ def test_an_unwritable_out_is_one_line_naming_it(
     out = tmp_path / "o"
     err = _shard_error(["--out", str(out)], capsys)
     assert str(out) in err and "Permission denied" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["probe", "no_such.ckpt", "--shards", "x", "--out", "o"],
+        ["bench", "seg", "--variants", "nonsense"],
+        ["publish", "no_such_folder", "--repo-id", "owner/name"],
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv: list[str], capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cmrfm {argv[0]}") and err.count("\n") == 1 and "Traceback" not in err

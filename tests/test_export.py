@@ -244,7 +244,9 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit) as info:
         main(["export", str(bad), str(tmp_path / "hub")])
-    assert "bad.ckpt" in str(info.value) and "Traceback" not in str(info.value)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("cmrfm export: error: ") and "bad.ckpt" in err
 
 
 # --- DeepSpeed ZeRO checkpoints ----------------------------------------------------------------
@@ -461,3 +463,17 @@ def test_cli_publish(hub_folder, fake_hub, capsys) -> None:
     main(["publish", str(hub_folder), "--repo-id", "owner/name"])
     assert "commit/abc" in capsys.readouterr().out
     assert fake_hub[0][2]["private"] is False
+
+
+def test_publish_without_network_says_so_in_one_line(hub_folder, monkeypatch, capsys) -> None:
+    class Offline(FakeApi):
+        def create_repo(self, *args, **kwargs):
+            raise ConnectionError("Failed to resolve 'huggingface.co'\nmore lines")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    with pytest.raises(SystemExit) as info:
+        main(["publish", str(hub_folder), "--repo-id", "owner/name"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert "owner/name: uploading to the Hugging Face Hub failed (ConnectionError" in err
+    assert "huggingface-cli login" in err
