@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from cmrfm import CONFIGS
+from cmrfm import CONFIGS, __version__
 
 
 class UsageError(Exception):
@@ -634,6 +634,7 @@ def _add_publish(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmrfm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cmrfm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     from data_shards.sources import SOURCES

@@ -210,3 +210,12 @@ def test_user_errors_exit_2_with_one_line(argv: list[str], capsys, monkeypatch, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"cmrfm {argv[0]}") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_version_is_the_package_version(capsys) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cmrfm {importlib.metadata.version('cmrfm')}"
