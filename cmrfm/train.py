@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from foundation.progress import log_file_progress
+from foundation.progress import log_file_progress, use_stream_bar
 
 # Short flags users expect, rewritten to the LightningCLI keys they stand for.
 ALIASES = {
@@ -101,6 +101,7 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
         save_config_kwargs={"overwrite": True},
     )
     cli.trainer.callbacks.extend(log_file_progress())
+    use_stream_bar(cli.trainer)
     ckpt = None if resume is None else resume_checkpoint(cli.trainer, resume, extend_to)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     _finish_wandb()

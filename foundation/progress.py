@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 
 _now = time.monotonic  # the callback's clock (tests replace it)
 
@@ -63,3 +63,25 @@ def log_file_progress() -> list[Callback]:
     """[LogLines()] when stdout is not a terminal (a log file, where a progress bar writes nothing
     readable), else []: the callbacks a Trainer's progress needs."""
     return [] if sys.stdout.isatty() else [LogLines()]
+
+
+class StreamBar(RichProgressBar):
+    """Lightning's rich bar, whose title says "Epoch 3" when epochs are unbounded
+    (``max_epochs=-1``, a stream trained for ``max_steps``) instead of "Epoch 3/-2"
+    (Lightning issue 21925)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
+            return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+        return super()._get_train_description(current_epoch)
+
+
+def use_stream_bar(trainer: L.Trainer) -> None:
+    """Swap the trainer's rich bar (Lightning's default, or one configured without a subclass)
+    for a :class:`StreamBar` with the same settings."""
+    callbacks = trainer.callbacks
+    for i, bar in enumerate(callbacks):
+        if type(bar) is RichProgressBar:
+            callbacks[i] = StreamBar(bar._refresh_rate, bar._leave, bar.theme, bar._console_kwargs)
+            if not bar.is_enabled:
+                callbacks[i].disable()

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import pytest
+from lightning.pytorch.callbacks import RichProgressBar
 
 from cmrfm import CONFIGS
 from cmrfm.train import run_training
 from foundation import progress
-from foundation.progress import LogLines, progress_line
+from foundation.progress import LogLines, progress_line, use_stream_bar
 
 
 def test_a_line_gives_step_share_rate_eta_and_metrics() -> None:
@@ -44,3 +46,21 @@ def test_training_into_a_log_file_prints_lines_on_a_clock(
         "step 2/6 (33.3%)", "step 4/6 (66.7%)", "step 6/6 (100.0%)"
     ]  # fmt: skip
     assert all("steps/s" in x and "ETA" in x and "train/loss" in x for x in lines)
+
+
+@pytest.mark.parametrize(("max_epochs", "title"), [(-1, "Epoch 3"), (10, "Epoch 3/9")])
+def test_the_bar_of_an_unbounded_stream_has_no_negative_epoch_total(max_epochs, title) -> None:
+    trainer = L.Trainer(max_epochs=max_epochs, max_steps=50, logger=False)
+    use_stream_bar(trainer)
+    bar = trainer.progress_bar_callback
+    assert isinstance(bar, progress.StreamBar)
+    bar._trainer = trainer  # Lightning sets it at setup
+    assert bar._get_train_description(3).strip() == title
+
+
+def test_a_bar_the_user_configured_keeps_its_settings() -> None:
+    mine = RichProgressBar(refresh_rate=7, leave=True)
+    trainer = L.Trainer(max_steps=5, logger=False, callbacks=[mine])
+    use_stream_bar(trainer)
+    bar = trainer.progress_bar_callback
+    assert isinstance(bar, progress.StreamBar) and bar.refresh_rate == 7 and bar._leave
