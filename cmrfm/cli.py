@@ -477,6 +477,8 @@ def _export(args: argparse.Namespace) -> None:
             backbone=args.backbone,
             prefix=args.prefix,
             overwrite=args.overwrite,
+            probe=args.probe,
+            fewshot=args.fewshot,
         )
     except ValueError as error:  # a checkpoint or option that does not fit: say which, no trace
         fail("export", error)
@@ -526,6 +528,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default=None, help="registered backbone, if hparams lack it")
     p.add_argument("--prefix", default=None, help="backbone key prefix, if several fit")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument(
+        "--probe", type=Path, default=None, help="probe.csv for the card (probe.png beside it)"
+    )
+    p.add_argument("--fewshot", type=Path, default=None, help="few-shot summary.csv for the card")
     p.set_defaults(func=_export)
 
 

@@ -12,6 +12,7 @@ Nothing is unpickled beyond plain containers and tensors: Lightning files are re
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib
 import json
 import os
@@ -32,7 +33,7 @@ from foundation.checkpoint import (
     recorded_backbone,
     weights_from_state_dict,
 )
-from foundation.hub import check_hub_folder, from_pretrained, save_pretrained
+from foundation.hub import PROBE_PLOT, check_hub_folder, from_pretrained, save_pretrained
 from foundation.registry import BACKBONES, Backbone, create_backbone
 from foundation.vit import MODALITIES, CardiacViT
 
@@ -262,6 +263,35 @@ def training_facts(ckpt: TrainingCheckpoint) -> dict[str, Any]:
     return {k: v for k, v in facts.items() if v is not None}
 
 
+def read_csv_rows(path: Path | None) -> list[dict[str, str]] | None:
+    """A CSV file's rows (a few-shot summary.csv); None for None; errors name the file."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def read_probe_rows(path: Path | None) -> list[dict[str, Any]] | None:
+    """probe.csv rows (step, dice_mean, ...) sorted by step; errors name the file."""
+    rows = read_csv_rows(path)
+    if rows is None:
+        return None
+    if not {"step", "dice_mean"} <= set(rows[0]):
+        raise ValueError(f"{path}: not a probe.csv (needs the columns step and dice_mean)")
+    return sorted(rows, key=lambda r: int(r["step"]))
+
+
+def _beside(path: Path, name: str) -> Path | None:
+    other = Path(path).with_name(name)
+    return other if other.is_file() else None
+
+
 def read_metrics(text: str | None) -> dict[str, Any] | None:
     """--card-metrics: a JSON object, or a .json file of one (an evaluate report's "summary")."""
     if text is None:
@@ -388,6 +418,8 @@ def export(
     backbone: str | None = None,
     prefix: str | None = None,
     overwrite: bool = False,
+    probe: Path | None = None,
+    fewshot: Path | None = None,
 ) -> dict[str, Any]:
     """Checkpoint -> hub folder out (model.safetensors, config.json, README.md, LICENSE.md).
 
@@ -399,6 +431,9 @@ def export(
         preprocess: overrides of config.json's preprocessing (e.g. {"frames": 16}).
         backbone, prefix: the registered backbone and its key prefix, when the checkpoint's
             hyper-parameters do not say or several backbones fit.
+        probe: a probe.csv (`cmrfm probe`, or a run's SegProbe) for the card; the probe.png
+            beside it is copied into the folder.
+        fewshot: a few-shot benchmark's summary.csv (`cmrfm fewshot`) for the card.
 
     Returns:
         A summary: out, architecture, checkpoint kind, steps, datasets, manifest hashes.
@@ -419,9 +454,12 @@ def export(
     data, pre = data_and_preprocess(files, dm.get("frames"), preprocess)
     if datasets:
         data["datasets"] = dataset_names([*data["datasets"], *datasets])
+    probe_rows = read_probe_rows(probe)
     save_pretrained(
-        model, out, preprocess=pre, data=data, training=training_facts(ckpt), metrics=metrics
-    )
+        model, out, preprocess=pre, data=data, training=training_facts(ckpt), metrics=metrics,
+        probe=probe_rows, fewshot=read_csv_rows(fewshot),
+        probe_plot=_beside(probe, PROBE_PLOT) if probe is not None else None,
+    )  # fmt: skip
     reloaded = from_pretrained(out)  # the folder must give back exactly these weights
     for key, value in model.state_dict().items():
         if not torch.equal(reloaded.state_dict()[key], value):

@@ -188,12 +188,17 @@ def card_text(
     data: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    probe: Sequence[Mapping[str, Any]] | None = None,
+    fewshot: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """README.md for a hub folder from its config.json contents.
 
     data: {"datasets": [names], "manifests": [{"path", "sha256", "source", "subjects",
     "samples", "modalities"}]}; training: {"objective", "steps", "epochs", "hyper_parameters",
-    ...}; metrics: {name: value}. Missing parts are said to be missing, not left out.
+    ...}; metrics: {name: value}; probe: rows of the online probe (finetune.probe's probe.csv:
+    step, dice_mean, ...), shown with the folder's probe.png; fewshot: rows of a few-shot
+    benchmark's summary.csv (metric, method, labels, n, mean, std, runs). Missing parts are
+    said to be missing, not left out.
     """
     data, training, metrics = dict(data or {}), dict(training or {}), dict(metrics or {})
     datasets = list(data.get("datasets") or [])
@@ -264,6 +269,10 @@ def card_text(
     if training.get("hyper_parameters"):
         hparams = json.dumps(training["hyper_parameters"], indent=1, sort_keys=True, default=str)
         lines += ["", "Hyper-parameters:", "", "```json", hparams, "```"]
+    lines += ["", "## Online probe", ""]
+    lines += _probe_lines(probe) if probe else ["No probe was recorded for this model."]
+    lines += ["", "## Few-shot segmentation", ""]
+    lines += _fewshot_lines(fewshot) if fewshot else ["No few-shot benchmark was recorded."]
     lines += ["", "## Metrics", ""]
     lines += _table(metrics.items(), ("metric", "value")) if metrics else ["None reported."]
     lines += ["", "## Data licences and citations", "", *dataset_lines(datasets), ""]
@@ -294,6 +303,44 @@ def _network(args: Mapping[str, Any]) -> str:
         f"{args['num_heads']} heads; tubelets of {args['tubelet']} x {args['patch_size']} x "
         f"{args['patch_size']})"
     )
+
+
+def _probe_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The probe's mean Dice by pretraining step, and its plot (probe.png in the folder)."""
+    lines = [
+        "A linear head fitted on the frozen backbone's features of a few labelled subjects and "
+        "scored on held-out ones (`finetune.probe`; step 0 is the random initialisation):",
+        "",
+        "| step | " + " | ".join(str(int(r["step"])) for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+        "| probe Dice | " + " | ".join(f"{float(r['dice_mean']):.3f}" for r in rows) + " |",
+        "",
+        "![probe Dice against pretraining step](probe.png)",
+    ]
+    return lines
+
+
+def _fewshot_lines(rows: Sequence[Mapping[str, Any]], metric: str = "dice_mean") -> list[str]:
+    """Mean ± std over seeds of ``metric`` by method (rows) and labelled subjects (columns)."""
+    chosen = [r for r in rows if r["metric"] == metric]
+    labels = sorted(
+        {r["labels"] for r in chosen}, key=lambda n: (n == "all", int(n) if n.isdigit() else 0)
+    )
+    methods = list(dict.fromkeys(r["method"] for r in chosen))
+    cell = {(r["method"], r["labels"]): r for r in chosen}
+
+    def show(method: str, n: str) -> str:
+        r = cell.get((method, n))
+        if r is None:
+            return "–"
+        std = float(r["std"]) if r.get("std") not in (None, "") else float("nan")
+        return f"{float(r['mean']):.3f}" + ("" if std != std else f" ± {std:.3f}")
+
+    lines = [f"{metric} (mean ± std over seeds) by labelled training subjects N:", ""]
+    lines += ["| method | " + " | ".join(f"N = {n}" for n in labels) + " |",
+              "|---|" + "---|" * len(labels)]  # fmt: skip
+    lines += ["| " + m + " | " + " | ".join(show(m, n) for n in labels) + " |" for m in methods]
+    return lines
 
 
 def _weights_line(sha256: str | None) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
-from collections.abc import Mapping
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from foundation.vit import AXES, MODALITIES, CardiacViT
 
 CARD_NAME = "README.md"
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)  # a folder without one of these is refused
+PROBE_PLOT = "probe.png"  # the card's probe curve, published with the folder when present
 # What a user must do to an image before the backbone sees it.
 PREPROCESS_KEYS = ("spacing", "size", "frames", "percentiles", "modalities")
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -83,10 +85,14 @@ def save_pretrained(
     data: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    probe: Sequence[Mapping[str, Any]] | None = None,
+    fewshot: Sequence[Mapping[str, Any]] | None = None,
+    probe_plot: Path | None = None,
 ) -> Path:
     """Write model.safetensors, config.json (with the weights' sha256), README.md (and LICENSE.md
-    unless the data was only synthetic) into folder; returns folder. data/training/metrics feed
-    the model card (see foundation.card.card_text)."""
+    unless the data was only synthetic) into folder; returns folder. data/training/metrics/
+    probe/fewshot feed the model card (see foundation.card.card_text); probe_plot is copied in
+    as probe.png, which the card shows."""
     from safetensors.torch import save_model
 
     if not isinstance(model, (CardiacViT, CardiacUNet)):
@@ -100,8 +106,12 @@ def save_pretrained(
     save_model(model, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     config[SHA256_KEY] = sha256_file(folder / WEIGHTS_NAME)  # verified by every load
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
-    card = card_text(config, data=data, training=training, metrics=metrics)
+    card = card_text(
+        config, data=data, training=training, metrics=metrics, probe=probe, fewshot=fewshot
+    )
     (folder / CARD_NAME).write_text(card)
+    if probe_plot is not None:
+        shutil.copyfile(probe_plot, folder / PROBE_PLOT)
     datasets = list((data or {}).get("datasets") or [])
     write_licence(folder, datasets)
     return folder
@@ -140,7 +150,7 @@ def resolve_folder(
                 repo_id=text,
                 revision=revision,
                 local_files_only=local_files_only,
-                allow_patterns=[*HUB_FILES, LICENCE_NAME],
+                allow_patterns=[*HUB_FILES, LICENCE_NAME, PROBE_PLOT],
             )
         )
     except Exception as err:  # offline, unknown repo, no access: say which and why
@@ -187,6 +197,5 @@ def check_hub_folder(folder: Path) -> list[Path]:
         raise ValueError(f"{folder / CARD_NAME}: no YAML front matter with a license")
     from_pretrained(folder)  # the weights must load into the recorded architecture
     files = [folder / name for name in HUB_FILES]
-    if (folder / LICENCE_NAME).is_file():
-        files.append(folder / LICENCE_NAME)
+    files += [folder / name for name in (LICENCE_NAME, PROBE_PLOT) if (folder / name).is_file()]
     return files

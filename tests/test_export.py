@@ -28,7 +28,7 @@ from cmrfm.strategies import DeepSpeed  # Lightning's, made to run on CPU too
 from data_shards.writer import write_manifest
 from foundation import CardiacViT, create_backbone, from_pretrained
 from foundation.card import DATASETS, LICENCE_NAME
-from foundation.hub import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME
+from foundation.hub import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, check_hub_folder
 from foundation.vit import CONTEXT_EMBEDDINGS
 
 BACKBONE_KWARGS = {"patch_size": 8, "tubelet": 2, "depth": 2}
@@ -477,3 +477,33 @@ def test_publish_without_network_says_so_in_one_line(hub_folder, monkeypatch, ca
     assert info.value.code == 2 and err.count("\n") == 1
     assert "owner/name: uploading to the Hugging Face Hub failed (ConnectionError" in err
     assert "huggingface-cli login" in err
+
+
+def test_the_card_shows_the_probe_curve_and_the_few_shot_table(lightning_run, tmp_path) -> None:
+    probe = tmp_path / "probe" / "probe.csv"
+    probe.parent.mkdir()
+    probe.write_text("step,dice_mean,probe_s\n1000,0.373,8\n0,0.254,7\n")
+    (tmp_path / "probe" / "probe.png").write_bytes(b"\x89PNG fake")
+    fewshot = tmp_path / "summary.csv"
+    fewshot.write_text(
+        "metric,method,labels,n,mean,std,runs\n"
+        "dice_mean,pretrained,1,1,0.5,0.1,3\ndice_mean,unet,1,1,0.4,0.2,3\n"
+        "dice_mean,unet,all,80,0.88,,1\ndice_lv,unet,1,1,0.9,0.0,3\n"
+    )
+    out = tmp_path / "hub"
+    export(lightning_run[0], out, probe=probe, fewshot=fewshot)
+    card = (out / CARD_NAME).read_text()
+    assert "| step | 0 | 1000 |" in card and "| probe Dice | 0.254 | 0.373 |" in card
+    assert "| method | N = 1 | N = all |" in card
+    assert (
+        "| pretrained | 0.500 ± 0.100 | – |" in card and "| unet | 0.400 ± 0.200 | 0.880 |" in card
+    )
+    assert (out / "probe.png").read_bytes() == b"\x89PNG fake"
+    assert out / "probe.png" in check_hub_folder(out)  # published with the folder
+
+
+def test_a_file_that_is_no_probe_csv_is_named(lightning_run, tmp_path) -> None:
+    bad = tmp_path / "probe.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"probe\.csv: not a probe\.csv"):
+        export(lightning_run[0], tmp_path / "hub", probe=bad)
