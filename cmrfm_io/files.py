@@ -65,3 +65,11 @@ def write_json_atomic(
 ) -> None:
     """``value`` as JSON plus a trailing newline, written with :func:`write_atomic`."""
     write_atomic(path, json.dumps(value, indent=indent, default=default) + "\n")
+
+
+def usual_permissions(path: str | os.PathLike) -> None:
+    """Give a file the mode a plain new file gets (0666 less the umask, usually group- and
+    world-readable): safetensors writes its files 0600, unreadable to a lab's shared group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

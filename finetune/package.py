@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from cmrfm_io.files import sha256_file, usual_permissions
 from data_shards.preprocess import PreprocessConfig
 from data_shards.record import LABEL_NAMES
 from foundation.card import (
@@ -22,9 +23,8 @@ from foundation.card import (
     licence,
     write_licence,
 )
+from foundation.checkpoint import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 PACKAGE_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 FORMAT = "cmrfm-finetuned"
@@ -66,6 +66,7 @@ def package_config(
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if int(frames) < 1:
         raise ValueError(f"frames must be a positive clip length, got {frames}")
+    base = base_model(init_args.get("pretrained"), init_args.get("backbone"))
     args = {k: (None if k in FILE_ARGS else v) for k, v in init_args.items()}
     pre = preprocess_config(preprocess, "preprocess")  # fails early on a bad preprocessing
     if class_names is None and task == "seg":
@@ -79,8 +80,26 @@ def package_config(
         "preprocess": _preprocess_dict(pre),
         "frames": int(frames),
         "classes": list(class_names or []),
+        "base_model": base,  # where fine-tuning started: None = from scratch
     }
     return json.loads(json.dumps(config))  # tuples -> lists; fails here if not JSON
+
+
+def base_model(pretrained: str | Path | None, backbone: str | None) -> dict[str, Any] | None:
+    """The weights fine-tuning started from, for lineage: the path as given, the architecture
+    and the sha256 (a hub folder's recorded weights hash, a checkpoint file's own); None for a
+    start from scratch. A path that is gone by now keeps its name, with sha256 None."""
+    if not pretrained:
+        return None
+    path = Path(pretrained)
+    record: dict[str, Any] = {"source": str(pretrained), "architecture": backbone, "sha256": None}
+    if (path / CONFIG_NAME).is_file():
+        hub = json.loads((path / CONFIG_NAME).read_text())
+        record |= {"architecture": hub.get("architecture", backbone),
+                   "sha256": hub.get(SHA256_KEY), "kind": "hub folder"}  # fmt: skip
+    elif path.is_file():
+        record |= {"sha256": sha256_file(path), "kind": "checkpoint"}
+    return record
 
 
 def save_finetuned(
@@ -123,6 +142,7 @@ def save_finetuned(
     out.mkdir(parents=True, exist_ok=True)
     # save_model drops duplicate names of shared tensors (safetensors refuses aliasing).
     save_model(model, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    usual_permissions(out / WEIGHTS_NAME)
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
     names = dataset_names(datasets or [])
     (out / CARD_NAME).write_text(card_text(config, names, training, metrics))
@@ -263,6 +283,16 @@ def _table(rows: Mapping[str, Any], head: tuple[str, str]) -> list[str]:
     return [f"| {head[0]} | {head[1]} |", "|---|---|", *(f"| {k} | {cell(v)} |" for k, v in rows.items())]  # fmt: skip
 
 
+def _started_from(base: Mapping[str, Any] | None) -> str:
+    if base is None:
+        return "Fine-tuned from scratch (no pretrained weights)."
+    sha = f"sha256 `{base['sha256']}`" if base.get("sha256") else "sha256 not recorded"
+    return (
+        f"Fine-tuned from pretrained weights: `{base['source']}` ({base.get('kind', 'not found')}"
+        f", {base.get('architecture') or 'architecture not recorded'}, {sha})."
+    )
+
+
 def card_text(
     config: Mapping[str, Any],
     datasets: Sequence[str],
@@ -281,6 +311,8 @@ def card_text(
         "",
         f"{config['model']['class_path']} ({arch} on backbone {args.get('backbone', '?')}), "
         f"fine-tuned on {seen}; clips of {frames} frames.",
+        "",
+        _started_from(config.get("base_model")),
         "",
         "## How to use",
         "",

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cmrfm_io.files import sha256_file
+from cmrfm_io.files import sha256_file, usual_permissions
 from foundation.card import LICENCE_NAME, card_text, write_licence
 from foundation.checkpoint import (
     CONFIG_NAME,
@@ -104,6 +104,7 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     # save_model drops duplicate names of shared tensors (safetensors refuses aliasing).
     save_model(model, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    usual_permissions(folder / WEIGHTS_NAME)
     config[SHA256_KEY] = sha256_file(folder / WEIGHTS_NAME)  # verified by every load
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
     card = card_text(

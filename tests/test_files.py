@@ -5,13 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 
 from cmrfm_io import files
-from cmrfm_io.files import json_default, sha256_file, write_atomic, write_json_atomic
+from cmrfm_io.files import (
+    json_default,
+    sha256_file,
+    usual_permissions,
+    write_atomic,
+    write_json_atomic,
+)
 
 
 @pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 200])
@@ -153,3 +160,15 @@ def test_write_json_atomic_indents_ends_with_newline_and_knows_numpy(tmp_path: P
     assert path.read_text() == '{\n "a": 2,\n "b": [\n  1\n ]\n}\n'
     write_json_atomic(path, {"p": object()}, indent=None, default=lambda v: "obj")
     assert path.read_text() == '{"p": "obj"}\n'
+
+
+def test_usual_permissions_follow_the_umask(tmp_path) -> None:
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(b"x")
+    os.chmod(path, 0o600)  # as safetensors writes
+    old = os.umask(0o022)
+    try:
+        usual_permissions(path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

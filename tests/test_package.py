@@ -4,6 +4,7 @@ turns a SegFinetuner Lightning checkpoint into such a folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -130,3 +131,36 @@ def test_export_turns_a_finetuning_checkpoint_into_a_package(tmp_path, make_phan
         assert torch.equal(model(clip), module(clip))
     card = (tmp_path / "pkg" / CARD_NAME).read_text()
     assert "phantom" in card and "labelled_subjects" in card
+
+
+def test_the_package_records_the_weights_it_started_from(tmp_path: Path) -> None:
+    """Lineage: a hub folder by its recorded weights hash, a checkpoint file by its own hash,
+    from scratch as None; the card says which."""
+    from foundation.hub import save_pretrained
+    from foundation.registry import create_backbone
+
+    small = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
+    pre = {"spacing": 1.5, "size": 32, "frames": 2, "percentiles": [0.5, 99.5],
+           "modalities": ["cine"]}  # fmt: skip
+    hub = save_pretrained(create_backbone("cmr_unet_small", **small), tmp_path / "hub",
+                          preprocess=pre)  # fmt: skip
+    model = SegFinetuner(backbone="cmr_unet_small", arch="dense", pretrained=str(hub),
+                         backbone_kwargs=small)  # fmt: skip
+    save_finetuned(model, tmp_path / "a", preprocess=PREPROCESS, frames=2)
+    config = json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
+    recorded = json.loads((hub / CONFIG_NAME).read_text())["weights_sha256"]
+    assert config["base_model"] == {"source": str(hub), "architecture": "cmr_unet_small",
+                                    "sha256": recorded, "kind": "hub folder"}  # fmt: skip
+    assert config["model"]["init_args"]["pretrained"] is None
+    assert recorded in (tmp_path / "a" / "README.md").read_text()
+
+    ckpt = tmp_path / "pre.ckpt"
+    ckpt.write_bytes(b"checkpoint bytes")
+    args = {**dict(model.hparams), "pretrained": str(ckpt)}
+    save_finetuned(model, tmp_path / "b", preprocess=PREPROCESS, frames=2, init_args=args)
+    base = json.loads((tmp_path / "b" / CONFIG_NAME).read_text())["base_model"]
+    assert base["sha256"] == hashlib.sha256(b"checkpoint bytes").hexdigest()
+
+    save_finetuned(tiny_model("unet"), tmp_path / "c", preprocess=PREPROCESS, frames=2)
+    assert json.loads((tmp_path / "c" / CONFIG_NAME).read_text())["base_model"] is None
+    assert "from scratch" in (tmp_path / "c" / "README.md").read_text()
