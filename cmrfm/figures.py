@@ -85,11 +85,17 @@ def overlay_figure(
 
 
 def write_overlay(
-    image: np.ndarray, labels: np.ndarray, spacing: tuple, frames: dict, path: Path
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: tuple,
+    frames: dict,
+    path: Path,
+    alerts: list[str] | None = None,
 ) -> Path:
     """`cmrfm predict`'s overlay.png: rows ED and ES (one row when they are one frame), one
     column per slice; image (S, T, H, W) with labels (S, T, H, W) over it, cut to the segmented
-    region (plus a margin) so the heart fills the tiles."""
+    region (plus a margin) so the heart fills the tiles. alerts (the failed quality checks) are
+    printed in red under the tiles."""
     phases = [("ED", frames["ed"]), ("ES", frames["es"])]
     if frames["ed"] == frames["es"]:  # one frame (or no contraction found): one row
         phases = [("frame", frames["ed"])]
@@ -122,7 +128,11 @@ def write_overlay(
     if present:
         handles = [Patch(color=OVERLAY_COLOURS[c], label=names[c]) for c in present]
         ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.7)
-    fig.tight_layout()
+    if alerts:
+        fig.set_figheight(fig.get_figheight() + 0.16 * len(alerts))
+        text = "\n".join(f"quality: {a}" for a in alerts)
+        fig.text(0.01, 0.005, text, color="#c00000", fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, min(0.5, 0.04 * len(alerts or [])), 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -33,6 +33,7 @@ from cmrfm.cycle import (
     dicom_frame_times,
     nifti_frame_times,
 )
+from cmrfm.quality import quality_report
 from data_shards.preprocess import preprocess
 from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
 from data_shards.volumes import volumes_ml
@@ -428,7 +429,9 @@ def predict(
     _lap(clock, "read")
     prepared = prepare(study, loaded.preprocess)
     _lap(clock, "preprocess")
-    pred = predict_study(loaded.model, prepared.image, loaded.frames, batch=batch)  # (S, T, ...)
+    pred, entropy = predict_study(  # (S, T, H, W) labels, (S, T) uncertainty
+        loaded.model, prepared.image, loaded.frames, batch=batch, entropy=True
+    )
     _lap(clock, "model")
     labels = restore_labels(pred, prepared.meta, loaded.num_classes)
     _lap(clock, "restore")
@@ -454,7 +457,11 @@ def predict(
     }
     if loaded.num_classes > INFARCT:
         volumes["scar"] = scar_volumes(labels, study.spacing, volumes["frames"]["ed"])
-    write_overlay(study.image, labels, study.spacing, volumes["frames"], out / "overlay.png")
+    volumes["quality"] = quality_report(labels, study.spacing, volumes["frames"], volumes, entropy)
+    alerts = [c["message"] for c in volumes["quality"]["checks"] if c["passed"] is False]
+    write_overlay(
+        study.image, labels, study.spacing, volumes["frames"], out / "overlay.png", alerts
+    )
     if labels.shape[1] > 1:
         cycle_figure(volumes["per_frame_ml"], cycle, volumes["frames"], out / "curves.png")
     else:

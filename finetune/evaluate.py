@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from rich.progress import track
 from torch import nn
+from torch.nn import functional as F
 
 from data_shards.record import IGNORE, INFARCT, LABEL_NAMES, RV
 from data_shards.stream import cyclic_window, load_subjects, shard_urls
@@ -29,13 +31,17 @@ from foundation.checkpoint import restore
 
 
 @torch.no_grad()
-def predict_study(model: nn.Module, image: np.ndarray, frames: int, batch: int = 16) -> np.ndarray:
-    """Label map (S, T, H, W) uint8 for a uint8 study (S, T, H, W).
+def predict_study(
+    model: nn.Module, image: np.ndarray, frames: int, batch: int = 16, entropy: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Label map (S, T, H, W) uint8 for a uint8 study (S, T, H, W); with ``entropy`` also the
+    model's uncertainty per (slice, frame), (S, T) float (:func:`heart_entropy`).
 
     Each slice is cut into windows of `frames` frames (the last one wraps around the cycle) and
     every frame takes its prediction from the first window that holds it.
     """
     s, t = image.shape[:2]
+    unsure = np.full((s, t), np.nan, dtype=np.float32)
     starts = list(range(0, t, frames))
     clips, where = [], []
     for z in range(s):
@@ -48,12 +54,34 @@ def predict_study(model: nn.Module, image: np.ndarray, frames: int, batch: int =
     device = next(model.parameters()).device
     for b in range(0, len(clips), batch):
         x = torch.from_numpy(np.stack(clips[b : b + batch])).float().div(255)[:, None].to(device)
-        labels = model(x).argmax(dim=1).cpu().numpy().astype(np.uint8)  # (B, frames, H, W)
-        for (z, idx), lab in zip(where[b : b + batch], labels):
+        logits = model(x)  # (B, K, frames, H, W)
+        labels = logits.argmax(dim=1).cpu().numpy().astype(np.uint8)  # (B, frames, H, W)
+        spread = heart_entropy(logits) if entropy else None  # (B, frames)
+        for j, ((z, idx), lab) in enumerate(zip(where[b : b + batch], labels)):
             for i, f in enumerate(idx):
                 if not done[z, f]:
                     pred[z, f], done[z, f] = lab[i], True
-    return pred
+                    if spread is not None:
+                        unsure[z, f] = spread[j, i]
+    return (pred, unsure) if entropy else pred
+
+
+def heart_entropy(logits: torch.Tensor, margin: int = 2) -> np.ndarray:
+    """Mean normalised entropy (entropy / log K: 0 certain, 1 uniform) of the class
+    probabilities over each frame's heart pixels (predicted foreground, dilated by margin
+    pixels: the edges are where a model hesitates): logits (B, K, T, H, W) -> (B, T), NaN for
+    a frame without foreground."""
+    probs = logits.float().softmax(dim=1)
+    k = probs.shape[1]
+    h = -(probs * probs.clamp_min(1e-8).log()).sum(dim=1) / math.log(k)  # (B, T, H, W)
+    heart = (probs.argmax(dim=1) > 0).float()  # (B, T, H, W)
+    size = 2 * margin + 1
+    heart = F.max_pool2d(heart.flatten(0, 1)[:, None], size, stride=1, padding=margin)
+    heart = heart[:, 0].reshape(h.shape) > 0
+    total = (h * heart).sum(dim=(-2, -1))
+    count = heart.sum(dim=(-2, -1))
+    mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+    return mean.detach().cpu().numpy()
 
 
 PHASES = ("ed", "es")

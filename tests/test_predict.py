@@ -113,7 +113,7 @@ def test_oracle_labels_map_back_onto_the_ground_truth(tmp_path, package, monkeyp
     labelled = Subject("case", study.image, truth, study.spacing, dict(study.geometry))
     expected = preprocess(labelled, config).label
     assert expected.shape == prepare(study, config).image.shape
-    monkeypatch.setattr("finetune.evaluate.predict_study", lambda *a, **k: expected)
+    monkeypatch.setattr("finetune.evaluate.predict_study", answering(expected))
 
     main(["predict", str(tmp_path / "case.nii.gz"), "--model", str(package), "--out",
           str(tmp_path / "out")])  # fmt: skip
@@ -144,6 +144,19 @@ def test_oracle_labels_map_back_onto_the_ground_truth(tmp_path, package, monkeyp
         assert int(rows[ventricle]["ed_frame"]) == ed
     with Image.open(tmp_path / "out" / "overlay.png") as png:
         assert png.width > 100 and png.height > 50
+    # the quality section names every check, with the model's (here: certain) entropy judged
+    checks = {c["name"]: c for c in volumes["quality"]["checks"]}
+    assert set(checks) == {
+        "lv_coverage",
+        "slice_alignment",
+        "slice_gaps",
+        "connected_components",
+        "myocardium_surrounds_lv",
+        "physiological_ranges",
+        "model_uncertainty",
+    }
+    assert checks["model_uncertainty"]["passed"] is True
+    assert volumes["quality"]["passed"] is all(c["passed"] is not False for c in checks.values())
 
 
 def test_lge_model_reports_the_scar(tmp_path, monkeypatch):
@@ -165,7 +178,7 @@ def test_lge_model_reports_the_scar(tmp_path, monkeypatch):
     study = read_study(tmp_path / "lge.nii.gz")
     labelled = Subject("lge", study.image, truth, study.spacing, dict(study.geometry))
     expected = preprocess(labelled, preprocess_config(PREPROCESS, "test")).label
-    monkeypatch.setattr("finetune.evaluate.predict_study", lambda *a, **k: expected)
+    monkeypatch.setattr("finetune.evaluate.predict_study", answering(expected))
 
     main(["predict", str(tmp_path / "lge.nii.gz"), "--model", str(lge), "--out",
           str(tmp_path / "out")])  # fmt: skip
@@ -270,7 +283,19 @@ HEADER_GEOMETRY = ("dim", "pixdim", "xyzt_units", "qform_code", "sform_code", "q
                    "srow_y", "srow_z")  # fmt: skip
 
 
-def drawn_heart(model, image: np.ndarray, frames: int, batch: int = 16) -> np.ndarray:
+def answering(labels: np.ndarray):
+    """A stand-in for finetune.evaluate.predict_study that answers labels (S, T, H, W), and a
+    certain model's entropy (zeros, (S, T)) when asked for it."""
+
+    def predict_study(*args, entropy: bool = False, **kwargs):
+        return (labels, np.zeros(labels.shape[:2], np.float32)) if entropy else labels
+
+    return predict_study
+
+
+def drawn_heart(
+    model, image: np.ndarray, frames: int, batch: int = 16, entropy: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Stands in for finetune.evaluate.predict_study: on the model's grid (S, T, size, size), an
     LV disc that shrinks over the cycle, a myocardial ring and an RV beside it, every slice."""
     t, size = image.shape[1], image.shape[2]
@@ -281,7 +306,7 @@ def drawn_heart(model, image: np.ndarray, frames: int, batch: int = 16) -> np.nd
         labels[:, f, np.hypot(y, x + 14) < 6] = RV
         labels[:, f, np.hypot(y, x) < r + 3] = MYO
         labels[:, f, np.hypot(y, x) < r] = LV
-    return labels
+    return answering(labels)(entropy=entropy)
 
 
 def write_acdc_style(path: Path, stwh: np.ndarray, spacing: tuple[float, ...]) -> None:
