@@ -4,18 +4,18 @@ Every method sees the same draws (``draw_labelled``: stratified by diagnosis gro
 the same training time; the evaluation split is disjoint from every draw. Each finished run is
 appended to ``results.jsonl`` at once, so a job that dies loses at most the run in progress and a
 re-run with the same settings picks up where it stopped.
+
+The settings are :class:`finetune.fewshot_config.FewShotConfig`; ``finetune.budget`` trains each
+run, ``finetune.results`` writes its files and ``finetune.report`` summarises the folder.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
-import warnings
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,124 +24,26 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from cmrfm_io.files import json_default, write_atomic
 from data_shards.stream import load_subjects, shard_urls
+from finetune.budget import fit_for_budget
 from finetune.data import LabelledClips, draw_labelled
-from foundation.progress import log_file_progress
+from finetune.fewshot_config import HEADLINES, METHODS, SAME_RUN_KEYS, FewShotConfig, load_config
+from finetune.report import write_report
+from finetune.results import (
+    append_jsonl,
+    load_predictions,
+    read_jsonl,
+    save_predictions,
+    write_jsonl,
+)
 
-TASKS = ("seg", "ef", "cls")
+# load_config: `cmrfm fewshot` (cmrfm/cli.py) imports it from here.
+__all__ = ["FewShotBenchmark", "Run", "load_config"]
 
-# Methods by name: constructor overrides for the task's system, and whether the backbone starts
-# from the pretrained weights. "from_seg" and "radiomics" reuse the segmentation benchmark.
-METHODS: dict[str, dict[str, dict[str, Any]]] = {
-    "seg": {
-        "pretrained": {"pretrained": True, "protocol": "full"},
-        "scratch": {"pretrained": False, "protocol": "full"},
-        "unet": {"pretrained": False, "arch": "unet"},
-        "linear": {"pretrained": True, "protocol": "linear"},
-        "partial": {"pretrained": True, "protocol": "partial"},
-        "lora": {"pretrained": True, "protocol": "lora"},
-    },
-    "ef": {
-        "pretrained": {"pretrained": True, "protocol": "full"},
-        "scratch": {"pretrained": False, "protocol": "full"},
-        "linear": {"pretrained": True, "protocol": "linear"},
-        "lora": {"pretrained": True, "protocol": "lora"},
-        "from_seg": {},
-    },
-    "cls": {
-        "pretrained": {"pretrained": True, "protocol": "full"},
-        "scratch": {"pretrained": False, "protocol": "full"},
-        "linear": {"pretrained": True, "protocol": "linear"},
-        "lora": {"pretrained": True, "protocol": "lora"},
-        "radiomics": {},
-    },
-}
-DEFAULT_METHODS = {
-    "seg": ["pretrained", "scratch", "unet"],
-    "ef": ["pretrained", "scratch", "from_seg"],
-    "cls": ["pretrained", "scratch", "radiomics"],
-}
-# The metrics the summary tables and plots report, headline first.
-HEADLINES = {
-    "seg": [
-        *("dice_mean", "dice_lv", "dice_myo", "dice_rv", "dice_infarct", "dice_mvo"),
-        *("hd95_mean", "lv_ef_mae", "lv_mass_mae", "infarct_pct_mae"),
-    ],
-    "ef": ["lv_ef_mae", "lv_ef_bias", "lv_ef_r"],
-    "cls": ["accuracy", "macro_f1"],
-}
 # A result row's fields that say which run it is, and what its training took (kept by rescore).
 RUN_KEYS = ("run", "task", "method", "labels", "n", "seed", "train_subjects")
 TRAINING_KEYS = ("steps", "planned_steps", "cut_short", "train_s", "s_per_step_probe", "predict_s")
-# Settings a re-run must share with the results already in its folder.
-SAME_RUN_KEYS = (
-    "task", "shards", "train_split", "eval_split", "budget_s", "steps", "frames", "model"
-)  # fmt: skip
-
-
-@dataclass
-class FewShotConfig:
-    """One benchmark: a task, label counts, seeds and methods; YAML keys are these fields.
-
-    labels holds counts or "all" (every labelled subject of train_split); seeds = how many seeds
-    (0 .. seeds-1); budget_s = training seconds per run, the same for every method; steps =
-    optimiser steps per run instead (the same for every method: equal time for methods that share
-    a network, whatever else the machine runs; `cmrfm bench seg` gives the step costs); model =
-    constructor arguments shared by the methods (backbone, patch_size, tubelet, lr, ...);
-    method_args = per-method overrides; seg_from = a segmentation benchmark's folder whose saved
-    predictions "from_seg" and "radiomics" use (trained here when absent).
-    """
-
-    task: str = "seg"
-    shards: str = "runs/real/acdc"
-    out: str = "runs/fewshot/seg"
-    labels: list[str] = field(default_factory=lambda: ["1", "2", "5", "10", "20", "all"])
-    seeds: int = 3
-    methods: list[str] | None = None
-    pretrained: str | None = None
-    budget_s: float = 60.0
-    steps: int | None = None
-    train_split: str = "train"
-    eval_split: str = "test"
-    frames: int = 2
-    batch_size: int = 8
-    max_slices: int = 16
-    model: dict[str, Any] = field(default_factory=dict)
-    method_args: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seg_from: str | None = None
-    seg_method: str = "pretrained"
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
-        self.labels = [str(n) for n in self.labels]
-        for n in self.labels:
-            if n != "all" and (not n.isdigit() or int(n) < 1):
-                raise ValueError(f"labels: {n!r} is neither a positive count nor 'all'")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        self.methods = list(self.methods or DEFAULT_METHODS[self.task])
-        unknown = [m for m in self.methods if m not in METHODS[self.task]]
-        if unknown:
-            known = ", ".join(METHODS[self.task])
-            raise ValueError(f"unknown {self.task} method(s) {unknown}; known: {known}")
-        if self.budget_s <= 0:
-            raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1 (or null for the time budget), got {self.steps}")
-        needs_weights = any(METHODS[self.task][m].get("pretrained") for m in self.methods)
-        if needs_weights and not self.pretrained:
-            raise ValueError(
-                "methods " + ", ".join(self.methods) + " start from pretrained weights: pass "
-                "--pretrained (a hub folder from `cmrfm export` or a pretraining checkpoint)"
-            )
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out)
 
 
 @dataclass
@@ -156,112 +58,6 @@ class Run:
     @property
     def name(self) -> str:
         return f"{self.method}_n{self.n}_s{self.seed}"
-
-
-# --------------------------------------------------------------------------- training helpers
-
-
-def steps_for_budget(
-    step: Callable[[], torch.Tensor], budget_s: float, warmup: int = 1, probe: int = 3
-) -> tuple[int, float]:
-    """How many optimiser steps fit in budget_s: times `probe` forward+backward passes of `step`
-    (after `warmup`) and returns (steps, seconds per step). The weights are not changed."""
-    times = []
-    for i in range(warmup + probe):
-        start = time.perf_counter()
-        loss = step()
-        loss.backward()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    per_step = float(np.median(times)) * 1.08  # the optimiser step and logging, measured ~5-8 %
-    return max(10, int(budget_s / per_step)), per_step
-
-
-def _zero_grads(module: torch.nn.Module) -> None:
-    for p in module.parameters():
-        p.grad = None
-
-
-class BudgetStop(L.Callback):
-    """Stops training before a step would end past ``budget_s`` seconds from the start of
-    training, judging the next step by the last one; ``cut_short`` says whether it stopped a run
-    before its planned steps. The clock is ``time.monotonic``."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self.cut_short = False
-        self._start = self._last = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = self._last = time.monotonic()
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
-    ) -> None:
-        now = time.monotonic()
-        step_s, self._last = now - self._last, now
-        if trainer.global_step < trainer.max_steps and now - self._start + step_s > self.budget_s:
-            trainer.should_stop = True
-            self.cut_short = True
-
-
-def fit_for_budget(
-    system: L.LightningModule,
-    dataset: Dataset,
-    batch_size: int,
-    budget_s: float,
-    seed: int,
-    steps: int | None = None,
-) -> dict[str, float]:
-    """Train `system` on clips drawn with replacement from dataset for at most budget_s seconds,
-    or for exactly ``steps`` optimiser steps when given (no clock involved).
-
-    The step count comes from a timed probe, so the warmup + cosine schedule ends when the time
-    does; on a machine slower than the probe said, :class:`BudgetStop` ends the run before a
-    step would take it past budget_s (the schedule keeps the planned length). Returns steps
-    done, planned_steps, cut_short, train_s and s_per_step_probe (None with ``steps``).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    probe = next(
-        iter(DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator))
-    )
-    system.train()
-    per_step = None
-    if steps is None:
-        with warnings.catch_warnings():  # self.log outside a Trainer warns; the probe logs nothing
-            warnings.simplefilter("ignore")
-            steps, per_step = steps_for_budget(lambda: system.training_step(probe, 0), budget_s)
-        _zero_grads(system)
-    else:
-        budget_s = math.inf
-    sampler = RandomSampler(
-        dataset, replacement=True, num_samples=steps * batch_size, generator=generator
-    )
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
-    budget = BudgetStop(budget_s)
-    trainer = L.Trainer(
-        max_steps=steps,
-        callbacks=[budget, *log_file_progress()],
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    start = time.monotonic()
-    trainer.fit(system, train_dataloaders=loader)
-    return {
-        "steps": int(trainer.global_step),
-        "planned_steps": steps,
-        "cut_short": budget.cut_short,
-        "train_s": time.monotonic() - start,
-        "s_per_step_probe": per_step,
-    }
-
-
-# --------------------------------------------------------------------------- the benchmark
 
 
 class FewShotBenchmark:
@@ -578,8 +374,6 @@ class FewShotBenchmark:
     def report(self) -> list[dict]:
         """summary.csv / summary.md (mean +- std over seeds) and plots from results.jsonl: every
         method in the folder, also those an earlier invocation ran (--methods adds, never hides)."""
-        from finetune.report import write_report
-
         found = {r["method"] for r in read_jsonl(self.out / "results.jsonl")}
         methods = [m for m in METHODS[self.cfg.task] if m in found or m in self.cfg.methods]
         return write_report(self.out, self.cfg.task, HEADLINES[self.cfg.task], methods)
@@ -608,76 +402,3 @@ def _ef_row(subject: dict, pred: Sequence[float], true: Sequence[float]) -> dict
         "lv_ef_true": float(true[0]),
         "rv_ef_true": float(true[1]) if len(true) > 1 else math.nan,
     }
-
-
-# --------------------------------------------------------------------------- files
-
-
-def save_predictions(path: Path, preds: dict[str, np.ndarray]) -> None:
-    """Label maps by subject key, compressed (a 10 x 2 x 128 x 128 map takes ~10 kB)."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **preds)
-    write_atomic(path, buffer.getvalue())  # a killed job never leaves half a file under path
-
-
-def load_predictions(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-
-
-def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    """Replace a JSON-lines file whole: written aside, then renamed over the old one."""
-    write_atomic(path, "".join(json.dumps(r, default=json_default) + "\n" for r in rows))
-
-
-def append_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    with path.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row, default=json_default) + "\n")
-        f.flush()
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a last line cut by a killed job is dropped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def group_rows(
-    rows: Sequence[dict], metric: str
-) -> dict[str, list[tuple[int, str, float, float, int]]]:
-    """method -> [(n, label spec, mean, std, runs)] of one metric over seeds, sorted by n."""
-    cells: dict[tuple[str, int, str], list[float]] = defaultdict(list)
-    for r in rows:
-        value = r.get(metric)
-        if value is not None and np.isfinite(value):
-            cells[(r["method"], r["n"], r["labels"])].append(float(value))
-    out: dict[str, list] = defaultdict(list)
-    for (method, n, spec), values in sorted(cells.items(), key=lambda kv: kv[0][1]):
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        out[method].append((n, spec, float(np.mean(values)), std, len(values)))
-    return dict(out)
-
-
-def load_config(path: Path | None, overrides: dict[str, Any]) -> FewShotConfig:
-    """FewShotConfig from a YAML file (keys = its fields) with command-line values on top."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: a few-shot config is a mapping of FewShotConfig fields")
-    values |= {k: v for k, v in overrides.items() if v is not None}
-    known = FewShotConfig.__dataclass_fields__
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{path or 'options'}: unknown keys {unknown}; known: {', '.join(known)}")
-    return FewShotConfig(**values)

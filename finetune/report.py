@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from finetune.fewshot import group_rows, read_jsonl
+from finetune.results import read_jsonl
 
 # Which per-subject pair each task's agreement plot shows, and its units.
 AGREEMENT_PLOTS = {"seg": ("lv_ef", "LV EF", "%"), "ef": ("lv_ef", "LV EF", "%")}
@@ -29,6 +30,22 @@ def write_report(
     if task == "cls":
         plot_confusions(out, results)
     return rows
+
+
+def group_rows(
+    rows: Sequence[dict], metric: str
+) -> dict[str, list[tuple[int, str, float, float, int]]]:
+    """method -> [(n, label spec, mean, std, runs)] of one metric over seeds, sorted by n."""
+    cells: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    for r in rows:
+        value = r.get(metric)
+        if value is not None and np.isfinite(value):
+            cells[(r["method"], r["n"], r["labels"])].append(float(value))
+    out: dict[str, list] = defaultdict(list)
+    for (method, n, spec), values in sorted(cells.items(), key=lambda kv: kv[0][1]):
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        out[method].append((n, spec, float(np.mean(values)), std, len(values)))
+    return dict(out)
 
 
 def summary_rows(results: Sequence[dict], metrics: Sequence[str]) -> list[dict]:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.fewshot import FewShotBenchmark, FewShotConfig, read_jsonl
+from finetune.fewshot import FewShotBenchmark
+from finetune.fewshot_config import FewShotConfig
+from finetune.results import read_jsonl
 from finetune.system import SegFinetuner
 from foundation.hub import save_pretrained
 from foundation.registry import create_backbone

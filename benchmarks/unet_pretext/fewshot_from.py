@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-import finetune.fewshot as few
+import finetune.budget as budget
 import finetune.system as system_module
 from cmrfm.cli import main
 
@@ -33,5 +33,5 @@ def from_weights(**kwargs):
 
 system_module.SegFinetuner = from_weights
 if os.environ.get("STEPS"):
-    few.steps_for_budget = lambda step, budget_s: (int(os.environ["STEPS"]), 0.0)
+    budget.steps_for_budget = lambda step, budget_s: (int(os.environ["STEPS"]), 0.0)
 main(["fewshot", "--config", *sys.argv[2:]])

@@ -1,0 +1,134 @@
+"""The few-shot benchmark's settings: :class:`FewShotConfig` (the YAML keys of
+``configs/fewshot_*.yaml``), the methods of each task and the metrics its summary reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASKS = ("seg", "ef", "cls")
+
+# Methods by name: constructor overrides for the task's system, and whether the backbone starts
+# from the pretrained weights. "from_seg" and "radiomics" reuse the segmentation benchmark.
+METHODS: dict[str, dict[str, dict[str, Any]]] = {
+    "seg": {
+        "pretrained": {"pretrained": True, "protocol": "full"},
+        "scratch": {"pretrained": False, "protocol": "full"},
+        "unet": {"pretrained": False, "arch": "unet"},
+        "linear": {"pretrained": True, "protocol": "linear"},
+        "partial": {"pretrained": True, "protocol": "partial"},
+        "lora": {"pretrained": True, "protocol": "lora"},
+    },
+    "ef": {
+        "pretrained": {"pretrained": True, "protocol": "full"},
+        "scratch": {"pretrained": False, "protocol": "full"},
+        "linear": {"pretrained": True, "protocol": "linear"},
+        "lora": {"pretrained": True, "protocol": "lora"},
+        "from_seg": {},
+    },
+    "cls": {
+        "pretrained": {"pretrained": True, "protocol": "full"},
+        "scratch": {"pretrained": False, "protocol": "full"},
+        "linear": {"pretrained": True, "protocol": "linear"},
+        "lora": {"pretrained": True, "protocol": "lora"},
+        "radiomics": {},
+    },
+}
+DEFAULT_METHODS = {
+    "seg": ["pretrained", "scratch", "unet"],
+    "ef": ["pretrained", "scratch", "from_seg"],
+    "cls": ["pretrained", "scratch", "radiomics"],
+}
+# The metrics the summary tables and plots report, headline first.
+HEADLINES = {
+    "seg": [
+        *("dice_mean", "dice_lv", "dice_myo", "dice_rv", "dice_infarct", "dice_mvo"),
+        *("hd95_mean", "lv_ef_mae", "lv_mass_mae", "infarct_pct_mae"),
+    ],
+    "ef": ["lv_ef_mae", "lv_ef_bias", "lv_ef_r"],
+    "cls": ["accuracy", "macro_f1"],
+}
+# Settings a re-run must share with the results already in its folder.
+SAME_RUN_KEYS = (
+    "task", "shards", "train_split", "eval_split", "budget_s", "steps", "frames", "model"
+)  # fmt: skip
+
+
+@dataclass
+class FewShotConfig:
+    """One benchmark: a task, label counts, seeds and methods; YAML keys are these fields.
+
+    labels holds counts or "all" (every labelled subject of train_split); seeds = how many seeds
+    (0 .. seeds-1); budget_s = training seconds per run, the same for every method; steps =
+    optimiser steps per run instead (the same for every method: equal time for methods that share
+    a network, whatever else the machine runs; `cmrfm bench seg` gives the step costs); model =
+    constructor arguments shared by the methods (backbone, patch_size, tubelet, lr, ...);
+    method_args = per-method overrides; seg_from = a segmentation benchmark's folder whose saved
+    predictions "from_seg" and "radiomics" use (trained here when absent).
+    """
+
+    task: str = "seg"
+    shards: str = "runs/real/acdc"
+    out: str = "runs/fewshot/seg"
+    labels: list[str] = field(default_factory=lambda: ["1", "2", "5", "10", "20", "all"])
+    seeds: int = 3
+    methods: list[str] | None = None
+    pretrained: str | None = None
+    budget_s: float = 60.0
+    steps: int | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    frames: int = 2
+    batch_size: int = 8
+    max_slices: int = 16
+    model: dict[str, Any] = field(default_factory=dict)
+    method_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seg_from: str | None = None
+    seg_method: str = "pretrained"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+        self.labels = [str(n) for n in self.labels]
+        for n in self.labels:
+            if n != "all" and (not n.isdigit() or int(n) < 1):
+                raise ValueError(f"labels: {n!r} is neither a positive count nor 'all'")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        self.methods = list(self.methods or DEFAULT_METHODS[self.task])
+        unknown = [m for m in self.methods if m not in METHODS[self.task]]
+        if unknown:
+            known = ", ".join(METHODS[self.task])
+            raise ValueError(f"unknown {self.task} method(s) {unknown}; known: {known}")
+        if self.budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1 (or null for the time budget), got {self.steps}")
+        needs_weights = any(METHODS[self.task][m].get("pretrained") for m in self.methods)
+        if needs_weights and not self.pretrained:
+            raise ValueError(
+                "methods " + ", ".join(self.methods) + " start from pretrained weights: pass "
+                "--pretrained (a hub folder from `cmrfm export` or a pretraining checkpoint)"
+            )
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> FewShotConfig:
+    """FewShotConfig from a YAML file (keys = its fields) with command-line values on top."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a few-shot config is a mapping of FewShotConfig fields")
+    values |= {k: v for k, v in overrides.items() if v is not None}
+    known = FewShotConfig.__dataclass_fields__
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{path or 'options'}: unknown keys {unknown}; known: {', '.join(known)}")
+    return FewShotConfig(**values)
