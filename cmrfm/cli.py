@@ -240,7 +240,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _bench_loader(args: argparse.Namespace) -> None:
-    from cmrfm.bench_loader import bench_loader
+    from cmrfm.bench.loader import bench_loader
 
     bench_loader(
         args.shards,
@@ -259,7 +259,7 @@ def _bench_loader(args: argparse.Namespace) -> None:
 
 
 def _bench_pretrain(args: argparse.Namespace) -> None:
-    from cmrfm.bench_pretrain import bench_pretrain, resolve_options
+    from cmrfm.bench.pretrain import bench_pretrain, resolve_options
 
     try:
         given = {name: getattr(args, name) for name in BENCH_PRETRAIN_OPTIONS}
@@ -279,7 +279,7 @@ def _bench_pretrain(args: argparse.Namespace) -> None:
 
 
 def _bench_seg(args: argparse.Namespace) -> None:
-    from cmrfm.bench_seg import bench_seg
+    from cmrfm.bench.seg import bench_seg
 
     try:
         bench_seg(
@@ -375,7 +375,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_seg(group)
 
 
-# `bench pretrain` options a --preset sets (cmrfm.bench_pretrain.DEFAULTS; not imported here:
+# `bench pretrain` options a --preset sets (cmrfm.bench.pretrain.DEFAULTS; not imported here:
 # it loads torch, which `cmrfm --help` should not wait for).
 BENCH_PRETRAIN_OPTIONS = {"backbone": str, "frames": int, "size": int, "patch": int,
                           "tubelet": int, "batch": int, "steps": int, "warmup": int,
@@ -447,7 +447,7 @@ def _add_bench_seg(group: argparse._SubParsersAction) -> None:
         type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
         default=None,
         help="ARCH[-fsN][-lastK|-linear], ARCH unetr, light, dense (the U-Net backbone) or none (backbone alone), e.g. "
-        "unetr,unetr-fs8,light,light-last4 (default: cmrfm.bench_seg.DEFAULT_VARIANTS)",
+        "unetr,unetr-fs8,light,light-last4 (default: cmrfm.bench.seg.DEFAULT_VARIANTS)",
     )
     p.add_argument("--tubelet", type=int, default=2)
     p.add_argument("--frames", type=int, default=2, help="clip length")

@@ -17,16 +17,16 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader, IterableDataset
 
-from cmrfm.bench_loader import (
-    LOADERS,
+from cmrfm.bench.loader import (
     SPLITS,
     augmentation,
     bench_loader,
     export_npy,
-    measure,
     plain_loader,
     shard_loader,
 )
+from cmrfm.bench.loader_report import LOADERS
+from cmrfm.bench.loader_timing import measure
 from cmrfm.cli import main
 from data_shards.stream import cyclic_window, load_subjects
 

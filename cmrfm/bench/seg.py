@@ -22,11 +22,10 @@ the CPU time is the time on a core, which other jobs on the machine inflate less
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from cmrfm.bench_loader import write_result
+from cmrfm.bench.machine import load_average, torch_threads
+from cmrfm.bench.results import machine_caption, ratio_cell, show_and_write
 
 BASELINE = "unet"
 DECODERS = ("unetr", "light")
@@ -140,9 +140,9 @@ def bench_seg(
         "device": "cpu",
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
-        "load_average_before": list(os.getloadavg()),
+        "load_average_before": load_average(),
     }
-    with _threads(threads):
+    with torch_threads(threads):
         config["threads"] = torch.get_num_threads()
         clip, label = make_batch(batch, frames, size, num_classes, seed)
         plan = [(BASELINE, None, {"arch": "unet"})]
@@ -159,12 +159,9 @@ def bench_seg(
                 contenders.append(Contender(name, patch, args, model_args))
         with console.status(f"{len(contenders)} contenders x {rounds} rounds x {steps} steps"):
             measure(contenders, clip, label, steps, rounds, warmup)
-    config["load_average_after"] = list(os.getloadavg())
+    config["load_average_after"] = load_average()
     result = {"config": config, "rows": summarise(contenders)}
-    console.print(results_table(result))
-    if out is not None:
-        write_result(result, out)
-        console.print(f"wrote {out}")
+    show_and_write(result, [results_table(result)], out, console)
     return result
 
 
@@ -313,7 +310,6 @@ def results_table(result: dict[str, Any]) -> Table:
             table.add_section()
             patch = row["patch"]
         goal = {None: "", True: "yes", False: "no"}[row["meets_goal"]]
-        ratio_cpu = "–" if row["ratio_cpu"] is None else f"{row['ratio_cpu']:.2f}"
         params = f"{row['trainable'] / 1e6:.2f}"
         if row["trainable"] != row["params"]:
             params += f"/{row['params'] / 1e6:.2f}"
@@ -323,25 +319,14 @@ def results_table(result: dict[str, Any]) -> Table:
             params,
             f"{row['s_per_step']:.3f}",
             f"{row['cpu_s_per_step']:.3f}",
-            f"{row['ratio']:.2f}",
-            ratio_cpu,
+            ratio_cell(row["ratio"]),
+            ratio_cell(row["ratio_cpu"]),
             goal,
         )
-    load = config["load_average_before"][0], config["load_average_after"][0]
     table.caption = (
         "params: trainable/all when they differ; ratio: seconds per step over the U-Net's,"
-        f" by wall-clock and by CPU time; {config['rounds']} rounds x {config['steps']} timed steps after"
-        f" {config['warmup']} warm-up; {config['threads']} torch threads, {config['cpu_count']}"
-        f" cores; 1-min load {load[0]:.2f} before, {load[1]:.2f} after"
+        f" by wall-clock and by CPU time; {config['rounds']} rounds x {config['steps']} timed"
+        f" steps after {config['warmup']} warm-up; {config['threads']} torch threads,"
+        f" {machine_caption(config)}"
     )
     return table
-
-
-@contextlib.contextmanager
-def _threads(threads: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from cmrfm import bench_pretrain as bp
+from cmrfm.bench import pretrain as bp
+from cmrfm.bench import pretrain_runs
+from cmrfm.bench.pretrain_cases import PRECISIONS
 from cmrfm.cli import BENCH_PRETRAIN_OPTIONS, build_parser, main
 
 TINY = {"backbone": "cmr_vit_test", "frames": 4, "size": 16, "patch": 8, "tubelet": 2, "batch": 2,
@@ -46,12 +48,12 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pat
             raise RuntimeError("simulated: the engine cannot start here\nsecond line")
         return original(name)
 
-    original = bp.make_strategy
+    original = pretrain_runs.make_strategy
     out = tmp_path_factory.mktemp("bench") / "pretrain.json"
     console = _quiet()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bp, "compile_unavailable", lambda device: NO_COMPILER)
-        patch.setattr(bp, "make_strategy", failing)
+        patch.setattr(pretrain_runs, "make_strategy", failing)  # where the runs look it up
         result = bp.bench_pretrain(**TINY, compile=True, strategies="ddp,deepspeed_stage_2",
                                    peak_tflops=PEAK, rounds=ROUNDS, device="cpu", out=out,
                                    console=console)  # fmt: skip
@@ -156,7 +158,7 @@ def test_cli_options_are_the_benchmarks() -> None:
     parser = build_parser()
     for preset in bp.PRESETS:
         assert parser.parse_args(["bench", "pretrain", "--preset", preset]).preset == preset
-    for precision in bp.PRECISIONS:
+    for precision in PRECISIONS:
         args = parser.parse_args(["bench", "pretrain", "--precision", precision, "--batch", "4"])
         assert (args.precision, args.batch, args.frames) == (precision, 4, None)
 

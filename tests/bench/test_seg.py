@@ -15,7 +15,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from cmrfm.bench_seg import BASELINE, bench_seg, measure, variant_args
+from cmrfm.bench.seg import BASELINE, bench_seg, measure, variant_args
 from cmrfm.cli import main
 
 TINY: dict[str, Any] = {"backbone": "cmr_vit_test", "frames": 2, "size": 32, "batch": 2,
@@ -155,9 +155,12 @@ def test_command_line_writes_the_json(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "segmenter training step vs U-Net" in capsys.readouterr().out
 
 
-def test_command_line_names_a_bad_variant(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="cmrfm bench seg: error: variant 'lite'"):
+def test_command_line_names_a_bad_variant(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
         main(["bench", "seg", "--variants", "lite", "--out", str(tmp_path / "x.json")])
+    assert info.value.code == 2  # a user's error: one line on stderr (cli.fail), no traceback
+    assert "cmrfm bench seg: error: variant 'lite'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_command_line_names_bad_patch_sizes(capsys: pytest.CaptureFixture) -> None:
