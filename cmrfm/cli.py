@@ -776,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TRAINING:
-        from cmrfm.train import ResumeError, run_training
+        from cmrfm.train import ConfigError, ResumeError, run_training
 
         rest = argv[1:]
         if (
@@ -786,7 +786,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             rest = ["--config", str(CONFIGS / TRAINING[argv[0]][0]), *rest]
         try:
             path = run_training(rest)
-        except (ResumeError, *USER_ERRORS) as error:  # no checkpoint to resume, no shard folder:
+        except (
+            ConfigError,
+            ResumeError,
+            *USER_ERRORS,
+        ) as error:  # no checkpoint to resume, no shard folder:
             # the user's to fix, one line (CMRFM_DEBUG=1 shows the traceback)
             if os.environ.get("CMRFM_DEBUG"):
                 raise

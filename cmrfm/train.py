@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import os
 import re
 import sys
@@ -66,6 +69,53 @@ class ResumeError(Exception):
     """``--resume`` or ``--extend-to`` cannot be honoured; the message names the paths and the fix."""
 
 
+class ConfigError(ValueError):
+    """A config key that its class does not take; the message names the file, the key and the
+    nearest argument."""
+
+
+def check_config_keys(path: Path) -> None:
+    """Before LightningCLI's 50-line usage dump: every ``init_args`` key of the config's
+    ``model`` and ``data`` (by their ``class_path``) and every ``trainer`` key must be an
+    argument of its class; the first that is not raises ConfigError naming it and the nearest
+    argument (difflib). Classes that take ``**kwargs`` accept anything."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the config ({err})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a config is a mapping (trainer:, model:, data:)")
+    sections = [("trainer", L.Trainer, config.get("trainer"))]
+    for section in ("model", "data"):
+        value = config.get(section)
+        if isinstance(value, dict) and isinstance(value.get("class_path"), str):
+            cls = _import(value["class_path"], path, section)
+            sections.append((f"{section}.init_args", cls, value.get("init_args")))
+    for where, cls, given in sections:
+        if not isinstance(given, dict):
+            continue
+        params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        names = [n for n in params if n != "self"]
+        for key in given:
+            if key not in names:
+                near = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; it takes {', '.join(names)}"
+                name = f"{cls.__module__}.{cls.__qualname__}"
+                raise ConfigError(f"{path}: {where}.{key} is not an argument of {name}{hint}")
+
+
+def _import(class_path: str, path: Path, section: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(
+            f"{path}: {section}.class_path {class_path!r} cannot be imported"
+        ) from None
+
+
 def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = None) -> Path:
     """Fit the model and data named by the config; returns the last checkpoint's path.
 
@@ -83,6 +133,12 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     shorter schedule, so the result is not the run that was planned N steps long.
     """
     os.environ.setdefault("WANDB_MODE", "offline")  # never phone home unless the user asks
+    for i, arg in enumerate(argv):  # typos in the user's configs, named before any work
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "-c"):
+            config = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+            if config is not None and Path(config).is_file():
+                check_config_keys(Path(config))
     argv, resume = pop_flag(argv, "--resume")
     argv, extend = pop_flag(argv, "--extend-to")
     extend_to = None if extend is None else _steps(extend)

@@ -111,6 +111,37 @@ class FewShotConfig:
                 "methods " + ", ".join(self.methods) + " start from pretrained weights: pass "
                 "--pretrained (a hub folder from `cmrfm export` or a pretraining checkpoint)"
             )
+        self._check_model_keys()
+
+    def _check_model_keys(self) -> None:
+        """model and method_args keys must be constructor arguments of the systems that take
+        them (SegFinetuner, SubjectFinetuner: ``model`` serves both when ef/cls reuse the
+        segmentation runs); a typo is named with the nearest argument."""
+        import difflib
+        import inspect
+
+        from finetune.system import SegFinetuner, SubjectFinetuner
+
+        def arguments(*systems: type) -> list[str]:
+            return list(dict.fromkeys(n for system in systems
+                                      for n in inspect.signature(system.__init__).parameters
+                                      if n != "self"))  # fmt: skip
+
+        every = {m for methods in METHODS.values() for m in methods}  # other tasks' are fine
+        unknown_methods = sorted(set(self.method_args) - every)
+        if unknown_methods:
+            raise ValueError(f"method_args: unknown methods {unknown_methods}; known: "
+                             f"{', '.join(sorted(every))}")  # fmt: skip
+        subject = SubjectFinetuner if self.task != "seg" else SegFinetuner
+        given = [("model", self.model, arguments(SegFinetuner, SubjectFinetuner))]
+        given += [(f"method_args.{m}", a, arguments(subject)) for m, a in self.method_args.items()
+                  if m in METHODS[self.task] and m not in ("from_seg", "radiomics")]  # fmt: skip
+        for where, args, names in given:
+            for key in args:
+                if key not in names:
+                    near = difflib.get_close_matches(key, names, n=1)
+                    hint = f"did you mean {near[0]!r}?" if near else f"it takes {', '.join(names)}"
+                    raise ValueError(f"{where}.{key} is not a fine-tuning argument; {hint}")
 
     @property
     def out_dir(self) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cmrfm import CONFIGS
 from cmrfm.cli import build_parser, main
 from cmrfm.train import ALIASES, expand_aliases
 
@@ -219,3 +220,36 @@ def test_version_is_the_package_version(capsys) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"cmrfm {importlib.metadata.version('cmrfm')}"
+
+
+@pytest.mark.parametrize(
+    ("section", "typo", "nearest"),
+    [("model", "warmup_step", "warmup_steps"), ("data", "batchsize", "batch_size"),
+     ("trainer", "max_step", "max_steps")],
+)  # fmt: skip
+def test_a_config_typo_is_named_with_the_nearest_argument(
+    section: str, typo: str, nearest: str, tmp_path: Path, capsys
+) -> None:
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / "pretrain_mae_phantom.yaml").read_text())
+    target = config["trainer"] if section == "trainer" else config[section]["init_args"]
+    target[typo] = 1
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err
+    where = "trainer" if section == "trainer" else f"{section}.init_args"
+    assert f"{where}.{typo} is not an argument" in err and f"did you mean {nearest!r}" in err
+
+
+@pytest.mark.parametrize(
+    "config", sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("fewshot"))
+)
+def test_every_shipped_training_config_passes_the_key_check(config: str) -> None:
+    from cmrfm.train import check_config_keys
+
+    check_config_keys(CONFIGS / config)

@@ -243,3 +243,19 @@ def test_cls_leaves_subjects_of_unknown_group_out_of_training_and_scores(
     subjects = {s["subject"]: s for s in read_jsonl(tmp_path / "subjects.jsonl")}
     unknown = subjects[bench.eval[0]["key"]]
     assert unknown["group"] is None and unknown["predicted"] in ("DCM", "HCM", "MINF", "NOR", "RV")
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"model": {"warmup_step": 5}}, "model.warmup_step is not a fine-tuning argument; did you "
+         "mean 'warmup_steps'?"),
+        ({"method_args": {"scratch": {"layer_decy": 1.0}}}, "method_args.scratch.layer_decy is "
+         "not a fine-tuning argument; did you mean 'layer_decay'?"),
+        ({"method_args": {"scrach": {}}}, "unknown methods ['scrach']"),
+    ],
+)  # fmt: skip
+def test_a_typo_in_the_model_arguments_is_named_with_the_nearest(changes, named) -> None:
+    with pytest.raises(ValueError) as info:
+        FewShotConfig(task="seg", methods=["unet", "scratch"], **changes)
+    assert named in str(info.value)
