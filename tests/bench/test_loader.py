@@ -57,7 +57,11 @@ def test_result_holds_both_loaders_their_ratio_and_the_extrapolation(
         shard, plain = run["shards"], run["plain"]
         assert shard["clips"] > 0 and plain["clips"] > 0
         assert run["ratio"] == shard["clips_per_s"] / plain["clips_per_s"]
-        assert run["ratio_by_cpu"] == shard["clips_per_cpu_s"] / plain["clips_per_cpu_s"]
+        by_cpu = shard["clips_per_cpu_s"], plain["clips_per_cpu_s"]
+        if None in by_cpu:  # a 0.2 s run on a loaded machine can register no CPU tick
+            assert run["ratio_by_cpu"] is None
+        else:
+            assert run["ratio_by_cpu"] == by_cpu[0] / by_cpu[1]
         # Same clips: shape (1, F, H, W), dtype, and the same (subject, slice) pairs to draw from.
         assert shard["clip_shape"] == plain["clip_shape"] == [1, FRAMES, 48, 48]
         assert shard["clip_dtype"] == plain["clip_dtype"] == f"torch.{dtype}"
