@@ -46,6 +46,29 @@ TRAINING = {
 }
 
 
+def training_shortcuts(command: str) -> str:
+    """The head of `cmrfm pretrain|finetune --help`: the README's shortcuts, before the hundreds
+    of generic LightningCLI options."""
+    config, what = TRAINING[command]
+    lines = [
+        f"cmrfm {command}: {what} (LightningCLI). The options that matter most:",
+        "",
+        f"  --config FILE        YAML that maps onto the constructors (default configs/{config})",
+        "  --shards PATH        shard folder, a list, or a {folder: weight} mixture",
+        "  --out DIR            where checkpoints and logs go (trainer.default_root_dir)",
+        "  --max-steps N        optimiser steps (trainer.max_steps)",
+        "  --resume CKPT|last   continue a run exactly; `last` = this run's newest checkpoint",
+        "  --extend-to N        train a finished run on to step N",
+        "  --seed N             the data draw and the run's seed",
+    ]
+    if command == "finetune":
+        lines += ["  --labels N           labelled training subjects",
+                  "  --pretrained PATH    a pretraining checkpoint or hub folder to start from"]  # fmt: skip
+    lines += ["  --KEY.SUB VALUE      any config key, e.g. --model.init_args.lr 1e-4", "",
+              "LightningCLI's full list follows.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
 def _shard(args: argparse.Namespace) -> None:
     from data_shards.convert import convert
     from data_shards.preprocess import PreprocessConfig
@@ -779,6 +802,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from cmrfm.train import ConfigError, ResumeError, run_training
 
         rest = argv[1:]
+        if "--help" in rest or "-h" in rest:  # ours first, at once; then Lightning's (slow)
+            print(training_shortcuts(argv[0]), flush=True)
         if (
             not any(a == "--config" or a.startswith("--config=") for a in rest)
             and "--help" not in rest

@@ -253,3 +253,14 @@ def test_every_shipped_training_config_passes_the_key_check(config: str) -> None
     from cmrfm.train import check_config_keys
 
     check_config_keys(CONFIGS / config)
+
+
+def test_training_help_starts_with_every_shortcut_the_command_accepts() -> None:
+    from cmrfm.cli import training_shortcuts
+
+    finetune = training_shortcuts("finetune")
+    for flag in [*ALIASES, "--resume", "--extend-to", "--config"]:
+        assert f"  {flag} " in finetune, flag
+    pretrain = training_shortcuts("pretrain")
+    assert "--labels" not in pretrain and "--pretrained" not in pretrain  # fine-tuning's only
+    assert pretrain.index("--shards") < pretrain.index("LightningCLI's full list follows")
