@@ -116,6 +116,38 @@ def _import(class_path: str, path: Path, section: str) -> type:
         ) from None
 
 
+def _logs_follow_out(argv: Sequence[str]) -> list[str]:
+    """With ``--out DIR``, the config's logger (one ``class_path`` logger: CSV, TensorBoard,
+    wandb) writes under DIR too, so one folder holds the run's checkpoints and logs; a
+    command line that sets ``--trainer.logger...`` itself is left as it is."""
+    argv = list(argv)
+    _, out = pop_flag(argv, "--out")
+    configs = [v for i, a in enumerate(argv) for v in _flag_value(argv, i, a, "--config")]
+    if out is None or not configs or not Path(configs[-1]).is_file():
+        return argv
+    if any(a.startswith("--trainer.logger") for a in argv):  # the user chose the logger here
+        return argv
+    trainer = (yaml.safe_load(Path(configs[-1]).read_text()) or {}).get("trainer") or {}
+    logger = trainer.get("logger")
+    if not (isinstance(logger, dict) and "class_path" in logger):
+        return argv
+    # after --out and after the config (which must name the logger's class first)
+    ends = [i + (1 if "=" in a else 2) for i, a in enumerate(argv)
+            if a.partition("=")[0] in ("--out", "--config", "-c")]  # fmt: skip
+    at = max(ends)
+    return [*argv[:at], "--trainer.logger.init_args.save_dir", out, *argv[at:]]
+
+
+def _flag_value(argv: Sequence[str], i: int, arg: str, flag: str) -> list[str]:
+    """[value] when argv[i] is ``flag VALUE`` or ``flag=VALUE``, else []."""
+    name, eq, value = arg.partition("=")
+    if name != flag:
+        return []
+    if eq:
+        return [value]
+    return [argv[i + 1]] if i + 1 < len(argv) else []
+
+
 def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = None) -> Path:
     """Fit the model and data named by the config; returns the last checkpoint's path.
 
@@ -134,11 +166,10 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     """
     os.environ.setdefault("WANDB_MODE", "offline")  # never phone home unless the user asks
     for i, arg in enumerate(argv):  # typos in the user's configs, named before any work
-        name, eq, value = arg.partition("=")
-        if name in ("--config", "-c"):
-            config = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-            if config is not None and Path(config).is_file():
+        for config in _flag_value(argv, i, arg, "--config") + _flag_value(argv, i, arg, "-c"):
+            if Path(config).is_file():
                 check_config_keys(Path(config))
+    argv = _logs_follow_out(argv)
     argv, resume = pop_flag(argv, "--resume")
     argv, extend = pop_flag(argv, "--extend-to")
     extend_to = None if extend is None else _steps(extend)

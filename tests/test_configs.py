@@ -94,3 +94,19 @@ def interval(text: str) -> timedelta:
     """A ModelCheckpoint train_time_interval as configs write it: "H:MM:SS"."""
     hours, minutes, seconds = (float(part) for part in str(text).split(":"))
     return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def test_out_holds_the_checkpoints_and_the_logs(shards: Path, tmp_path: Path, monkeypatch) -> None:
+    """--out is the one folder of a run: the config's CSV logs (and the checkpoints beside
+    them) go there, not to the config's runs/<name> under the working directory."""
+    config = next(p for p in CONFIGS if p.name == "pretrain_mae_phantom.yaml")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "run"
+    last = run_training(["--config", str(config), "--shards", str(shards), "--out", str(out),
+                         "--model.init_args.backbone", "cmr_vit_test", "--max-steps", "1",
+                         "--data.init_args.batch_size", "2", "--data.init_args.epoch_length", "4"])  # fmt: skip
+    assert last.parent == out
+    assert list(out.glob("logs/version_*/hparams.yaml"))  # the CSV logger's folder
+    assert not any(elsewhere.iterdir())  # nothing written under the working directory
