@@ -30,7 +30,7 @@ class ClipDataModule(LightningDataModule):
         shards: a shard folder (with ``manifest.json``), a brace pattern, a single tar or a url
             (``pipe:...``, ``s3://...``); a list of those read as one set; or a mapping
             ``{set: weight}`` whose sets are mixed so that each clip comes from set i with
-            probability w_i / sum(w) (``{runs/shards/cine: 0.8, runs/shards/lge: 0.2}``).
+            probability w_i / sum(w) (``{runs/real/acdc_cine: 0.8, runs/real/emidec: 0.2}``).
         frames: clip length; windows wrap cyclically over the cardiac cycle.
         batch_size: clips per batch.
         num_workers: DataLoader workers; each draws its own shards.
