@@ -56,7 +56,6 @@ class CardiacUNet(nn.Module):
         self.features, self.in_chans = features, in_chans
         self.num_features = features  # timm's name for what heads take
         self.architecture: str | None = None  # the registered name (foundation.registry)
-        self.bottleneck_dim = int(channels[-1])
         self.reduction = math.prod(strides)
         from monai.networks.nets import UNet  # here: MONAI's eager import takes seconds
 
@@ -69,9 +68,11 @@ class CardiacUNet(nn.Module):
             num_res_units=num_res_units,
             norm="instance",
         )
-        self._kept: list[torch.Tensor] = []
+        self.tap_dims = {"output": int(channels[-1]), "input": int(channels[-2])}
+        self._kept: dict[str, torch.Tensor] = {}
         bottom = _deepest_block(self.unet, int(channels[-1]))  # not an attribute: no alias keys
-        bottom.register_forward_hook(lambda _m, _i, out: self._kept.append(out))
+        bottom.register_forward_pre_hook(lambda _m, args: self._kept.__setitem__("input", args[0]))
+        bottom.register_forward_hook(lambda _m, _i, out: self._kept.__setitem__("output", out))
         self._register_load_state_dict_pre_hook(_drop_alias_keys)
 
     def _frames(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -86,14 +87,18 @@ class CardiacUNet(nn.Module):
         return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), (b, t)
 
     def forward_features(
-        self, x: torch.Tensor, bottleneck: bool = False
+        self, x: torch.Tensor, bottleneck: bool = False, tap: str = "output"
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, C_in, T, H, W) -> features (B, F, T, H, W); with ``bottleneck`` also the
-        deepest block's map (B, T, C_last, H/r, W/r), r the product of strides."""
+        deepest block's map: its output (tap "output", (B, T, C_last, H/r, W/r), r the product
+        of strides) or its input (tap "input": the deepest encoder level, C_{-2} channels on the
+        same grid)."""
+        if tap not in self.tap_dims:
+            raise ValueError(f"tap={tap!r}: choose {' or '.join(map(repr, self.tap_dims))}")
         frames, (b, t) = self._frames(x)
         self._kept.clear()
         out = self.unet(frames)  # (B*T, F, H, W)
-        deep = self._kept.pop()
+        deep = self._kept[tap]
         self._kept.clear()
         out = out.reshape(b, t, *out.shape[1:]).permute(0, 2, 1, 3, 4)
         if not bottleneck:

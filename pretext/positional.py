@@ -65,6 +65,8 @@ class PositionalContrastive(nn.Module):
         hidden, proj_dim: the projection MLP's widths.
         pool: side of the pooled bottleneck grid.
         augment: options of the views' augmentation (``data_shards.augment.AugmentConfig``).
+        tap: the map contrasted: the bottom block's "output" (the bottleneck) or its "input"
+            (the deepest encoder level; the bottom block then stays as initialised).
     """
 
     def __init__(
@@ -76,13 +78,17 @@ class PositionalContrastive(nn.Module):
         proj_dim: int = 128,
         pool: int = 2,
         augment: dict | None = None,
+        tap: str = "output",
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0")
+        if tap not in encoder.tap_dims:
+            raise ValueError(f"tap={tap!r}: choose {' or '.join(map(repr, encoder.tap_dims))}")
         self.encoder, self.parts, self.temperature, self.pool = encoder, parts, temperature, pool
+        self.tap = tap
         self.head = nn.Sequential(
-            nn.Linear(encoder.bottleneck_dim * pool * pool, hidden),
+            nn.Linear(encoder.tap_dims[tap] * pool * pool, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, proj_dim),
         )
@@ -90,7 +96,7 @@ class PositionalContrastive(nn.Module):
 
     def embed(self, clips: torch.Tensor) -> torch.Tensor:
         """clips (B, 1, T, H, W) -> unit embeddings (B*T, proj_dim), b-major."""
-        _, deep = self.encoder.forward_features(clips, bottleneck=True)  # (B, T, C, h, w)
+        _, deep = self.encoder.forward_features(clips, bottleneck=True, tap=self.tap)  # (B,T,C,h,w)
         pooled = F.adaptive_avg_pool2d(deep.flatten(0, 1), self.pool).flatten(1)  # (B*T, C*p*p)
         return F.normalize(self.head(pooled), dim=1)
 

@@ -103,3 +103,23 @@ def test_it_follows_the_objective_protocol_from_the_registry() -> None:
     out = objective(parted_batch())
     assert set(out) == {"loss", "positives"} and all(v.shape == () for v in out.values())
     assert torch.isfinite(out["loss"])
+
+
+def test_the_input_tap_trains_the_encoder_and_leaves_the_bottom_block_alone() -> None:
+    """tap="input" contrasts the deepest encoder level: the down path gets gradients, the bottom
+    block none (it keeps its initialisation); tap="output" reaches the bottom block too."""
+    from foundation.registry import create_backbone
+    from pretext import create_objective
+
+    for tap, bottom_learns in (("input", False), ("output", True)):
+        backbone = create_backbone("cmr_unet_small", **SMALL)
+        objective = create_objective("positional", backbone, hidden=16, proj_dim=8, tap=tap)
+        objective(parted_batch())["loss"].backward()
+        bottom = [n for n, p in backbone.named_parameters()
+                  if p.shape[0] == SMALL["channels"][-1] and "conv" in n and "model.2" not in n]  # fmt: skip
+        first = backbone.unet.model[0].conv.unit0.conv.weight
+        assert first.grad is not None and first.grad.abs().sum() > 0
+        grads = [backbone.get_parameter(n).grad for n in bottom]
+        assert bottom and all(
+            (g is not None and g.abs().sum() > 0) == bottom_learns for g in grads
+        ), tap

@@ -147,3 +147,12 @@ def test_a_state_with_the_legacy_bottom_alias_loads_strictly() -> None:
     assert "_bottom.conv.unit0.conv.weight" in state and not any(
         "_bottom" in k for k in fresh.state_dict()
     )
+
+
+def test_the_input_tap_is_the_deepest_encoder_level() -> None:
+    net = CardiacUNet(**SMALL)
+    x = torch.rand(2, 1, 3, 32, 24)
+    _, deep_in = net.forward_features(x, bottleneck=True, tap="input")
+    assert deep_in.shape == (2, 3, 8, 8, 6)  # C_{-2} = 8 channels on the bottleneck's grid
+    with pytest.raises(ValueError, match="tap='middle'"):
+        net.forward_features(x, bottleneck=True, tap="middle")
