@@ -21,7 +21,7 @@ from data_shards.stream import load_subjects
 from finetune.data import take_window
 from finetune.evaluate import evaluate_checkpoint, load_finetuned, predict_study
 from foundation.checkpoint import restore
-from pretext.system import MAEPretrainer
+from pretext.system import PretrainSystem
 
 
 @dataclass
@@ -132,8 +132,8 @@ def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: in
     """MAE input/masked/reconstruction and a segmentation overlay, on the first test subject."""
     subject = next(s for s in load_subjects(shards, splits=["test"]) if s["label"] is not None)
     meta = subject["meta"]
-    pretrainer, _ = restore(MAEPretrainer, pre_ckpt)
-    mae = pretrainer.mae.eval()
+    pretrainer, _ = restore(PretrainSystem, pre_ckpt)
+    mae = pretrainer.objective.eval()  # pretext.mae.MAE: the demo configs' objective is "mae"
     frames = 2 * mae.encoder.tubelet
     z = subject["image"].shape[0] // 2
     clip = (

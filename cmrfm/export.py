@@ -242,9 +242,8 @@ def training_facts(ckpt: TrainingCheckpoint) -> dict[str, Any]:
     """Objective, steps, epoch, checkpoint kind and hyper-parameters for the card."""
     hparams = {k: v for k, v in (ckpt.meta.get("hyper_parameters") or {}).items() if k[0] != "_"}
     objective = hparams.get("objective")
+    objective = objective if isinstance(objective, str) else None
     system = (ckpt.meta.get("hyper_parameters") or {}).get("_class_path", "")
-    if not isinstance(objective, str):
-        objective = "mae" if system.endswith("MAEPretrainer") else None
     dm = ckpt.meta.get("datamodule_hyper_parameters") or {}
     cpu_s = (ckpt.meta.get("pretrain_state") or {}).get("cpu_seconds")
     facts = {

@@ -43,10 +43,11 @@ FORMAT_VERSION = 1
 SHA256_KEY = "weights_sha256"  # config.json: sha256 of model.safetensors, verified at load
 
 # Where Lightning systems keep the backbone, in order of preference when several complete ones
-# fit (an EMA teacher next to the student): pretraining (PretrainSystem; before the objective
-# registry, mae.), fine-tuning (SegFinetuner, SubjectFinetuner), a bare objective. DeepSpeed's
-# fp32 reconstruction puts WRAPPERS in front. Any other prefix is found by the backbone's own
-# key names (find_backbone_prefix), so a new system needs no entry here.
+# fit (an EMA teacher next to the student): pretraining (PretrainSystem; mae. in the removed
+# MAEPretrainer's checkpoints, whose backbones still load), fine-tuning (SegFinetuner,
+# SubjectFinetuner), a bare objective. DeepSpeed's fp32 reconstruction puts WRAPPERS in front.
+# Any other prefix is found by the backbone's own key names (find_backbone_prefix), so a new
+# system needs no entry here.
 PREFIXES = ("objective.encoder.", "mae.encoder.", "model.backbone.", "encoder.")
 WRAPPERS = ("_forward_module.",)
 # The first tensor of each kind of backbone; the prefix it sits under is the backbone's.
@@ -117,9 +118,9 @@ def recorded_backbone(
 ) -> tuple[str | None, dict[str, Any]]:
     """(registered name or None, constructor kwargs) that a system's hyper-parameters record:
     ``backbone`` with ``backbone_kwargs`` (PretrainSystem) or top-level patch_size, tubelet, ...
-    (MAEPretrainer, the fine-tuning systems), for a backbone of class kind (top-level arguments
-    it does not take, e.g. a U-Net fine-tuner's patch_size, are left out); runtime switches
-    (compile) left out."""
+    (the fine-tuning systems, the removed MAEPretrainer), for a backbone of class kind
+    (top-level arguments it does not take, e.g. a U-Net fine-tuner's patch_size, are left out);
+    runtime switches (compile) left out."""
     name = hparams.get("backbone")
     known = set(inspect.signature(kind).parameters) - RUNTIME_ARGS
     kwargs = {k: v for k, v in hparams.items() if k in known}

@@ -23,6 +23,7 @@ from foundation.flops import flop_counter, peak_tflops
 from foundation.optim import no_weight_decay_names, param_groups, warmup_cosine
 from foundation.registry import create_backbone
 from pretext import create_objective
+from pretext.migrate import refuse_legacy
 
 IMAGE_KEY = "train/reconstruction"
 
@@ -36,7 +37,8 @@ class PretrainSystem(L.LightningModule):
     "modality": [str] * B (optional), "clip2": second views for two-view objectives}.
 
     The objective (``pretext.OBJECTIVES``) is kept as ``self.objective`` and the backbone as
-    ``self.objective.encoder`` (checkpoint keys ``objective.encoder.*``).
+    ``self.objective.encoder`` (checkpoint keys ``objective.encoder.*``). Checkpoints of the
+    removed ``MAEPretrainer`` load once rewritten by :mod:`pretext.migrate`.
 
     Args:
         backbone: registered backbone name (``foundation.BACKBONES``).
@@ -112,7 +114,6 @@ class PretrainSystem(L.LightningModule):
         # (the model card's CPU-hours); process time counts every thread of this process.
         self.cpu_seconds_before = 0.0
         self._cpu_start: float | None = None
-        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
     def encoder(self) -> torch.nn.Module:
@@ -296,6 +297,7 @@ class PretrainSystem(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        refuse_legacy(checkpoint)  # MAEPretrainer's keys: pretext.migrate rewrites the file once
         state = checkpoint.get("pretrain_state")
         if state is not None:  # resuming: continue the run's seed sequence and streak
             self.micro_batches = int(state["micro_batches"])
@@ -305,69 +307,6 @@ class PretrainSystem(L.LightningModule):
                                "counts from this resume on")  # fmt: skip
             self.cpu_seconds_before = float(state.get("cpu_seconds", 0.0))
             self.nonfinite = int(state["nonfinite"])
-
-
-class MAEPretrainer(PretrainSystem):
-    """MAE pretraining with the flat arguments of the first configs (pretrain_mae_*.yaml).
-
-    Same system as :class:`PretrainSystem` with objective "mae": patch_size, tubelet and
-    drop_path_rate go to the backbone; mask_ratio, mask_type, decoder_* and norm_pix_loss to
-    the MAE. Its hyper-parameters are these arguments, so checkpoints restore into this class.
-    """
-
-    def __init__(
-        self,
-        backbone: str = "cmr_vit_tiny",
-        patch_size: int = 16,
-        tubelet: int = 2,
-        mask_ratio: float = 0.9,
-        decoder_dim: int = 128,
-        decoder_depth: int = 2,
-        decoder_heads: int = 4,
-        norm_pix_loss: bool = True,
-        lr: float = 1.5e-4,
-        scale_lr: bool = True,
-        weight_decay: float = 0.05,
-        warmup_steps: int = 50,
-        drop_path_rate: float = 0.0,
-        mask_type: str = "tube",
-        max_nonfinite: int = 5,
-        log_images_every_n_steps: int = 0,
-        peak_tflops: float | None = None,
-    ) -> None:
-        super().__init__(
-            backbone=backbone,
-            backbone_kwargs={
-                "patch_size": patch_size,
-                "tubelet": tubelet,
-                "drop_path_rate": drop_path_rate,
-            },
-            objective="mae",
-            objective_kwargs={
-                "mask_ratio": mask_ratio,
-                "decoder_dim": decoder_dim,
-                "decoder_depth": decoder_depth,
-                "decoder_heads": decoder_heads,
-                "norm_pix_loss": norm_pix_loss,
-                "mask_type": mask_type,
-            },
-            lr=lr,
-            scale_lr=scale_lr,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            max_nonfinite=max_nonfinite,
-            log_images_every_n_steps=log_images_every_n_steps,
-            peak_tflops=peak_tflops,
-        )
-        # Record this class's arguments only (save_hyperparameters merges into what the parent
-        # recorded), so checkpoints rebuild through this signature.
-        self.hparams.clear()
-        self.save_hyperparameters()
-
-    @property
-    def mae(self) -> torch.nn.Module:
-        """The MAE objective (the name earlier code used)."""
-        return self.objective
 
 
 def reconstruction_grid(
@@ -385,10 +324,3 @@ def reconstruction_grid(
     b, _, f, h, w = rows.shape
     grid = rows.permute(0, 1, 3, 2, 4).reshape(b * 3 * h, f * w)
     return (grid * 255).round().to(torch.uint8).numpy()
-
-
-def _rename_legacy_keys(state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-    """Checkpoints from before the objective registry kept the MAE as ``mae.*``."""
-    old = prefix + "mae."
-    for key in [k for k in state_dict if k.startswith(old)]:
-        state_dict[prefix + "objective." + key[len(old) :]] = state_dict.pop(key)

@@ -300,7 +300,7 @@ def checkpoint_with(state: dict, hparams: dict, path: Path) -> TrainingCheckpoin
     ("prefix", "hparams"),
     [
         ("objective.encoder.", {"backbone": "cmr_vit_test", "backbone_kwargs": BACKBONE_KWARGS}),
-        ("mae.encoder.", {"backbone": "cmr_vit_test", **BACKBONE_KWARGS}),  # MAEPretrainer
+        ("mae.encoder.", {"backbone": "cmr_vit_test", **BACKBONE_KWARGS}),  # old MAEPretrainer
         ("model.backbone.", {"backbone": "cmr_vit_test", **BACKBONE_KWARGS}),  # fine-tuning
         ("_forward_module.objective.encoder.", {"backbone": "cmr_vit_test", **BACKBONE_KWARGS}),
         ("student.trunk.", {"backbone": "cmr_vit_test", "backbone_kwargs": BACKBONE_KWARGS}),

@@ -1,5 +1,6 @@
 """PretrainSystem: AdamW groups, LR scaling and schedule, non-finite steps, FLOPs, throughput and
-MFU, reconstruction images, bf16, DeepSpeed on CPU, and the MAEPretrainer alias."""
+MFU, reconstruction images, bf16 and DeepSpeed on CPU (old MAEPretrainer checkpoints:
+tests/test_migrate.py)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 
 import pretext
 from cmrfm.train import run_training
-from foundation.checkpoint import backbone_state_dict, restore
 from foundation.flops import flop_counter
 from foundation.optim import decays
 from pretext.system import (
     IMAGE_KEY,
-    MAEPretrainer,
     NonFiniteLossError,
     PretrainSystem,
     reconstruction_grid,
@@ -363,35 +362,6 @@ def test_combined_objective_trains_and_logs_its_parts() -> None:
     m = logged(module)
     assert m["train/loss"] == pytest.approx(m["train/mae"] + 0.5 * m["train/contrastive"], rel=1e-5)
     assert not torch.equal(rec.weights[0], rec.weights[1])
-
-
-# --- MAEPretrainer: the flat arguments of the first configs ------------------------------------
-
-
-def mae_pretrainer() -> MAEPretrainer:
-    L.seed_everything(0)
-    return MAEPretrainer("cmr_vit_test", patch_size=8, tubelet=2, mask_ratio=0.5, decoder_dim=16,
-                         decoder_depth=1, decoder_heads=2)  # fmt: skip
-
-
-def test_mae_pretrainer_restores_from_its_own_hyperparameters(tmp_path: Path) -> None:
-    module = mae_pretrainer()
-    assert "backbone_kwargs" not in module.hparams and module.hparams["patch_size"] == 8
-    path = tmp_path / "pre.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    restored, _ = restore(MAEPretrainer, path)
-    torch.testing.assert_close(restored.state_dict(), module.state_dict())
-    assert restored.mae is restored.objective
-    backbone = backbone_state_dict(path)  # fine-tuning finds the backbone under objective.encoder
-    torch.testing.assert_close(backbone, module.encoder.state_dict())
-
-
-def test_checkpoints_from_before_the_objective_registry_still_load() -> None:
-    old = {k.replace("objective.", "mae.", 1): v for k, v in mae_pretrainer().state_dict().items()}
-    module = mae_pretrainer()
-    module.objective.decoder_pred.weight.data.zero_()
-    module.load_state_dict(old, strict=True)
-    torch.testing.assert_close(module.objective.decoder_pred.weight, old["mae.decoder_pred.weight"])
 
 
 def test_wandb_config_logs_reconstructions_offline(

@@ -253,7 +253,7 @@ def test_num_heads_a_checkpoint_implies_by_its_backbone_name_is_checked(source, 
 
 
 def test_hyper_parameters_that_contradict_the_weights_are_named(source, tmp_path) -> None:
-    hparams = {"backbone": "cmr_vit_test", "patch_size": 16}  # MAEPretrainer's flat layout
+    hparams = {"backbone": "cmr_vit_test", "patch_size": 16}  # old MAEPretrainer's flat layout
     path = save_checkpoint(tmp_path / "run.ckpt", prefixed(source, "mae.encoder."), hparams)
     with pytest.raises(
         ValueError, match=r"run\.ckpt: the weights under 'mae\.encoder\.' have patch_size 8, "
