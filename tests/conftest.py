@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.predict import PACKAGE_PREPROCESS
 
-from data_shards.convert import QUARANTINE, convert
+from data_shards.convert import convert
 from data_shards.preprocess import PreprocessConfig
-from data_shards.privacy import default_salt, local_inputs
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -54,18 +53,6 @@ def make_phantom_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..
         return out
 
     return make
-
-
-def quarantined_inputs(out: Path, root: Path) -> list[Path]:
-    """The local paths of the inputs ``out/quarantine.json`` names (by keyed id), in its order."""
-    entries = [e for e in json.loads((out / QUARANTINE).read_text()) if "input" in e]
-    found = local_inputs(root, {e["input"] for e in entries}, default_salt())
-    return [found[e["input"]] for e in entries]
-
-
-# The preprocessing of the tiny fine-tuned package (48 x 48 at 1.5 mm) that predict tests use.
-PACKAGE_PREPROCESS = {"spacing": 1.5, "size": 48, "percentiles": [0.5, 99.5],
-                      "orientation": "canonical", "crop": "centre"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers.acdc_cine import write_cine
+from helpers.dicom import write_stack
 from PIL import Image
-from test_source_acdc_cine import write_cine
-from test_source_dicom import write_stack
 
 from data_shards.record import BACKGROUND, IGNORE, LABEL_NAMES, LV, MYO, RV, Subject
 from data_shards.sources import SOURCES, SourceError, get_source, register_source

@@ -36,6 +36,7 @@ from dicom_layouts import (
     realtime_per_slice,
     run_dcm2niix,
 )
+from helpers.dicom import make_dataset, pixel_value, write, write_stack
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
@@ -50,7 +51,6 @@ from pydicom.uid import (
     generate_uid,
 )
 from rich.console import Console
-from test_source_dicom import make_dataset, pixel_value, write, write_stack
 
 from cmrfm.predict import lps_to_nifti_affine
 from cmrfm.predict import read_study as predict_read_study

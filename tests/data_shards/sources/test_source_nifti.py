@@ -11,7 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import quarantined_inputs
+from helpers.nifti import patch_header
+from helpers.quarantine import quarantined_inputs
 from rich.console import Console
 
 from data_shards.convert import convert
@@ -59,15 +60,6 @@ def write_raw(
     raw = hdr.binaryblock + b"\0" * 4 + payload
     path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
     return path
-
-
-def patch_header(path: Path, **fields) -> None:
-    """Overwrite header fields of a saved .nii.gz in place (nibabel 'fixes' them on save)."""
-    raw = gzip.decompress(path.read_bytes())
-    hdr = nib.Nifti1Header(binaryblock=raw[:348])
-    for key, value in fields.items():
-        hdr[key] = value
-    path.write_bytes(gzip.compress(hdr.binaryblock + raw[348:]))
 
 
 def labels_xyz(values=(1, 2, 3)) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import quarantined_inputs
+from helpers.quarantine import quarantined_inputs
 from PIL import Image
 from rich.console import Console
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers.dicom import write_stack
+from helpers.predict import drawn_heart, heart, study_image, write_nifti
 from PIL import Image
-from test_predict import drawn_heart, heart, study_image, write_nifti
-from test_source_dicom import write_stack
 
 from cmrfm.cli import main
 from cmrfm.cycle import (

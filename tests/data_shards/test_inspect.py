@@ -10,8 +10,8 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-from test_convert import blank_cases
-from test_source_npz import cine, quiet, save
+from helpers.convert import blank_cases
+from helpers.npz import cine, quiet, save
 
 from cmrfm.cli import main
 from data_shards import sources

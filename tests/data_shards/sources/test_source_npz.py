@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import quarantined_inputs
-from rich.console import Console
+from helpers.npz import SHAPE, cine, quiet, save
+from helpers.quarantine import quarantined_inputs
 
 from data_shards.convert import convert
 from data_shards.preprocess import PreprocessConfig
@@ -23,27 +23,10 @@ from data_shards.stream import load_subjects
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_NPZ = DATA / "npz"
 
-SHAPE = (2, 3, 6, 5)  # (Z, T, H, W), deliberately not square
-
-
-def cine(shape=SHAPE, dtype=np.float32) -> np.ndarray:
-    """Voxel value 1000 z + 100 t + 10 y + x, so any axis mix-up shows."""
-    z, t, y, x = np.indices(shape)
-    return (1000 * z + 100 * t + 10 * y + x).astype(dtype)
-
-
-def save(path: Path, **arrays) -> Path:
-    np.savez(path, **arrays)
-    return path
-
 
 def only(items):
     (item,) = items
     return item
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=120)
 
 
 # --- layouts ---------------------------------------------------------------------------------
