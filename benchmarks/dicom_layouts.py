@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the layouts are test fixtures
+sys.path.insert(0, str(ROOT / "tests" / "data_shards" / "sources"))  # the layouts are test fixtures
 
 from dicom_layouts import (  # noqa: E402
     LAYOUTS,

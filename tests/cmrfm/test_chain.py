@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DATA
 
 from cmrfm.demo import run_demo
 from data_shards.writer import read_manifest, verify_manifest
 from foundation.checkpoint import backbone_state_dict, read_checkpoint
 
-SHARED_ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc" / "training"
+SHARED_ACDC = DATA / "acdc" / "training"
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cmrfm import CONFIGS
 from cmrfm.train import run_training
 from foundation.checkpoint import read_checkpoint
 
-# LightningCLI configs; fewshot_*.yaml are benchmark configs (tests/test_fewshot.py loads them).
-CONFIGS = sorted(
-    p
-    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
-    if not p.name.startswith("fewshot_")
-)
+# LightningCLI configs; fewshot_*.yaml are benchmark configs (tests/finetune/test_fewshot.py loads them).
+CONFIGS = sorted(p for p in (CONFIGS).glob("*.yaml") if not p.name.startswith("fewshot_"))
 
 
 PRETRAIN = [p for p in CONFIGS if p.name.startswith("pretrain_")]

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from cmrfm import CONFIGS
 from cmrfm.train import run_training
 from finetune.evaluate import evaluate_checkpoint
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune_seg_phantom.yaml"
+CONFIG = CONFIGS / "finetune_seg_phantom.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from helpers import DATA
 from helpers.dicom import apex_ward, write_stack
 from helpers.predict import (
     PACKAGE_PREPROCESS,
@@ -35,7 +36,6 @@ from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
 from finetune.package import preprocess_config, save_finetuned
 from finetune.system import SegFinetuner
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PREPROCESS = PACKAGE_PREPROCESS  # the `package` fixture's (conftest)
 SHAPES = {  # (S, T, H, W), spacing (dz, dy, dx): finer than the model grid and cropped, or
     "fine": ((4, 5, 60, 64), (8.0, 1.1, 1.25)),  # coarser and padded

@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from cmrfm import CONFIGS
 from cmrfm.train import newest_checkpoint, pop_flag, run_training
 from pretext.system import PretrainSystem
 
@@ -210,7 +211,7 @@ def test_checkpoints_are_written_every_n_steps_and_carry_the_stream_position(
 def test_cli_resume_continues_a_run_from_its_checkpoint(
     make_phantom_shards: Callable[..., Path], tmp_path: Path
 ) -> None:
-    config = Path(__file__).resolve().parents[1] / "configs" / "pretrain_mae_phantom.yaml"
+    config = CONFIGS / "pretrain_mae_phantom.yaml"
     args = ["--config", str(config), "--shards", str(make_phantom_shards(4, 2)),
             "--model.init_args.backbone", "cmr_vit_test", "--trainer.logger", "false",
             "--data.init_args.batch_size", "2", "--data.init_args.epoch_length", "8"]  # fmt: skip
@@ -263,7 +264,7 @@ def test_clip_datamodule_resumes_its_stream_exactly(
 
 # --- `--resume last` and `--extend-to` through the command line ------------------------------
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain_mae_phantom.yaml"
+CONFIG = CONFIGS / "pretrain_mae_phantom.yaml"
 EVERY_2 = ('[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": '
            '{"every_n_train_steps": 2, "save_top_k": -1, "save_last": true}}]')  # fmt: skip
 

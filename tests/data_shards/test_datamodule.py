@@ -12,6 +12,7 @@ import pytest
 import torch
 from jsonargparse import ArgumentParser
 
+from cmrfm import CONFIGS
 from cmrfm.train import run_training
 from data_shards.datamodule import ClipDataModule
 from data_shards.record import Subject
@@ -172,7 +173,7 @@ def test_trainer_runs_the_hook_on_the_batches(sets: dict[str, Path]) -> None:
 def test_mae_pretraining_config_trains_with_device_augmentation(
     make_phantom_shards, tmp_path: Path
 ) -> None:
-    config = Path(__file__).resolve().parents[1] / "configs" / "pretrain_mae_phantom.yaml"
+    config = CONFIGS / "pretrain_mae_phantom.yaml"
     shards = make_phantom_shards(4, 2)
     args = ["--config", str(config), "--shards", str(shards), "--out", str(tmp_path),
             "--model.init_args.backbone", "cmr_vit_test", "--trainer.fast_dev_run", "1",

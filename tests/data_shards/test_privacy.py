@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from helpers import DATA
 from helpers.dicom import write_stack
 from helpers.privacy import identity, search_terms
 from pydicom import config as pydicom_config
@@ -31,7 +32,6 @@ from data_shards.privacy import (
 )
 from data_shards.sources.dicom import dicom
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SUNNYBROOK = DATA / "sunnybrook"
 
 # What a source may put in meta: geometry, timing and kit, nothing about the person or visit.

@@ -1,5 +1,5 @@
 """The few-shot benchmark: configs that cannot run are refused, every method gets the same draws,
-evaluation is disjoint, results resume and rescore (summaries: tests/test_report.py)."""
+evaluation is disjoint, results resume and rescore (summaries: tests/finetune/test_report.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cmrfm import CONFIGS
 from finetune.fewshot import FewShotBenchmark
 from finetune.fewshot_config import FewShotConfig, load_config
 from finetune.results import read_jsonl
@@ -43,7 +44,7 @@ def test_yaml_keys_map_onto_the_config_and_flags_win(tmp_path: Path):
 
 
 def test_every_shipped_config_loads():
-    configs = sorted(Path(__file__).resolve().parents[1].glob("configs/fewshot_*.yaml"))
+    configs = sorted(CONFIGS.glob("fewshot_*.yaml"))
     assert {p.stem for p in configs} >= {"fewshot_seg_acdc", "fewshot_ef_acdc", "fewshot_cls_acdc"}
     for path in configs:
         cfg = load_config(path, {"pretrained": "somewhere"})

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA
 
 from data_shards.record import IGNORE, LV, MYO, RV
 from finetune.radiomics import (
@@ -20,7 +20,6 @@ from finetune.radiomics import (
     subject_features,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ACDC = DATA / "acdc" / "training"
 
 PX = 1.25  # in-plane mm

@@ -16,13 +16,14 @@ import lightning as L
 import pytest
 import torch
 
+from cmrfm import CONFIGS
 from cmrfm.train import run_training
 from foundation.checkpoint import backbone_state_dict, read_checkpoint, restore
 from pretext.mae import MAE
 from pretext.migrate import is_legacy, main, migrate, migrate_checkpoint
 from pretext.system import PretrainSystem
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain_mae_phantom.yaml"
+CONFIG = CONFIGS / "pretrain_mae_phantom.yaml"
 INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 # MAEPretrainer.__init__'s arguments, in order; all of them were recorded, defaults included.
 LEGACY_ARGS = (

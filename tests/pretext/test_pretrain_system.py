@@ -1,6 +1,6 @@
 """PretrainSystem: AdamW groups, LR scaling and schedule, non-finite steps, FLOPs, throughput and
 MFU, reconstruction images, bf16 and DeepSpeed on CPU (old MAEPretrainer checkpoints:
-tests/test_migrate.py)."""
+tests/pretext/test_migrate.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import pretext
+from cmrfm import CONFIGS
 from cmrfm.train import run_training
 from foundation.flops import flop_counter
 from foundation.optim import decays
@@ -367,7 +368,7 @@ def test_combined_objective_trains_and_logs_its_parts() -> None:
 def test_wandb_config_logs_reconstructions_offline(
     make_phantom_shards: Callable[..., Path], tmp_path: Path
 ) -> None:
-    config = Path(__file__).resolve().parents[1] / "configs" / "pretrain_mae_wandb.yaml"
+    config = CONFIGS / "pretrain_mae_wandb.yaml"
     run_training(["--config", str(config), "--shards", str(make_phantom_shards(4, 2)),
                   "--out", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
                   "--model.init_args.backbone", "cmr_vit_test", "--max-steps", "2",

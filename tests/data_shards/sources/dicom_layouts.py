@@ -11,7 +11,7 @@ the study's geometry, in files named as PACS exports name them (so file order te
 * enhanced multi-frame MR: one file for the study, frames stored phase by phase, geometry and
   timing in functional groups; one file per slice of real-time cine (as newer scanners export).
 
-Used by tests/test_source_dicom_layouts.py and benchmarks/dicom_layouts.py.
+Used by tests/data_shards/sources/test_source_dicom_layouts.py and benchmarks/dicom_layouts.py.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import DATA
 from rich.console import Console
 
 from data_shards.convert import convert
@@ -16,7 +17,7 @@ from data_shards.preprocess import PreprocessConfig
 from data_shards.record import BACKGROUND, IGNORE, LV, MYO, RV, Subject
 from data_shards.sources.acdc import acdc
 
-REAL_ACDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acdc" / "training"
+REAL_ACDC = DATA / "acdc" / "training"
 
 SHAPE_XYZ = (12, 10, 3)  # (X, Y, Z) as nibabel stores them
 ZOOMS = (1.25, 1.5, 8.0)  # dx, dy, dz

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import DATA
 from helpers.acdc_cine import cine_xyzt, write_cine, write_nifti
 from helpers.nifti import patch_header
 from helpers.quarantine import quarantined_inputs
@@ -23,7 +24,6 @@ from data_shards.sources.acdc import acdc
 from data_shards.sources.acdc_cine import acdc_cine
 from data_shards.split import assign_split, subject_split
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_CINE = DATA / "acdc_cine"
 REAL_ACDC = DATA / "acdc" / "training"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from helpers import DATA
 from helpers.dicom import (
     APEX,
     BASE_POSITION,
@@ -37,7 +38,6 @@ from data_shards.record import BACKGROUND, IGNORE, LV, MYO, Subject
 from data_shards.sources import SourceError
 from data_shards.sources.dicom import dicom
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SUNNYBROOK = DATA / "sunnybrook"
 
 

@@ -1,6 +1,6 @@
 """Every DICOM cine layout hospitals export reads to the same (S, T, H, W) study.
 
-Each layout of tests/dicom_layouts.py (transfer syntaxes, enhanced multi-frame, one series per
+Each layout of tests/data_shards/sources/dicom_layouts.py (transfer syntaxes, enhanced multi-frame, one series per
 slice or per phase, real-time timing, no trigger times) is built from a synthetic stack, and
 from a real Sunnybrook study (four of its slices, all 20 frames) when ../shared/data is
 present, and must read pixel for pixel, with the same geometry and frame order, as the study
@@ -36,6 +36,7 @@ from dicom_layouts import (
     realtime_per_slice,
     run_dcm2niix,
 )
+from helpers import DATA
 from helpers.dicom import make_dataset, pixel_value, write, write_stack
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
@@ -61,7 +62,6 @@ from data_shards.sources import SourceError
 from data_shards.sources.dicom import dicom
 from data_shards.sources.dicom_frames import missing_decoder
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SUNNYBROOK_STUDY = DATA / "sunnybrook" / "dicoms" / "SCD0000301"
 REAL = [
     pytest.mark.realdata,

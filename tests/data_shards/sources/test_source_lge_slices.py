@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA
 from helpers.quarantine import quarantined_inputs
 from PIL import Image
 from rich.console import Console
@@ -20,7 +21,6 @@ from data_shards.sources import SourceError, get_source
 from data_shards.sources.lge_slices import lge_slices
 from data_shards.stream import load_subjects
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_EMIDEC = DATA / "emidec"
 
 H, W = 10, 12  # deliberately not square

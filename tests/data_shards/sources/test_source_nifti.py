@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import DATA
 from helpers.nifti import patch_header
 from helpers.quarantine import quarantined_inputs
 from rich.console import Console
@@ -22,7 +23,6 @@ from data_shards.sources import SourceError, get_source
 from data_shards.sources.nifti import LABEL_PRESETS, nifti
 from data_shards.sources.nifti_io import read_nifti
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_MNMS2 = DATA / "mnms2"
 
 SHAPE_XYZ = (16, 12, 3)  # (X, Y, Z) as nibabel stores them, deliberately not square

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA
 from helpers.npz import SHAPE, cine, quiet, save
 from helpers.quarantine import quarantined_inputs
 
@@ -20,7 +21,6 @@ from data_shards.sources import SourceError, get_source
 from data_shards.sources.npz import npz
 from data_shards.stream import load_subjects
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_NPZ = DATA / "npz"
 
 

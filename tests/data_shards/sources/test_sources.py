@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import DATA
 from helpers.acdc_cine import write_cine
 from helpers.dicom import write_stack
 from PIL import Image
@@ -18,7 +19,7 @@ from data_shards.record import BACKGROUND, IGNORE, LABEL_NAMES, LV, MYO, RV, Sub
 from data_shards.sources import SOURCES, SourceError, get_source, register_source
 from data_shards.sources.acdc import acdc
 
-REAL_ACDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acdc" / "training"
+REAL_ACDC = DATA / "acdc" / "training"
 
 # Fake volumes: (X, Y, Z) as nibabel stores them, deliberately not square.
 SHAPE_XYZ = (12, 10, 3)
