@@ -122,7 +122,7 @@ def _logs_follow_out(argv: Sequence[str]) -> list[str]:
     command line that sets ``--trainer.logger...`` itself is left as it is."""
     argv = list(argv)
     _, out = pop_flag(argv, "--out")
-    configs = [v for i, a in enumerate(argv) for v in _flag_value(argv, i, a, "--config")]
+    configs = flag_values(argv, ("--config",))
     if out is None or not configs or not Path(configs[-1]).is_file():
         return argv
     if any(a.startswith("--trainer.logger") for a in argv):  # the user chose the logger here
@@ -138,14 +138,15 @@ def _logs_follow_out(argv: Sequence[str]) -> list[str]:
     return [*argv[:at], "--trainer.logger.init_args.save_dir", out, *argv[at:]]
 
 
-def _flag_value(argv: Sequence[str], i: int, arg: str, flag: str) -> list[str]:
-    """[value] when argv[i] is ``flag VALUE`` or ``flag=VALUE``, else []."""
-    name, eq, value = arg.partition("=")
-    if name != flag:
-        return []
-    if eq:
-        return [value]
-    return [argv[i + 1]] if i + 1 < len(argv) else []
+def flag_values(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
+    """The values of every ``FLAG VALUE`` / ``FLAG=VALUE`` in argv whose FLAG is in flags, in
+    order (a flag at the very end, without its value, gives none)."""
+    values = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in flags and (eq or i + 1 < len(argv)):
+            values.append(value if eq else argv[i + 1])
+    return values
 
 
 def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = None) -> Path:
@@ -165,10 +166,9 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     shorter schedule, so the result is not the run that was planned N steps long.
     """
     os.environ.setdefault("WANDB_MODE", "offline")  # never phone home unless the user asks
-    for i, arg in enumerate(argv):  # typos in the user's configs, named before any work
-        for config in _flag_value(argv, i, arg, "--config") + _flag_value(argv, i, arg, "-c"):
-            if Path(config).is_file():
-                check_config_keys(Path(config))
+    for config in flag_values(argv, ("--config", "-c")):  # typos, named before any work
+        if Path(config).is_file():
+            check_config_keys(Path(config))
     argv = _logs_follow_out(argv)
     argv, resume = pop_flag(argv, "--resume")
     argv, extend = pop_flag(argv, "--extend-to")
