@@ -243,7 +243,7 @@ def _probe(args: argparse.Namespace) -> None:
 
     probe = SegProbe(
         args.shards, labels=args.labels, steps=args.steps, seed=args.seed,
-        max_eval_subjects=args.max_eval_subjects,
+        max_eval_subjects=args.max_eval_subjects, tap=args.tap,
     )  # fmt: skip
     missing = [str(p) for p in args.checkpoints if not p.exists()]
     if missing:
@@ -361,6 +361,13 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-eval-subjects", type=int, default=None, help="score only this many")
     p.add_argument("--seed", type=int, default=0, help="the draw, the head and the random init")
     p.add_argument("--no-random", action="store_true", help="leave out the step-0 random init")
+    p.add_argument(
+        "--tap",
+        choices=("output", "input"),
+        default=None,
+        help="U-Net map probed: the bottom block's output or input (default: the one the "
+        "checkpoint's objective trained, else output)",
+    )
     p.set_defaults(func=_probe)
 
 

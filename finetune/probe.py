@@ -90,6 +90,9 @@ class SegProbe(Callback):
             normed tokens are concatenated.
         eval_split: subjects scored (never the test split: this guides a run, it is no result).
         max_eval_subjects: score only the first this many (sorted by key); None for all.
+        tap: a dense backbone's (CardiacUNet) map the head reads: the bottom block's "output"
+            or its "input" (the deepest encoder level). None: the map the pretraining objective
+            trains (its ``tap``), else "output". ViTs ignore it.
         out: folder for probe.csv and probe.png; None = the trainer's ``default_root_dir``.
         seed: the draw and the head's initialisation and batches.
     """
@@ -108,6 +111,7 @@ class SegProbe(Callback):
         max_eval_subjects: int | None = None,
         out: str | None = None,
         seed: int = 0,
+        tap: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("labels", labels), ("every_n_steps", every_n_steps),
@@ -120,6 +124,7 @@ class SegProbe(Callback):
         self.steps, self.lr, self.batch_size, self.taps = steps, lr, batch_size, taps
         self.train_split, self.eval_split = train_split, eval_split
         self.max_eval_subjects, self.out, self.seed = max_eval_subjects, out, seed
+        self.tap = tap
         self.history: list[dict[str, float]] = []
         self._train: list[dict] | None = None
         self._eval: list[dict] | None = None
@@ -146,17 +151,18 @@ class SegProbe(Callback):
     # --- the probe ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _features(self, encoder: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def _features(
+        self, encoder: nn.Module, x: torch.Tensor, device: torch.device, tap: str
+    ) -> torch.Tensor:
         """Clips (N, 1, T, H, W) -> the tapped blocks' tokens of the first time slot as maps
-        (N, taps * D, h, w); a dense backbone's (CardiacUNet) bottleneck map of the first frame
-        (N, C, H/r, W/r), the same grid as a patch-16 ViT's at r = 16."""
+        (N, taps * D, h, w); a dense backbone's (CardiacUNet) deep map ``tap`` of the first
+        frame (N, C, H/r, W/r), the same grid as a patch-16 ViT's at r = 16."""
         if isinstance(encoder, CardiacUNet):
-            return torch.cat(
-                [
-                    encoder.forward_features(b.to(device), bottleneck=True)[1][:, 0].float().cpu()
-                    for b in x.split(64)
-                ]
-            )
+            deep = [
+                encoder.forward_features(b.to(device), bottleneck=True, tap=tap)[1][:, 0]
+                for b in x.split(64)
+            ]
+            return torch.cat(deep).float().cpu()
         taps = encoder.default_taps(min(self.taps, encoder.depth))
         out = []
         for batch in x.split(64):
@@ -166,18 +172,25 @@ class SegProbe(Callback):
             out.append(torch.cat(first, 1).reshape(batch.shape[0], -1, h, w).float().cpu())
         return torch.cat(out)
 
-    def score(self, encoder: nn.Module, device: torch.device | str = "cpu") -> dict[str, float]:
+    def score(
+        self,
+        encoder: nn.Module,
+        device: torch.device | str = "cpu",
+        objective_tap: str | None = None,
+    ) -> dict[str, float]:
         """Fit the head on the frozen encoder and return Dice on the held-out subjects
-        (``dice_mean`` over subjects and their labelled frames, and per class)."""
+        (``dice_mean`` over subjects and their labelled frames, and per class).
+        objective_tap: the map the pretraining trained, read when ``tap`` is None."""
         self._load()
+        tap = self.tap or objective_tap or "output"
         frames = getattr(encoder, "tubelet", 1)  # a dense backbone sees frames one by one
         x, y, _ = probe_clips(self._train, frames)
         x_eval, y_eval, where = probe_clips(self._eval, frames)
         was_training = encoder.training
         encoder.eval()
         try:
-            train_feats = self._features(encoder, x, torch.device(device))
-            eval_feats = self._features(encoder, x_eval, torch.device(device))
+            train_feats = self._features(encoder, x, torch.device(device), tap)
+            eval_feats = self._features(encoder, x_eval, torch.device(device), tap)
         finally:
             encoder.train(was_training)
         num_classes = int(max(y[y != IGNORE].max(), y_eval[y_eval != IGNORE].max())) + 1
@@ -246,7 +259,8 @@ class SegProbe(Callback):
             return  # already probed (several micro-batches per step, or a resume)
         start = time.perf_counter()
         # Every rank runs it (ZeRO-3 gathers weights collectively); rank 0 writes.
-        scores = self.score(pl_module.encoder, pl_module.device)
+        tap = getattr(getattr(pl_module, "objective", None), "tap", None)
+        scores = self.score(pl_module.encoder, pl_module.device, tap)
         row = {"step": step, **scores, "probe_s": round(time.perf_counter() - start, 2)}
         self.history.append(row)
         if trainer.is_global_zero:
@@ -319,7 +333,7 @@ def probe_checkpoints(
     from foundation.registry import create_backbone
 
     rows: list[dict[str, float]] = []
-    first: tuple[str, dict[str, Any]] | None = None
+    first: tuple[str, dict[str, Any], str | None] | None = None
     for path in checkpoints:
         weights = read_backbone_weights(path)
         hparams = read_checkpoint_meta(path)
@@ -327,13 +341,15 @@ def probe_checkpoints(
         name = name or weights.architecture
         if name is None:
             raise ValueError(f"{path}: its hyper-parameters name no backbone")
-        first = first or (name, kwargs)
+        tap = (hparams["hyper_parameters"].get("objective_kwargs") or {}).get("tap")
+        first = first or (name, kwargs, tap)
         encoder = create_backbone(name, pretrained=weights, **kwargs)
-        rows.append(_probe_row(probe, encoder, hparams["global_step"], path.name))
+        rows.append(_probe_row(probe, encoder, hparams["global_step"], path.name, tap))
         _write(rows, out)
     if random_init and first is not None:
         torch.manual_seed(probe.seed)
-        rows.append(_probe_row(probe, create_backbone(first[0], **first[1]), 0, "random init"))
+        encoder = create_backbone(first[0], **first[1])
+        rows.append(_probe_row(probe, encoder, 0, "random init", first[2]))
         _write(rows, out)
     return sorted(rows, key=lambda row: row["step"])
 
@@ -347,9 +363,11 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     }
 
 
-def _probe_row(probe: SegProbe, encoder: nn.Module, step: int, source: str) -> dict[str, Any]:
+def _probe_row(
+    probe: SegProbe, encoder: nn.Module, step: int, source: str, tap: str | None = None
+) -> dict[str, Any]:
     start = time.perf_counter()
-    scores = probe.score(encoder)
+    scores = probe.score(encoder, objective_tap=tap)
     seconds = round(time.perf_counter() - start, 2)
     print(f"probe {source} (step {step}): mean Dice {scores['dice_mean']:.3f} in {seconds} s",
           flush=True)  # fmt: skip

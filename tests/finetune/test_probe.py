@@ -121,9 +121,9 @@ def shards(make_phantom_shards) -> Path:
     return make_phantom_shards(n=6, slices=2)
 
 
-def make_probe(shards: Path) -> SegProbe:
+def make_probe(shards: Path, tap: str | None = None) -> SegProbe:
     return SegProbe(str(shards), labels=2, every_n_steps=2, steps=20, eval_split="train",
-                    max_eval_subjects=2)  # fmt: skip
+                    max_eval_subjects=2, tap=tap)  # fmt: skip
 
 
 def test_probing_changes_nothing_in_the_run_and_logs_a_curve(shards: Path, tmp_path: Path):
@@ -151,18 +151,20 @@ def test_a_resumed_run_keeps_the_curve_of_its_checkpoint(shards: Path, tmp_path:
 UNET = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1, "features": 4}
 
 
-def test_a_dense_backbone_is_probed_on_its_bottleneck_map_of_the_first_frame() -> None:
+@pytest.mark.parametrize(("tap", "channels"), [("output", 16), ("input", 8)])
+def test_a_dense_backbone_is_probed_on_its_tapped_deep_map_of_the_first_frame(tap, channels):
     encoder = create_backbone("cmr_unet_small", **UNET).eval()
     x = torch.rand(3, 1, 2, 16, 16)
-    feats = SegProbe("unused")._features(encoder, x, torch.device("cpu"))
-    _, deep = encoder.forward_features(x, bottleneck=True)
-    assert feats.shape == (3, 16, 4, 4)  # (N, C_last, H/4, W/4)
+    feats = SegProbe("unused")._features(encoder, x, torch.device("cpu"), tap)
+    _, deep = encoder.forward_features(x, bottleneck=True, tap=tap)
+    assert feats.shape == (3, channels, 4, 4)  # (N, C, H/4, W/4)
     assert torch.equal(feats, deep[:, 0])
 
 
 def test_saved_checkpoints_are_probed_at_their_steps_beside_a_random_start(shards, tmp_path):
     L.seed_everything(0)
-    system = PretrainSystem("cmr_unet_small", UNET, "positional", {"hidden": 8, "proj_dim": 4},
+    objective = {"hidden": 8, "proj_dim": 4, "tap": "input"}
+    system = PretrainSystem("cmr_unet_small", UNET, "positional", objective,
                             lr=1e-3, scale_lr=False, warmup_steps=1)  # fmt: skip
     data = ClipDataModule(str(shards), frames=1, batch_size=4, epoch_length=64, splits=["train"])
     trainer = L.Trainer(
@@ -177,4 +179,7 @@ def test_saved_checkpoints_are_probed_at_their_steps_beside_a_random_start(shard
     written = read_history(tmp_path / "probe" / PROBE_CSV)
     assert [r["dice_mean"] for r in written] == pytest.approx([r["dice_mean"] for r in rows])
     trained = create_backbone("cmr_unet_small", pretrained=tmp_path / "step=4.ckpt", **UNET)
-    assert make_probe(shards).score(trained)["dice_mean"] == pytest.approx(rows[-1]["dice_mean"])
+    # the map the objective trained (its tap, "input") is probed, not the bottom block's output
+    on_input = make_probe(shards, tap="input").score(trained)["dice_mean"]
+    assert on_input == pytest.approx(rows[-1]["dice_mean"])
+    assert make_probe(shards, tap="output").score(trained)["dice_mean"] != pytest.approx(on_input)
