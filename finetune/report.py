@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,66 @@ from finetune.results import read_jsonl
 
 # Which per-subject pair each task's agreement plot shows, and its units.
 AGREEMENT_PLOTS = {"seg": ("lv_ef", "LV EF", "%"), "ef": ("lv_ef", "LV EF", "%")}
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a metric means, its unit, and the range its values can take: a value outside it
+    (an EF error of 179 points) means a broken run or mask, and is flagged, never hidden."""
+
+    title: str
+    unit: str
+    low: float
+    high: float
+
+    def label(self) -> str:
+        return f"{self.title} ({self.unit})" if self.unit else self.title
+
+    def plausible(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+
+# Exact names first, then prefixes (dice_lv, dice_myo, ...). Bounds are what the quantity can
+# physically be: EF lies in 0-100 %, so its absolute error cannot exceed 100 points.
+METRIC_INFO = {
+    "dice_mean": MetricInfo("mean Dice", "", 0.0, 1.0),
+    "hd95_mean": MetricInfo("mean 95th-percentile Hausdorff distance", "mm", 0.0, 500.0),
+    "lv_ef_mae": MetricInfo("LV EF mean absolute error", "percentage points", 0.0, 100.0),
+    "lv_ef_bias": MetricInfo("LV EF bias, predicted − true", "percentage points", -100.0, 100.0),
+    "lv_ef_r": MetricInfo("LV EF Pearson r", "", -1.0, 1.0),
+    "lv_mass_mae": MetricInfo("LV mass mean absolute error", "g", 0.0, 500.0),
+    "infarct_pct_mae": MetricInfo(
+        "infarct size mean absolute error", "% of LV myocardium", 0.0, 100.0
+    ),
+    "accuracy": MetricInfo("accuracy", "", 0.0, 1.0),
+    "macro_f1": MetricInfo("macro F1", "", 0.0, 1.0),
+    "dice_": MetricInfo("Dice", "", 0.0, 1.0),
+    "hd95_": MetricInfo("95th-percentile Hausdorff distance", "mm", 0.0, 500.0),
+}
+
+
+def metric_info(metric: str) -> MetricInfo:
+    """The metric's title, unit and plausible range (unbounded and unitless when unknown)."""
+    if metric in METRIC_INFO:
+        return METRIC_INFO[metric]
+    for prefix, info in METRIC_INFO.items():
+        if prefix.endswith("_") and metric.startswith(prefix):
+            return MetricInfo(
+                f"{info.title}, {metric[len(prefix) :]}", info.unit, info.low, info.high
+            )
+    return MetricInfo(metric, "", -math.inf, math.inf)
+
+
+def implausible_runs(results: Sequence[dict], metric: str) -> list[tuple[str, float]]:
+    """(run, value) of every run whose finite value lies outside the metric's plausible range."""
+    info = metric_info(metric)
+    return [
+        (r["run"], float(r[metric]))
+        for r in results
+        if r.get(metric) is not None
+        and np.isfinite(r[metric])
+        and not info.plausible(float(r[metric]))
+    ]
 
 
 def write_report(
@@ -49,20 +111,26 @@ def group_rows(
 
 
 def summary_rows(results: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
-    """One row per (metric, method, N): mean, std over seeds and how many runs."""
+    """One row per (metric, method, N): mean, std over seeds, how many runs, the unit, and how
+    many of those runs lie outside the metric's plausible range (``implausible``)."""
     rows = []
     for metric in metrics:
+        bad = {run for run, _ in implausible_runs(results, metric)}
         for method, cells in group_rows(results, metric).items():
             for n, spec, mean, std, runs in cells:
+                flagged = sum(
+                    r["run"] in bad for r in results if r["method"] == method and r["n"] == n
+                )
                 rows.append(
                     {"metric": metric, "method": method, "labels": spec, "n": n}
                     | {"mean": mean, "std": std, "runs": runs}
+                    | {"unit": metric_info(metric).unit, "implausible": flagged}
                 )
     return rows
 
 
 def _write_csv(path: Path, rows: Sequence[dict]) -> None:
-    fields = ["metric", "method", "labels", "n", "mean", "std", "runs"]
+    fields = ["metric", "method", "labels", "n", "mean", "std", "runs", "unit", "implausible"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -72,7 +140,9 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
 def markdown(
     results: Sequence[dict], task: str, metrics: Sequence[str], methods: Sequence[str]
 ) -> str:
-    """One table per metric: rows N, columns methods, cells mean +- std (runs)."""
+    """One table per metric, headed by its meaning and unit: rows N, columns methods, cells
+    mean +- std (runs); a cell holding a run outside the plausible range is marked ⚠ and the
+    runs are listed under the table."""
     parts = [f"# Few-shot {task}: mean ± std over seeds (runs)\n"]
     for metric in metrics:
         grouped = group_rows(results, metric)
@@ -80,16 +150,28 @@ def markdown(
         if not present:
             continue
         ns = sorted({(n, spec) for m in present for n, spec, *_ in grouped[m]})
-        parts.append(f"\n## {metric}\n")
+        bad = implausible_runs(results, metric)
+        flagged = {(r["method"], r["n"]) for r in results if r["run"] in dict(bad)}
+        parts.append(f"\n## {metric}: {metric_info(metric).label()}\n")
         parts.append("| N | " + " | ".join(present) + " |")
         parts.append("|---|" + "---|" * len(present))
         for n, spec in ns:
             cells = []
             for m in present:
                 hit = [c for c in grouped[m] if c[0] == n]
-                cells.append(f"{hit[0][2]:.3f} ± {hit[0][3]:.3f} ({hit[0][4]})" if hit else "")
+                mark = " ⚠" if (m, n) in flagged else ""
+                cells.append(
+                    f"{hit[0][2]:.3f} ± {hit[0][3]:.3f} ({hit[0][4]}){mark}" if hit else ""
+                )
             label = f"{n} (all)" if spec == "all" else str(n)
             parts.append(f"| {label} | " + " | ".join(cells) + " |")
+        if bad:
+            info = metric_info(metric)
+            runs = ", ".join(f"{run} ({value:.3g})" for run, value in bad)
+            parts.append(
+                f"\n⚠ implausible, outside {info.low:g} to {info.high:g} {info.unit}: {runs}. "
+                "Check those runs' masks (per-subject values in subjects.jsonl)."
+            )
         if metric == metrics[0] and {"pretrained", "scratch"} <= set(present):
             parts.append("\n" + _margin_table(results, metric))
     return "\n".join(parts) + "\n"
@@ -121,7 +203,8 @@ def plot_curves(out: Path, results: Sequence[dict], metrics: Sequence[str]) -> l
     for metric in metrics:
         grouped = group_rows(results, metric)
         if grouped:
-            paths.append(metric_vs_n(grouped, out / f"{metric}_vs_n.png", metric, metric))
+            label = metric_info(metric).label()
+            paths.append(metric_vs_n(grouped, out / f"{metric}_vs_n.png", metric, label))
     return paths
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from finetune.report import group_rows, markdown, summary_rows
+from finetune.report import group_rows, implausible_runs, markdown, metric_info, summary_rows
 
 
 def _rows() -> list[dict]:
@@ -42,3 +42,31 @@ def test_markdown_pairs_pretrained_and_scratch_by_seed():
     text = markdown(_rows(), "seg", ["dice_mean"], ["pretrained", "scratch"])
     assert "| 1 | 0.630 ± 0.020 (3) | 0.530 ± 0.020 (3) |" in text
     assert "| 1 | +0.100 ± 0.000 (3) |" in text  # the same seed's draw: differences pair up
+
+
+def test_tables_name_the_metric_and_its_unit():
+    rows = [r | {"lv_ef_mae": 5.0} for r in _rows()]
+    text = markdown(rows, "seg", ["dice_mean", "lv_ef_mae"], ["pretrained", "scratch"])
+    assert "## dice_mean: mean Dice\n" in text
+    assert "## lv_ef_mae: LV EF mean absolute error (percentage points)" in text
+    assert metric_info("dice_rv").label() == "Dice, rv" and metric_info("hd95_lv").unit == "mm"
+
+
+def test_a_value_the_quantity_cannot_take_is_flagged_with_its_run():
+    rows = [r | {"lv_ef_mae": 5.0} for r in _rows()]
+    rows[1]["lv_ef_mae"] = 179.0  # EF lies in 0-100 %: an error of 179 points is a broken mask
+    text = markdown(rows, "seg", ["lv_ef_mae"], ["pretrained", "scratch"])
+    first_row = next(line for line in text.splitlines() if line.startswith("| 1 |"))
+    assert first_row.endswith("(3) ⚠ | 5.000 ± 0.000 (3) |")  # pretrained's N=1 cell only
+    assert "pretrained_n1_s1 (179)" in text and text.count("⚠") == 2  # the cell and the note
+    summary = summary_rows(rows, ["lv_ef_mae"])
+    assert [(r["method"], r["n"], r["implausible"]) for r in summary if r["implausible"]] == [
+        ("pretrained", 1, 1)
+    ]
+    assert {r["unit"] for r in summary} == {"percentage points"}
+
+
+def test_plausible_values_raise_no_flag():
+    text = markdown(_rows(), "seg", ["dice_mean"], ["pretrained", "scratch"])
+    assert "⚠" not in text
+    assert implausible_runs(_rows(), "dice_mean") == []
