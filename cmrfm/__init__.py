@@ -1,6 +1,6 @@
 """cmrfm: foundation models for cardiac MRI (command line, demo and report figures)."""
 
-from pathlib import Path
+from cmrfm.shipped import CONFIGS, MODELS
 
+__all__ = ["CONFIGS", "MODELS", "__version__"]
 __version__ = "0.1.0"
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # the shipped YAML

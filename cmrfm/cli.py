@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from cmrfm import CONFIGS, __version__
+from cmrfm.shipped import config_args, config_path
 
 
 class UsageError(Exception):
@@ -187,7 +188,8 @@ class _Percentiles(argparse.Action):
 def _fewshot(args: argparse.Namespace) -> None:
     from finetune.fewshot import FewShotBenchmark, load_config
 
-    config = args.config or CONFIGS / f"fewshot_{args.task or 'seg'}_acdc.yaml"
+    default = CONFIGS / f"fewshot_{args.task or 'seg'}_acdc.yaml"
+    config = config_path(args.config) if args.config else default  # a file or a shipped name
     split = lambda text: None if text is None else [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
     overrides = {
         "task": args.task,
@@ -817,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ):
             rest = ["--config", str(CONFIGS / TRAINING[argv[0]][0]), *rest]
         try:
-            path = run_training(rest)
+            path = run_training(config_args(rest))  # --config NAME: a shipped one too
         except (
             ConfigError,
             ResumeError,
