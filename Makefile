@@ -9,7 +9,7 @@ DATA ?=
 # The phantom demo writes to runs/demo, a real-data demo beside it.
 OUT ?= $(if $(DATA),runs/demo_real,runs/demo)
 
-.PHONY: install test test-slow demo lint clean
+.PHONY: install test test-slow demo lint clean dicom3tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,8 +20,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: lint
+test: lint dicom3tools
 	$(BIN)/python -m pytest -q
+
+# dciodvfy (Debian's dicom3tools) checks the DICOM SEG and SR that predict writes
+# (tests/cmrfm/test_dicom_out.py). Unpacked into .cache/dicom3tools, no root needed; as root,
+# apt-get install if the download fails. Elsewhere (not Debian or Ubuntu) those checks skip.
+DICOM3TOOLS := .cache/dicom3tools
+dicom3tools:
+	@command -v dciodvfy >/dev/null || test -x $(DICOM3TOOLS)/usr/bin/dciodvfy || \
+	( mkdir -p $(DICOM3TOOLS) && cd $(DICOM3TOOLS) && apt-get download -q dicom3tools && \
+	  dpkg -x dicom3tools_*.deb . && rm -f dicom3tools_*.deb ) || \
+	( test "$$(id -u)" = 0 && apt-get update -q && apt-get install -y -q dicom3tools ) || \
+	echo "dicom3tools: not installed (needs apt-get and dpkg); the dciodvfy checks will skip"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -580,7 +580,8 @@ def _predict(args: argparse.Namespace) -> None:
             raise error
         print(f"cmrfm predict: error: {error}", file=sys.stderr)
 
-    options = {"batch": args.batch, "ed": args.ed, "es": args.es, "affine_space": args.affine_space}
+    options = {"batch": args.batch, "ed": args.ed, "es": args.es, "affine_space": args.affine_space,
+               "deidentify": args.deidentify}  # fmt: skip
     try:
         model = Predictor.load(args.model, args.frames)
     except (SourceError, ValueError) as error:  # an unusable model folder: one line
@@ -655,6 +656,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         choices=("ras", "lps"),
         default=None,
         help="NIfTI affine convention (default: lps for M&Ms-2 file names, else ras)",
+    )
+    p.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="DICOM input: strip the patient and study references from seg.dcm and sr.dcm "
+        "(DICOM Basic Confidentiality Profile: new UIDs, no names, ids or dates), for sharing",
     )
     p.set_defaults(func=_predict)
 

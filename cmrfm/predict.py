@@ -7,7 +7,9 @@ in-plane resampling, a centred crop and uint8 intensities. The prediction is the
 step by step: un-cropped into the resampled grid, resampled to the native pixel grid (per-class
 maps interpolated, then the most likely class: smoother than nearest neighbour), reoriented.
 Nothing from a DICOM header that identifies a person reaches an output: the outputs are named
-"study", and only geometry is read.
+"study", and only geometry is read. The exceptions are a DICOM study's SEG and SR
+(cmrfm.dicom_out), which belong to the patient and carry the source's references, unless
+``deidentify``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class Study:
     geometry: dict[str, Any] = field(default_factory=dict)  # direction, origin (LPS) if known
     header: Any = None  # the input's NIfTI header, copied into the output
     times: FrameTimes = field(default_factory=lambda: FrameTimes(None, "not given"))
+    # DICOM: the frames read, [slice][frame] (file, header with identifiers): in memory only,
+    # for the SEG and SR (cmrfm.dicom_out), which belong to the patient
+    sources: Any = None
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -114,12 +119,12 @@ def _read_nifti(path: Path, affine_space: str | None) -> Study:
 
 def _read_dicom(folder: Path) -> Study:
     from data_shards.sources import SourceError
-    from data_shards.sources.dicom import find_studies, read_study
+    from data_shards.sources.dicom import find_studies, read_study_frames
 
     studies = find_studies(folder)  # FileNotFoundError when there is no DICOM at all
     # The salt only feeds the source's pseudonymous subject id, which predict never writes.
     try:  # sub-folders may be the series of one study (one per slice, say): read them as one
-        subject = read_study(folder, salt="cmrfm-predict")
+        subject, frames = read_study_frames(folder, salt="cmrfm-predict")
     except SourceError as err:
         if len(studies) == 1:
             raise
@@ -138,6 +143,7 @@ def _read_dicom(folder: Path) -> Study:
         shape=(w, h, s, t) if t > 1 else (w, h, s),
         geometry=geometry,
         times=dicom_frame_times(subject.meta, t),
+        sources=frames,
     )
 
 
@@ -411,14 +417,18 @@ def predict(
     ed: int | None = None,
     es: int | None = None,
     affine_space: str | None = None,
+    deidentify: bool = False,
 ) -> dict[str, Any]:
     """Segment a study and write ``<name>_seg.nii.gz``, volumes.json/.csv, curves.csv,
     overlay.png and curves.png (not for one frame: ``unavailable`` in volumes.json says so).
 
     model: a model folder, or a Predictor already loaded (to segment many studies with one;
     its frames then stand and `frames` is not read).
+    A DICOM study also gets seg.dcm (seg_es.dcm) and sr.dcm, with the source's patient and
+    study references, or none with ``deidentify`` (cmrfm.dicom_out).
     Returns volumes.json's contents (with the output paths and timings in seconds).
     """
+    from cmrfm.dicom_out import write_dicom_outputs
     from cmrfm.figures import cycle_figure, write_overlay
     from finetune.evaluate import predict_study
 
@@ -467,6 +477,7 @@ def predict(
     else:
         unavailable["curves.png"] = "one frame: no curve to plot"
     volumes["unavailable"] = unavailable | missing
+    write_dicom_outputs(study, labels, volumes, out, loaded.num_classes, deidentify)  # SEG, SR
     _lap(clock, "write")
     volumes["seconds"] = {k: round(v, 3) for k, v in clock.items() if not k.startswith("_")}
     volumes["seconds"]["total"] = round(time.perf_counter() - clock["_start"], 3)

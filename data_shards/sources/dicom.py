@@ -192,6 +192,15 @@ def _read_study_or_error(
 
 def read_study(folder: Path, salt: str, contour_folder: Path | None = None) -> Subject:
     """Read one study folder; raises SourceError naming the file or folder and the problem."""
+    return read_study_frames(folder, salt, contour_folder)[0]
+
+
+def read_study_frames(
+    folder: Path, salt: str, contour_folder: Path | None = None
+) -> tuple[Subject, Grid]:
+    """read_study, and the frames read on the Subject's (slice, frame) grid: each one's file
+    and header (pixel data dropped once decoded), identifiers included. Only for outputs that
+    belong to the patient, as cmrfm.dicom_out's SEG and SR; never for a Subject or a shard."""
     files = _files(folder)
     if not any(map(_looks_dicom, files)):
         found = f"{len(files)} files, none of them DICOM" if files else "it is empty"
@@ -207,6 +216,9 @@ def read_study(folder: Path, salt: str, contour_folder: Path | None = None) -> S
         s, t = len(grid), len(grid[0])
         image = np.stack(decode([frame for slice_ in grid for frame in slice_]))
         image = image.reshape(s, t, *image.shape[1:])
+        for frame in frames:  # decoded: headers need not hold the pixels any longer
+            if "PixelData" in frame.ds:
+                del frame.ds.PixelData
     first = grid[0][0].ds
     # One patient may have several stacks (one folder each): the split follows the patient.
     patient = patients.pop() or folder.name
@@ -235,7 +247,7 @@ def read_study(folder: Path, salt: str, contour_folder: Path | None = None) -> S
         if group:
             meta["group"] = group
     subject_id = anonymous_id(f"{patient}\x00{stack}", salt, "dicom")
-    return Subject(subject_id, image, label, geometry["spacing"], meta)
+    return Subject(subject_id, image, label, geometry["spacing"], meta), grid
 
 
 def _instances(grid: Grid) -> dict[int, tuple[int, int]]:

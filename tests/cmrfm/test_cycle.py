@@ -28,6 +28,7 @@ from cmrfm.cycle import (
     usable_times,
     volume_rate,
 )
+from cmrfm.dicom_out import NEEDS_DICOM
 from data_shards.record import LV, MYO, RV
 from data_shards.volumes import volumes_ml
 
@@ -265,7 +266,8 @@ def test_predict_writes_the_cycle_of_a_timed_cine(tmp_path, package, monkeypatch
     assert cycle["lv_peak_ejection_rate_ml_s"] == pytest.approx(-rate.min())
     assert cycle["lv_peak_filling_rate_ml_s"] == pytest.approx(rate.max())
     assert cycle["lv_peak_ejection_rate_ml_s"] > 0 and cycle["lv_peak_filling_rate_ml_s"] > 0
-    assert volumes["unavailable"] == {}
+    # a NIfTI has everything a timed cine gives, but no source instances for a DICOM SEG or SR
+    assert volumes["unavailable"] == {"seg.dcm": NEEDS_DICOM, "sr.dcm": NEEDS_DICOM}
     assert volumes["frames"]["rule"] and volumes["lv"]["ef_percent"] is not None  # kept keys
 
     with (out / "curves.csv").open() as f:

@@ -160,7 +160,10 @@ def test_lge_model_reports_the_scar(tmp_path, monkeypatch):
     )
 
 
-def test_dicom_series_gives_its_geometry_and_no_identifier(tmp_path, package, capsys):
+@pytest.mark.parametrize("deidentify", [False, True], ids=["as_is", "deidentified"])
+def test_dicom_series_gives_its_geometry_and_no_identifier(tmp_path, package, capsys, deidentify):
+    """No identifier reaches an output, but for the DICOM SEG and SR: they belong to the patient
+    and carry the source's patient and study references, and none with --deidentify."""
     written: set[str] = set()
     tags = identity(1)
     folder = tmp_path / tags["PatientID"]  # folders are often named by patient id
@@ -172,7 +175,8 @@ def test_dicom_series_gives_its_geometry_and_no_identifier(tmp_path, package, ca
             ds = pydicom.dcmread(path)
             written |= {ds.SOPInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID}
     out = tmp_path / "out"
-    main(["predict", str(folder), "--model", str(package), "--out", str(out)])
+    flags = ["--deidentify"] if deidentify else []
+    main(["predict", str(folder), "--model", str(package), "--out", str(out), *flags])
     console = capsys.readouterr()
 
     seg = nib.load(out / "study_seg.nii.gz")
@@ -190,13 +194,19 @@ def test_dicom_series_gives_its_geometry_and_no_identifier(tmp_path, package, ca
         np.testing.assert_allclose(seg.affine @ [0, 0, k, 1], [*(position * to_ras), 1], atol=1e-3)
 
     terms = set().union(*(search_terms(v) for v in written))
-    found = [(p.name, p.read_bytes()) for p in out.rglob("*") if p.is_file()]
+    dicom = {"seg.dcm", "seg_es.dcm", "sr.dcm"}  # the patient's, for PACS
+    files = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    found = [(name, data) for name, data in files.items() if deidentify or name not in dicom]
     found += [("stdout", console.out.encode()), ("stderr", console.err.encode())]
     leaks = [(name, term) for name, data in found for term in terms if term.encode() in data]
     assert not leaks, leaks
-    assert {p.name for p in out.iterdir()} == {
+    assert set(files) == {
         "study_seg.nii.gz", "volumes.json", "volumes.csv", "overlay.png", "curves.csv", "curves.png"
-    }  # fmt: skip
+    } | dicom  # fmt: skip
+    if not deidentify:
+        references = {tags[k] for k in ("PatientName", "PatientID", "StudyInstanceUID")}
+        for name in dicom:
+            assert {v for v in references if v.encode() in files[name]} == references, name
 
 
 @pytest.mark.parametrize("what", ["missing_study", "broken_study", "missing_model"])
@@ -345,7 +355,13 @@ def test_real_sunnybrook_dicom_keeps_its_geometry_and_drops_its_id(tmp_path, pac
     assert seg.shape == (256, 256, 10, 20)
     first = pydicom.dcmread(sorted(folder.rglob("*.dcm"))[0], stop_before_pixels=True)
     assert np.linalg.norm(seg.affine[:3, 0]) == pytest.approx(float(first.PixelSpacing[1]), 1e-3)
-    outputs = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    dicom = {"seg.dcm", "seg_es.dcm", "sr.dcm"}  # the patient's, for PACS: they carry the id
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    outputs = b"".join(p.read_bytes() for p in files if p.name not in dicom)
     outputs += capsys.readouterr().out.encode()
     for value in (folder.name, str(first.PatientName), str(first.PatientID)):
         assert value.encode() not in outputs
+    # Its anonymiser gave every image a frame of reference of its own: no SEG, an SR
+    unavailable = json.loads((tmp_path / "volumes.json").read_text())["unavailable"]
+    assert "different FrameOfReferenceUIDs" in unavailable["seg.dcm"]
+    assert str(first.PatientID).encode() in (tmp_path / "sr.dcm").read_bytes()
