@@ -276,7 +276,7 @@ def make_seg(
     import highdicom as hd
 
     planes = [frames[t] for frames in sources]
-    _check_one_phase_per_file(sources, planes)
+    _check_multiframe(sources, planes)
     main, further = _split_by_series(planes)
     positions = [
         hd.PlanePositionSequence(
@@ -322,11 +322,12 @@ def _split_by_series(planes: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     return main, [ds for ds in _distinct(p.ds for p in planes) if all(ds is not m for m in main)]
 
 
-def _check_one_phase_per_file(sources: Sequence[Sequence[Any]], planes: Sequence[Any]) -> None:
-    """Refuse a multi-frame file that also holds other time points: at a plane's position
-    highdicom would reference all of them (it matches frames by position only)."""
+def _check_multiframe(sources: Sequence[Sequence[Any]], planes: Sequence[Any]) -> None:
+    """Refuse what highdicom cannot reference in a multi-frame source file: other time points
+    of a slice in it (it matches frames by position only, so it would reference them all), or
+    an orientation kept per frame (it reads the shared one)."""
     chosen = {id(p) for p in planes}
-    files = {id(p.ds) for p in planes if p.index is not None}
+    files = {id(p.ds): p.ds for p in planes if p.index is not None}
     others = (f for frames in sources for f in frames if id(f) not in chosen)
     if any(id(f.ds) in files for f in others):
         raise Unavailable(
@@ -334,6 +335,13 @@ def _check_one_phase_per_file(sources: Sequence[Sequence[Any]], planes: Sequence
             "cannot reference one of them (highdicom matches frames by position); export "
             "the cine as single-frame images"
         )
+    for ds in files.values():
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+        if shared is None or "PlaneOrientationSequence" not in shared:
+            raise Unavailable(
+                "the multi-frame source file keeps ImageOrientationPatient per frame, not in "
+                "its shared functional groups, where highdicom reads it for a SEG"
+            )
 
 
 def _segment(number: int, label: int) -> Any:

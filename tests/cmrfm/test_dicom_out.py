@@ -20,7 +20,7 @@ import pydicom
 import pytest
 import torch
 from helpers import ROOT
-from helpers.dicom import write_stack
+from helpers.dicom import BASE_POSITION, GAP, apex_ward, write_stack
 from helpers.predict import PACKAGE_PREPROCESS, heart, study_image, write_nifti
 from helpers.privacy import identity, search_terms
 from pydicom import config as pydicom_config
@@ -375,18 +375,67 @@ def test_a_study_lacking_a_reference_gets_every_other_output(tmp_path, package, 
     assert set(volumes["outputs"]) == written
 
 
-def test_a_multiframe_cine_gets_an_sr_and_the_reason_for_no_seg(tmp_path, package):
-    """One enhanced MR file holding every frame: a SEG frame would reference every time point
-    at its position, so there is none; the SR still references the file."""
+def enhanced_study(tmp_path: Path, frames: int, shared_orientation: bool) -> Path:
+    """The stack as one enhanced MR file (tests/data_shards/sources/dicom_layouts.py), its
+    orientation per frame as that layout writes it, or moved to the shared groups."""
     spec = importlib.util.spec_from_file_location("dicom_layouts", LAYOUTS)
     layouts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(layouts)
-    write_study(tmp_path / "single", "one_series", **source_tags())
+    write_study(tmp_path / "single", "one_series", frames=frames, **source_tags())
     layouts.enhanced(layouts.load_study(tmp_path / "single"), tmp_path / "enhanced")
-    volumes = run_predict(tmp_path / "enhanced", package, tmp_path / "out", sliced_heart)
-    assert "several time points" in volumes["unavailable"][SEG_FILE]
-    assert volumes["outputs"] == [SR_FILE]
-    assert measurements(tmp_path / "out" / SR_FILE)
+    if shared_orientation:
+        (path,) = (tmp_path / "enhanced").iterdir()
+        ds = pydicom.dcmread(path)
+        per_frame = ds.PerFrameFunctionalGroupsSequence
+        ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = per_frame[0].PlaneOrientationSequence  # fmt: skip
+        for item in per_frame:
+            del item.PlaneOrientationSequence
+        ds.save_as(path)
+    return tmp_path / "enhanced"
+
+
+@pytest.mark.parametrize(
+    ("frames", "shared", "reason"),
+    [
+        (FRAMES, True, "several time points of a slice"),
+        (1, False, "keeps ImageOrientationPatient per frame"),
+        (1, True, None),
+    ],
+    ids=["cine", "lge_orientation_per_frame", "lge"],
+)
+def test_a_multiframe_study_gets_a_seg_or_the_reason(tmp_path, package, frames, shared, reason):
+    """One enhanced MR file: an LGE's SEG frames reference the file's frame at their position;
+    a cine's would reference every time point there, so it gets none, nor does a file that
+    keeps its orientation per frame; the SR references the file either way."""
+    folder = enhanced_study(tmp_path, frames, shared)
+    out = tmp_path / "out"
+    volumes = run_predict(folder, package, out, sliced_heart)
+    assert measurements(out / SR_FILE)
+    if reason:
+        assert reason in volumes["unavailable"][SEG_FILE]
+        assert volumes["outputs"] == [SR_FILE]
+        return
+    assert volumes["outputs"] == [SEG_FILE, SR_FILE]
+    (path,) = folder.iterdir()
+    source = pydicom.dcmread(path)
+    where = {
+        i + 1: tuple(round(float(v), 2) for v in item.PlanePositionSequence[0].ImagePositionPatient)
+        for i, item in enumerate(source.PerFrameFunctionalGroupsSequence)
+    }
+    seg = hd.seg.segread(out / SEG_FILE)
+    labels, numbers = labels_of(out), segment_numbers(seg)
+    by_position = masks_by_position(seg)
+    for item in seg.PerFrameFunctionalGroupsSequence:  # each frame at its source frame's place
+        (ref,) = item.DerivationImageSequence[0].SourceImageSequence
+        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        position = item.PlanePositionSequence[0].ImagePositionPatient
+        assert where[int(ref.ReferencedFrameNumber)] == tuple(round(float(v), 2) for v in position)
+    for position in set(where.values()):
+        k = round(float((np.array(position) - BASE_POSITION) @ apex_ward()) / GAP)  # from base
+        for value in (LV, MYO, RV):
+            truth = labels[k, 0] == value
+            mask = by_position.get((position, numbers[NAMES[value]]), np.zeros_like(truth))
+            np.testing.assert_array_equal(mask, truth)
 
 
 def test_an_unexpected_refusal_is_named_without_its_message(tmp_path, package, monkeypatch):
