@@ -286,6 +286,20 @@ def read_probe_rows(path: Path | None) -> list[dict[str, Any]] | None:
     return sorted(rows, key=lambda r: int(r["step"]))
 
 
+def read_fewshot_rows(path: Path | None) -> list[dict[str, Any]] | None:
+    """A few-shot summary.csv's rows, each with the ``dataset`` (its shards folder's name) and
+    ``split`` it was scored on, from the benchmark's config.json beside it ("" when absent)."""
+    rows = read_csv_rows(path)
+    if rows is None:
+        return None
+    if not {"metric", "method", "labels", "mean"} <= set(rows[0]):
+        raise ValueError(f"{path}: not a few-shot summary.csv (needs metric, method, labels, mean)")
+    config = _beside(path, "config.json")
+    setup = json.loads(config.read_text()) if config is not None else {}
+    where = {"dataset": Path(setup.get("shards") or "").name, "split": setup.get("eval_split", "")}
+    return [row | where for row in rows]
+
+
 def _beside(path: Path, name: str) -> Path | None:
     other = Path(path).with_name(name)
     return other if other.is_file() else None
@@ -456,7 +470,7 @@ def export(
     probe_rows = read_probe_rows(probe)
     save_pretrained(
         model, out, preprocess=pre, data=data, training=training_facts(ckpt), metrics=metrics,
-        probe=probe_rows, fewshot=read_csv_rows(fewshot),
+        probe=probe_rows, fewshot=read_fewshot_rows(fewshot),
         probe_plot=_beside(probe, PROBE_PLOT) if probe is not None else None,
     )  # fmt: skip
     reloaded = from_pretrained(out)  # the folder must give back exactly these weights

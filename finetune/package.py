@@ -261,8 +261,11 @@ def _preprocess_dict(config: PreprocessConfig) -> dict[str, Any]:
 # --- the model card ----------------------------------------------------------------------------
 
 
-def _front_matter(datasets: Sequence[str], task: str) -> str:
-    from huggingface_hub import ModelCardData  # writes the YAML the Hub parses
+def _front_matter(datasets: Sequence[str], task: str, base: Mapping[str, Any] | None) -> str:
+    """YAML the Hub parses; ``base_model`` names the hub folder fine-tuning started from (its
+    name, as published); absent from scratch or from a training checkpoint, which is no hub
+    model (the card's text gives its path and sha256)."""
+    from huggingface_hub import ModelCardData
 
     tags = ["cmrfm", "cardiac-mri", "mri", "medical-imaging", "pytorch", "safetensors"]
     tags.append({"seg": "image-segmentation", "ef": "regression", "cls": "classification"}[task])
@@ -272,6 +275,8 @@ def _front_matter(datasets: Sequence[str], task: str) -> str:
         tags=tags,
         datasets=[d.lower() for d in datasets],
         pipeline_tag=pipeline,
+        library_name="cmrfm",
+        base_model=Path(base["source"]).name if base and base.get("kind") == "hub folder" else None,
     )
     return f"---\n{data.to_yaml()}\n---\n"
 
@@ -306,7 +311,7 @@ def card_text(
     arch = args.get("arch", "unetr")
     what = {"seg": "segmentation", "ef": "ejection-fraction regression", "cls": "diagnosis"}[task]
     lines = [
-        _front_matter(datasets, task),
+        _front_matter(datasets, task, config.get("base_model")),
         f"# cmrfm fine-tuned {what} model",
         "",
         f"{config['model']['class_path']} ({arch} on backbone {args.get('backbone', '?')}), "

@@ -152,8 +152,16 @@ def dataset_lines(datasets: Sequence[str]) -> list[str]:
     return lines
 
 
-def _front_matter(datasets: Sequence[str], objective: str | None, unet: bool = False) -> str:
-    from huggingface_hub import ModelCardData  # writes the YAML the Hub parses
+def _front_matter(
+    datasets: Sequence[str],
+    objective: str | None,
+    unet: bool = False,
+    fewshot: Sequence[Mapping[str, Any]] | None = None,
+    name: str = "cmrfm backbone",
+) -> str:
+    """YAML front matter the Hub parses: licence, tags, datasets, ``library_name: cmrfm`` and,
+    with few-shot results, a ``model-index`` of this backbone's fine-tuned mean Dice."""
+    from huggingface_hub import ModelCardData
 
     network = "unet" if unet else "vision-transformer"
     tags = ["cmrfm", "cardiac-mri", "mri", "medical-imaging", network, "pytorch"]
@@ -162,13 +170,38 @@ def _front_matter(datasets: Sequence[str], objective: str | None, unet: bool = F
         tags.append("masked-autoencoder")
     if objective and "contrastive" in objective:
         tags.append("contrastive-learning")
+    results = eval_results(fewshot or [])
     data = ModelCardData(
         **licence(datasets),
+        library_name="cmrfm",
         tags=tags,
         datasets=[d.lower() for d in datasets],
         pipeline_tag="image-feature-extraction",
+        model_name=name if results else None,
+        eval_results=results or None,
     )
     return f"---\n{data.to_yaml()}\n---\n"
+
+
+def eval_results(rows: Sequence[Mapping[str, Any]], method: str = "pretrained") -> list[Any]:
+    """Few-shot summary rows (with ``dataset`` and ``split``, cmrfm.export) -> the Hub's
+    EvalResult entries: mean Dice of segmenters fine-tuned from this backbone, one per N."""
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(
+            task_type="image-segmentation",
+            dataset_type=r.get("dataset") or "unrecorded",
+            dataset_name=f"{r.get('dataset') or 'unrecorded'} ({r.get('split') or 'split unrecorded'})",
+            dataset_split=r.get("split") or None,
+            metric_type="dice",
+            metric_value=round(float(r["mean"]), 4),
+            metric_name=f"mean Dice, fine-tuned with N={r['labels']} labelled subjects",
+            metric_config=f"labels={r['labels']}, seeds={r.get('runs', '?')}",
+        )
+        for r in rows
+        if r.get("metric") == "dice_mean" and r.get("method") == method
+    ]
 
 
 def _table(rows: Iterable[tuple[Any, Any]], head: tuple[str, str] = ("", "")) -> list[str]:
@@ -208,7 +241,7 @@ def card_text(
     seen = ", ".join(datasets) if datasets else "unidentified data"
     unet = "channels" in args  # foundation.unet.CardiacUNet
     lines = [
-        _front_matter(datasets, objective, unet),
+        _front_matter(datasets, objective, unet, fewshot, f"{arch} (cmrfm)"),
         f"# {arch}: a cardiac MRI backbone (cmrfm)",
         "",
         f"{_network(args)} pretrained with **{objective or 'an unrecorded objective'}** for "

@@ -14,6 +14,7 @@ import huggingface_hub
 import lightning as L
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -490,9 +491,16 @@ def test_the_card_shows_the_probe_curve_and_the_few_shot_table(lightning_run, tm
         "dice_mean,pretrained,1,1,0.5,0.1,3\ndice_mean,unet,1,1,0.4,0.2,3\n"
         "dice_mean,unet,all,80,0.88,,1\ndice_lv,unet,1,1,0.9,0.0,3\n"
     )
+    (tmp_path / "config.json").write_text('{"shards": "runs/real/acdc", "eval_split": "test"}')
     out = tmp_path / "hub"
     export(lightning_run[0], out, probe=probe, fewshot=fewshot)
     card = (out / CARD_NAME).read_text()
+    meta = ModelCard(card).data.to_dict()  # the Hub's model-index: this backbone's own results
+    assert meta["library_name"] == "cmrfm"
+    [entry] = meta["model-index"][0]["results"]
+    assert entry["dataset"] == {"name": "acdc (test)", "type": "acdc", "split": "test"}
+    assert entry["metrics"][0]["type"] == "dice" and entry["metrics"][0]["value"] == 0.5
+    assert "N=1" in entry["metrics"][0]["name"]
     assert "| step | 0 | 1000 |" in card and "| probe Dice | 0.254 | 0.373 |" in card
     assert "| method | N = 1 | N = all |" in card
     assert (
@@ -500,6 +508,13 @@ def test_the_card_shows_the_probe_curve_and_the_few_shot_table(lightning_run, tm
     )
     assert (out / "probe.png").read_bytes() == b"\x89PNG fake"
     assert out / "probe.png" in check_hub_folder(out)  # published with the folder
+
+
+def test_a_file_that_is_no_fewshot_summary_is_named(lightning_run, tmp_path) -> None:
+    bad = tmp_path / "summary.csv"
+    bad.write_text("step,dice_mean\n0,0.2\n")
+    with pytest.raises(ValueError, match=r"summary\.csv: not a few-shot summary\.csv"):
+        export(lightning_run[0], tmp_path / "hub", fewshot=bad)
 
 
 def test_a_file_that_is_no_probe_csv_is_named(lightning_run, tmp_path) -> None:

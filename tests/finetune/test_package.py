@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from cmrfm.cli import main
 from finetune.data import FewShotSegData
@@ -152,7 +153,10 @@ def test_the_package_records_the_weights_it_started_from(tmp_path: Path) -> None
     assert config["base_model"] == {"source": str(hub), "architecture": "cmr_unet_small",
                                     "sha256": recorded, "kind": "hub folder"}  # fmt: skip
     assert config["model"]["init_args"]["pretrained"] is None
-    assert recorded in (tmp_path / "a" / "README.md").read_text()
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert recorded in card
+    meta = ModelCard(card).data.to_dict()  # the Hub's lineage field: the hub folder, by name
+    assert meta["base_model"] == "hub" and meta["library_name"] == "cmrfm"
 
     ckpt = tmp_path / "pre.ckpt"
     ckpt.write_bytes(b"checkpoint bytes")
@@ -160,6 +164,7 @@ def test_the_package_records_the_weights_it_started_from(tmp_path: Path) -> None
     save_finetuned(model, tmp_path / "b", preprocess=PREPROCESS, frames=2, init_args=args)
     base = json.loads((tmp_path / "b" / CONFIG_NAME).read_text())["base_model"]
     assert base["sha256"] == hashlib.sha256(b"checkpoint bytes").hexdigest()
+    assert "base_model" not in ModelCard((tmp_path / "b" / "README.md").read_text()).data.to_dict()
 
     save_finetuned(tiny_model("unet"), tmp_path / "c", preprocess=PREPROCESS, frames=2)
     assert json.loads((tmp_path / "c" / CONFIG_NAME).read_text())["base_model"] is None

@@ -230,6 +230,8 @@ def test_card_front_matter_parses_with_the_hub_library(saved) -> None:
     assert meta["license_link"] == LICENCE_NAME and "non-commercial" in meta["license_name"]
     assert meta["datasets"] == ["acdc", "emidec"]
     assert {"cardiac-mri", "masked-autoencoder", "contrastive-learning"} <= set(meta["tags"])
+    assert meta["library_name"] == "cmrfm"
+    assert "model-index" not in meta  # no few-shot results were given
 
 
 def test_card_names_its_data_training_metrics_licences_and_use(saved) -> None:
