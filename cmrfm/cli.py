@@ -374,7 +374,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: loader, pretrain, seg")
+    bench = sub.add_parser("bench", help="benchmarks: loader, pretrain, seg, runtime")
     group = bench.add_subparsers(dest="benchmark", required=True)
     p = group.add_parser(
         "loader", help="clips/s streaming from shards vs a plain .npy reader of the same arrays"
@@ -405,6 +405,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_bench_loader)
     _add_bench_pretrain(group)
     _add_bench_seg(group)
+    _add_bench_runtime(group)
 
 
 # `bench pretrain` options a --preset sets (cmrfm.bench.pretrain.DEFAULTS; not imported here:
@@ -495,9 +496,53 @@ def _add_bench_seg(group: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_bench_seg)
 
 
+def _bench_runtime(args: argparse.Namespace) -> None:
+    from cmrfm.bench.runtime import bench_runtime
+
+    try:
+        bench_runtime(
+            models=args.model, archs=args.archs, slices=args.slices, frames=args.frames,
+            batch=args.batch, rounds=args.rounds, threads=args.threads, seed=args.seed,
+            int8_ops=args.int8_ops, out=args.out,
+        )  # fmt: skip
+    except ValueError as error:  # a package or size that does not fit: say which, no trace
+        fail("bench runtime", error)
+
+
+def _add_bench_runtime(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser(
+        "runtime",
+        help="seconds to segment one study under torch, onnxruntime and onnxruntime int8, as "
+        "ratios to torch in one run",
+    )
+    p.add_argument("--model", type=Path, action="append", default=None,
+                   help="fine-tuned package (repeatable; exported into a temporary copy)")  # fmt: skip
+    p.add_argument(
+        "--archs",
+        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+        default=["unet", "light"],
+        help="without --model: packages built with random weights, e.g. unet,light,dense",
+    )
+    p.add_argument("--slices", type=int, default=10, help="phantom study slices")
+    p.add_argument("--frames", type=int, default=30, help="phantom study frames")
+    p.add_argument("--batch", type=int, default=16, help="clips per forward pass")
+    p.add_argument("--rounds", type=int, default=3, help="timed runs per runtime")
+    p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--int8-ops", type=lambda text: text.split(","), default=["MatMul", "Conv"],
+                   help="op types the int8 model quantises (export --int8-ops)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("runs/bench/runtime.json"))
+    p.set_defaults(func=_bench_runtime)
+
+
 def _export(args: argparse.Namespace) -> None:
     from cmrfm.export import export, read_metrics
 
+    onnx = args.onnx or args.int8
+    if args.out is None:  # `export --onnx PACKAGE`: ONNX files into a fine-tuned package
+        if not onnx:
+            fail("export", "give OUT, the folder to write (only --onnx or --int8 go without)")
+        return _export_onnx(args.checkpoint, args.int8, args.int8_ops)
     try:
         summary = export(
             args.checkpoint,
@@ -518,6 +563,20 @@ def _export(args: argparse.Namespace) -> None:
         f"{summary['checkpoint']} (step {summary['steps']}) -> {summary['out']}: "
         f"{summary['architecture']}, data {', '.join(summary['datasets']) or 'unidentified'}"
     )
+    if onnx:
+        if summary.get("package") != "finetuned":
+            fail("export", f"{summary['out']}: a backbone folder; --onnx takes a segmenter")
+        _export_onnx(Path(summary["out"]), args.int8, args.int8_ops)
+
+
+def _export_onnx(folder: Path, int8: bool, ops: list[str]) -> None:
+    from cmrfm.onnx_model import export_onnx, summary_lines
+
+    try:
+        records = export_onnx(folder, int8=int8, int8_ops=ops)
+    except ValueError as error:  # not a segmenter, or an unfaithful export: say which
+        fail("export", error)
+    print("\n".join(summary_lines(folder, records)))
 
 
 def _publish(args: argparse.Namespace) -> None:
@@ -537,8 +596,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "config.json, README.md model card); a fine-tuning checkpoint -> a fine-tuned model "
         "folder for `cmrfm predict`",
     )
-    p.add_argument("checkpoint", type=Path, help="a .ckpt file, or a DeepSpeed ZeRO-2/3 folder")
-    p.add_argument("out", type=Path, help="the hub folder to write")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a .ckpt file, or a DeepSpeed ZeRO-2/3 folder; with --onnx and no OUT, a fine-tuned "
+        "package folder to add ONNX files to",
+    )
+    p.add_argument("out", type=Path, nargs="?", default=None, help="the folder to write")
     p.add_argument(
         "--card-metrics",
         default=None,
@@ -564,6 +628,24 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--probe", type=Path, default=None, help="probe.csv for the card (probe.png beside it)"
     )
     p.add_argument("--fewshot", type=Path, default=None, help="few-shot summary.csv for the card")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write the fine-tuned segmenter as model.onnx (batch axis dynamic), checked "
+        "against torch, for `predict --runtime onnx`",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="--onnx plus model.int8.onnx, dynamic int8 quantisation, for --runtime onnx-int8",
+    )
+    p.add_argument(
+        "--int8-ops",
+        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+        default=["MatMul", "Conv"],
+        help="op types --int8 quantises: MatMul,Conv (default) or MatMul (a ViT: faster and "
+        "closer to torch on a CPU, where int8 Convs run slower than fp32) or Conv",
+    )
     p.set_defaults(func=_export)
 
 
@@ -583,7 +665,7 @@ def _predict(args: argparse.Namespace) -> None:
     options = {"batch": args.batch, "ed": args.ed, "es": args.es, "affine_space": args.affine_space,
                "deidentify": args.deidentify}  # fmt: skip
     try:
-        model = Predictor.load(args.model, args.frames)
+        model = Predictor.load(args.model, args.frames, runtime=args.runtime)
     except (SourceError, ValueError) as error:  # an unusable model folder: one line
         say(error)
         raise SystemExit(2) from None
@@ -662,6 +744,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="DICOM input: strip the patient and study references from seg.dcm and sr.dcm "
         "(DICOM Basic Confidentiality Profile: new UIDs, no names, ids or dates), for sharing",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx", "onnx-int8"),
+        default="torch",
+        help="run the model with torch, or with onnxruntime on the package's model.onnx or "
+        "model.int8.onnx (`cmrfm export --onnx|--int8 PACKAGE` writes them)",
     )
     p.set_defaults(func=_predict)
 

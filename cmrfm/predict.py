@@ -389,13 +389,22 @@ class Predictor:
     preprocess: Any  # data_shards.preprocess.PreprocessConfig
     frames: int
     num_classes: int
+    runtime: str = "torch"  # or "onnx", "onnx-int8": cmrfm.onnx_model.OnnxSegmenter
 
     @classmethod
-    def load(cls, model_dir: Path | str, frames: int | None = None) -> Predictor:
-        """Errors name the folder and what is wrong with it (finetune.package.load_finetuned)."""
+    def load(
+        cls, model_dir: Path | str, frames: int | None = None, runtime: str = "torch"
+    ) -> Predictor:
+        """Errors name the folder and what is wrong with it (finetune.package.load_finetuned,
+        cmrfm.onnx_model.load_onnx)."""
         from finetune.package import load_finetuned, preprocess_config
 
-        model, config = load_finetuned(Path(model_dir))
+        if runtime == "torch":
+            model, config = load_finetuned(Path(model_dir))
+        else:
+            from cmrfm.onnx_model import load_onnx
+
+            model, config = load_onnx(Path(model_dir), runtime, frames=frames)
         if config.get("task", "seg") != "seg":
             raise ValueError(
                 f"{model_dir}: a {config['task']!r} model; predict needs a 'seg' model"
@@ -403,8 +412,9 @@ class Predictor:
         pre = preprocess_config(config["preprocess"], str(Path(model_dir) / "config.json"))
         num_classes = len(config.get("classes") or []) or 4
         return cls(
-            Path(model_dir), model, config, pre, int(frames or config["frames"]), num_classes
-        )
+            Path(model_dir), model, config, pre, int(frames or config["frames"]), num_classes,
+            runtime,
+        )  # fmt: skip
 
 
 def predict(
@@ -460,6 +470,7 @@ def predict(
             "folder": loaded.folder.resolve().name,
             "frames": loaded.frames,
             "classes": loaded.config.get("classes"),
+            "runtime": loaded.runtime,
         },
         **found,
         "cycle": cycle,
