@@ -124,7 +124,8 @@ def _read_dicom(folder: Path) -> Study:
     studies = find_studies(folder)  # FileNotFoundError when there is no DICOM at all
     # The salt only feeds the source's pseudonymous subject id, which predict never writes.
     try:  # sub-folders may be the series of one study (one per slice, say): read them as one
-        subject, frames = read_study_frames(folder, salt="cmrfm-predict")
+        # uneven gaps (a slice missing) are kept and flagged by the quality check, not refused
+        subject, frames = read_study_frames(folder, salt="cmrfm-predict", even_gaps=False)
     except SourceError as err:
         if len(studies) == 1:
             raise
@@ -133,7 +134,9 @@ def _read_dicom(folder: Path) -> Study:
             "give the folder of one study"
         ) from None
     s, t, h, w = subject.image.shape
-    geometry = {k: subject.meta[k] for k in ("direction", "origin")}
+    geometry = {
+        k: subject.meta[k] for k in ("direction", "origin", "slice_gaps_mm") if k in subject.meta
+    }
     return Study(
         name=DICOM_NAME,
         kind="dicom",
@@ -478,7 +481,10 @@ def predict(
     }
     if loaded.num_classes > INFARCT:
         volumes["scar"] = scar_volumes(labels, study.spacing, volumes["frames"]["ed"])
-    volumes["quality"] = quality_report(labels, study.spacing, volumes["frames"], volumes, entropy)
+    gaps = study.geometry.get("slice_gaps_mm")
+    volumes["quality"] = quality_report(
+        labels, study.spacing, volumes["frames"], volumes, entropy, gaps
+    )
     alerts = [c["message"] for c in volumes["quality"]["checks"] if c["passed"] is False]
     write_overlay(
         study.image, labels, study.spacing, volumes["frames"], out / "overlay.png", alerts

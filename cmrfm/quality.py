@@ -43,16 +43,18 @@ def quality_report(
     frames: Mapping[str, int],
     volumes: Mapping[str, Mapping[str, Any]],
     entropy: np.ndarray | None = None,
+    slice_gaps_mm: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Every check on labels (S, T, H, W) with spacing (dz, dy, dx) mm, the ED/ES frames,
-    volumes {"lv": {...}, "rv": {...}} as ventricular_volumes gives them, and the model's mean
-    normalised entropy per (slice, frame) (S, T) when known. ``passed`` is False when any
-    check failed."""
+    volumes {"lv": {...}, "rv": {...}} as ventricular_volumes gives them, the model's mean
+    normalised entropy per (slice, frame) (S, T) and the gaps between neighbouring slices
+    (from DICOM positions) when known. ``passed`` is False when any check failed."""
     ed, es = int(frames["ed"]), int(frames["es"])
     checks = [
         lv_coverage(labels[:, ed]),
         slice_alignment(labels[:, ed], spacing),
         slice_gaps(labels[:, ed]),
+        slice_spacing(slice_gaps_mm, float(spacing[0])),
         myocardium_surrounds_lv(labels, sorted({ed, es})),
         connected_components(labels, sorted({ed, es})),
         physiological_ranges(volumes),
@@ -113,6 +115,27 @@ def slice_gaps(stack: np.ndarray) -> dict[str, Any]:
         return check(name, False, "slices inside the LV without cavity: a slice is missing or "
                      "was not segmented", empty_slices=empty)  # fmt: skip
     return check(name, True, "no empty slice inside the LV", empty_slices=[])
+
+
+def slice_spacing(gaps_mm: Sequence[float] | None, dz: float) -> dict[str, Any]:
+    """Gaps between neighbouring slices (from the DICOM slice positions) that differ by more
+    than a tenth of their median: a slice is missing or the stack mixes spacings, and the
+    volumes, computed with one spacing dz, are off there."""
+    from data_shards.sources.dicom_series import uneven
+
+    name = "slice_spacing"
+    if not gaps_mm:
+        return check(name, None, "slice positions not known (NIfTI, or one slice): one "
+                     "spacing assumed", spacing_mm=dz)  # fmt: skip
+    gaps = np.asarray(gaps_mm, dtype=float)
+    median = float(np.median(gaps))
+    odd = [int(i) for i in np.flatnonzero(np.abs(gaps - median) > 0.1 * median)]
+    evidence = {"gaps_mm": [round(float(g), 2) for g in gaps], "volumes_use_mm": round(dz, 2)}
+    if uneven(gaps):
+        return check(name, False, f"uneven slice spacing ({gaps.min():.1f} to {gaps.max():.1f} "
+                     "mm): a slice is missing or spacings are mixed; volumes use one spacing",
+                     after_slices=odd, **evidence)  # fmt: skip
+    return check(name, True, "slices evenly spaced", **evidence)
 
 
 def myocardium_surrounds_lv(labels: np.ndarray, frames: Sequence[int]) -> dict[str, Any]:

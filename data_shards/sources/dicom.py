@@ -196,11 +196,13 @@ def read_study(folder: Path, salt: str, contour_folder: Path | None = None) -> S
 
 
 def read_study_frames(
-    folder: Path, salt: str, contour_folder: Path | None = None
+    folder: Path, salt: str, contour_folder: Path | None = None, even_gaps: bool = True
 ) -> tuple[Subject, Grid]:
     """read_study, and the frames read on the Subject's (slice, frame) grid: each one's file
     and header (pixel data dropped once decoded), identifiers included. Only for outputs that
-    belong to the patient, as cmrfm.dicom_out's SEG and SR; never for a Subject or a shard."""
+    belong to the patient, as cmrfm.dicom_out's SEG and SR; never for a Subject or a shard.
+    even_gaps: refuse uneven slice gaps (shards); False keeps the stack, with its gaps in
+    meta["slice_gaps_mm"], for predict to flag."""
     files = _files(folder)
     if not any(map(_looks_dicom, files)):
         found = f"{len(files)} files, none of them DICOM" if files else "it is empty"
@@ -212,7 +214,7 @@ def read_study_frames(
             raise SourceError(
                 folder, f"the images of this study hold {len(patients)} different PatientIDs"
             )
-        grid, geometry = arrange(folder, frames)
+        grid, geometry = arrange(folder, frames, even_gaps)
         s, t = len(grid), len(grid[0])
         image = np.stack(decode([frame for slice_ in grid for frame in slice_]))
         image = image.reshape(s, t, *image.shape[1:])

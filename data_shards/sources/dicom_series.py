@@ -157,7 +157,7 @@ def _one_series_per_slice(parts: list[list[Frame]]) -> None:
         seen.add(key)
 
 
-def arrange(folder: Path, frames: list[Frame]) -> tuple[Grid, dict]:
+def arrange(folder: Path, frames: list[Frame], even_gaps: bool = True) -> tuple[Grid, dict]:
     """Frames on an (S, T) grid, slices base to apex and frames in time, and the geometry.
 
     Returns the grid (S lists of T frames) and ``{"spacing": (dz, dy, dx), "meta": {direction,
@@ -194,11 +194,12 @@ def arrange(folder: Path, frames: list[Frame]) -> tuple[Grid, dict]:
     row, col, normal = _axes(base)
     along = normal if normal @ APEX >= 0 else -normal
     centres = [float(along @ np.array(s[0].get("ImagePositionPatient"))) for s in grid]
-    dz = _slice_gap(folder, centres, base)
+    dz, gaps = _slice_gap(folder, centres, base, even_gaps)
     dy, dx = base.get("PixelSpacing")
     meta = {
         "direction": [_rounded(along), _rounded(col), _rounded(row)],
         "origin": _rounded(base.get("ImagePositionPatient"), 4),
+        **({"slice_gaps_mm": _rounded(gaps, 3)} if gaps else {}),
         **_timing(grid[0], key),
     }
     return grid, {"spacing": (dz, dy, dx), "meta": meta, "order": key}
@@ -297,22 +298,32 @@ def _check_frame(frame: Frame, first: Frame) -> None:
         raise SourceError(frame.path, f"pixel spacing{where} differs from {first.name}'s")
 
 
-def _slice_gap(folder: Path, centres: list[float], first: Frame) -> float:
-    """dz from the slice positions; for one slice the header's spacing, else NaN."""
+def _slice_gap(
+    folder: Path, centres: list[float], first: Frame, even_gaps: bool = True
+) -> tuple[float, list[float]]:
+    """(dz, the gaps between neighbouring slices in mm) from the slice positions; for one slice
+    the header's spacing (or NaN) and no gaps. Uneven gaps (a slice missing) are refused with
+    ``even_gaps``; otherwise dz is their median and the gaps tell the quality check."""
     if len(centres) == 1:
         for keyword in ("SpacingBetweenSlices", "SliceThickness"):
             value = first.first(keyword)
             if value and value > 0:
-                return value
-        return float("nan")
+                return value, []
+        return float("nan"), []
     gaps = np.abs(np.diff(centres))
-    if gaps.max() - gaps.min() > 0.1 * np.median(gaps):
+    if even_gaps and uneven(gaps):
         raise SourceError(
             folder,
             f"uneven slice gaps ({gaps.min():.2f} to {gaps.max():.2f} mm): a slice is "
             "probably missing",
         )
-    return float(gaps.mean())
+    return (float(gaps.mean()) if not uneven(gaps) else float(np.median(gaps))), gaps.tolist()
+
+
+def uneven(gaps: Sequence[float]) -> bool:
+    """Gaps between neighbouring slices that differ by more than a tenth of their median."""
+    gaps = np.asarray(gaps, dtype=float)
+    return bool(gaps.size and gaps.max() - gaps.min() > 0.1 * np.median(gaps))
 
 
 def _size(frame: Frame) -> str | None:

@@ -29,7 +29,7 @@ from PIL import Image
 from pydicom import config as pydicom_config
 
 from cmrfm.cli import main
-from cmrfm.predict import Predictor, prepare, read_study
+from cmrfm.predict import Predictor, predict, prepare, read_study
 from data_shards.orientation import canonical_plan
 from data_shards.preprocess import preprocess
 from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
@@ -248,6 +248,19 @@ def test_several_studies_go_on_past_a_broken_one(tmp_path, package, capsys, monk
     err_lines = captured.err.strip().splitlines()
     assert len(err_lines) == 1 and "b.nii.gz" in err_lines[0]
     assert "2 of 3 studies segmented" in captured.out
+
+
+def test_a_dicom_stack_with_a_slice_missing_is_segmented_and_flagged(tmp_path, package):
+    """Uneven slice gaps stop a shard (training labels) but not predict: the study gets every
+    output and its quality section names the uneven spacing and where it is."""
+    write_stack(tmp_path / "study", slices=5, frames=2, skip=(2,))  # 4 slices, one gap doubled
+    volumes = predict(tmp_path / "study", package, tmp_path / "out")
+    check = next(c for c in volumes["quality"]["checks"] if c["name"] == "slice_spacing")
+    assert check["passed"] is False and check["evidence"]["after_slices"] == [1]
+    gaps = check["evidence"]["gaps_mm"]
+    assert len(gaps) == 3 and max(gaps) == pytest.approx(2 * min(gaps))
+    assert volumes["quality"]["passed"] is False
+    assert (tmp_path / "out" / volumes["label_file"]).is_file()
 
 
 # --- volumes from the written file ------------------------------------------------------------

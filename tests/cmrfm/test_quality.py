@@ -30,16 +30,35 @@ def good_heart() -> np.ndarray:
     return labels
 
 
-def report(labels: np.ndarray, entropy: np.ndarray | None = None) -> dict[str, dict]:
+EVEN = [10.0] * 7  # gaps between the 8 slices' DICOM positions, mm
+
+
+def report(
+    labels: np.ndarray, entropy: np.ndarray | None = None, gaps: list[float] | None = None
+) -> dict[str, dict]:
     found = ventricular_volumes(labels, SPACING)
-    checks = quality_report(labels, SPACING, found["frames"], found, entropy)["checks"]
+    checks = quality_report(labels, SPACING, found["frames"], found, entropy, gaps)["checks"]
     return {c["name"]: c for c in checks}
 
 
 def test_a_good_study_passes_every_check() -> None:
-    checks = report(good_heart(), np.full((8, 2), 0.1))
+    checks = report(good_heart(), np.full((8, 2), 0.1), EVEN)
     assert {name: c["passed"] for name, c in checks.items()} == dict.fromkeys(checks, True)
-    assert len(checks) == 7
+    assert len(checks) == 8
+
+
+def test_a_missing_slice_position_is_an_uneven_spacing_alert() -> None:
+    gaps = [10.0, 10.0, 20.0, 10.0, 10.0, 10.0, 10.0]  # the slice after the third is gone
+    check = report(good_heart(), gaps=gaps)["slice_spacing"]
+    assert check["passed"] is False and check["evidence"]["after_slices"] == [2]
+    assert "uneven slice spacing (10.0 to 20.0 mm)" in check["message"]
+    assert report(good_heart(), gaps=[10.0, 10.4, 9.8, 10.0, 10.0, 10.0, 10.0])["slice_spacing"][
+        "passed"
+    ]  # scanner rounding is no alert
+
+
+def test_without_slice_positions_the_spacing_check_does_not_apply() -> None:
+    assert report(good_heart())["slice_spacing"]["passed"] is None
 
 
 def test_cavity_on_the_last_slice_is_a_coverage_alert() -> None:
