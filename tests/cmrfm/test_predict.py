@@ -116,12 +116,14 @@ def test_oracle_labels_map_back_onto_the_ground_truth(tmp_path, package, monkeyp
         "lv_coverage",
         "slice_alignment",
         "slice_gaps",
+        "slice_spacing",
         "connected_components",
         "myocardium_surrounds_lv",
         "physiological_ranges",
         "model_uncertainty",
     }
     assert checks["model_uncertainty"]["passed"] is True
+    assert checks["slice_spacing"]["passed"] is None  # a NIfTI gives no slice positions
     assert volumes["quality"]["passed"] is all(c["passed"] is not False for c in checks.values())
 
 
