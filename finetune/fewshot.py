@@ -38,7 +38,7 @@ from finetune.results import (
     write_jsonl,
 )
 
-# load_config: `cmrfm fewshot` (cmrfm/cli.py) imports it from here.
+# load_config: `cmrfm fewshot` (cmrfm/cli/train.py) imports it from here.
 __all__ = ["FewShotBenchmark", "Run", "load_config"]
 
 # A result row's fields that say which run it is, and what its training took (kept by rescore).

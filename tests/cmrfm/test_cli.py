@@ -143,17 +143,17 @@ def test_a_size_beyond_memory_is_refused_with_an_estimate(
 def test_the_memory_estimate_follows_the_study_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     import psutil
 
-    from cmrfm import cli
+    from cmrfm.cli import UsageError, data
 
-    phantom = cli._shard_memory_bytes("phantom", {"slices": 2, "frames": 4}, 64)
-    assert phantom == 2 * 4 * 64 * 64 * cli.BYTES_PER_VOXEL
-    slices, frames = cli.LARGE_STUDY
-    assert cli._shard_memory_bytes("acdc", {}, 64) == slices * frames * 64 * 64 * 6
+    phantom = data._shard_memory_bytes("phantom", {"slices": 2, "frames": 4}, 64)
+    assert phantom == 2 * 4 * 64 * 64 * data.BYTES_PER_VOXEL
+    slices, frames = data.LARGE_STUDY
+    assert data._shard_memory_bytes("acdc", {}, 64) == slices * frames * 64 * 64 * 6
     available = type("Memory", (), {"available": phantom})
     monkeypatch.setattr(psutil, "virtual_memory", lambda: available)
-    cli._check_memory("phantom", {"slices": 2, "frames": 4}, 64)  # fits exactly
-    with pytest.raises(cli.UsageError, match="GiB"):
-        cli._check_memory("phantom", {"slices": 2, "frames": 4}, 65)
+    data._check_memory("phantom", {"slices": 2, "frames": 4}, 64)  # fits exactly
+    with pytest.raises(UsageError, match="GiB"):
+        data._check_memory("phantom", {"slices": 2, "frames": 4}, 65)
 
 
 def test_an_out_under_a_file_is_one_line_naming_it(
@@ -185,12 +185,12 @@ def test_an_unwritable_out_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """As the read-only case above, where root would write anyway: the test write is refused."""
-    from cmrfm import cli
+    from cmrfm.cli import data
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(data.tempfile, "TemporaryFile", refuse)
     out = tmp_path / "o"
     err = _shard_error(["--out", str(out)], capsys)
     assert str(out) in err and "Permission denied" in err
