@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,8 +27,9 @@ from finetune.metrics import (
     hd95_undefined,
     scar_extent,
 )
-from finetune.system import SegFinetuner
-from foundation.checkpoint import restore
+
+if TYPE_CHECKING:
+    from finetune.system import SegFinetuner
 
 
 @torch.no_grad()
@@ -220,6 +222,9 @@ def evaluate(model: nn.Module, subjects: Sequence[dict], frames: int, num_classe
 
 def load_finetuned(checkpoint: Path) -> tuple[SegFinetuner, int, dict]:
     """A fine-tuned segmenter, the clip length it was trained on, and its data hparams."""
+    from finetune.system import SegFinetuner  # here: predict_study's users need no Lightning
+    from foundation.checkpoint import restore
+
     # pretrained=None: the weights come from this checkpoint, not from the pretraining one.
     model, ckpt = restore(SegFinetuner, Path(checkpoint), pretrained=None)
     data_hparams = ckpt.get("datamodule_hyper_parameters", {})

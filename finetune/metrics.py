@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
 
 from data_shards.record import IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, RV
 from data_shards.volumes import ejection_fraction, volumes_ml
@@ -45,6 +44,8 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dic
     p = torch.as_tensor(pred, dtype=torch.long)[None]  # (1, S, H, W)
     t = torch.as_tensor(truth, dtype=torch.long)[None]
     one_hot = lambda x: torch.nn.functional.one_hot(x, num_classes).permute(0, 4, 1, 2, 3)  # noqa: E731
+    from monai.metrics import compute_dice  # here: MONAI's eager import takes seconds
+
     scores = compute_dice(one_hot(p), one_hot(t), include_background=False, ignore_empty=False)[0]
     absent = [not (pred == c).any() and not (truth == c).any() for c in range(1, num_classes)]
     return {
@@ -65,6 +66,8 @@ def hd95_per_class(
     model missing a whole structure does not look better for it. Pixels whose truth is IGNORE
     are left out of both, as in `dice_per_class`.
     """
+    from monai.metrics import compute_hausdorff_distance
+
     if len(spacing) != pred.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match maps of shape {pred.shape}")
     pred, truth = _known(pred, truth)

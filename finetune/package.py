@@ -23,7 +23,7 @@ from foundation.card import (
     licence,
     write_licence,
 )
-from foundation.checkpoint import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
+from foundation.names import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
 
 CARD_NAME = "README.md"
 PACKAGE_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)

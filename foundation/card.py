@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foundation.checkpoint import SHA256_KEY, WEIGHTS_NAME
-from foundation.vit import AXES, MODALITIES
+from foundation.names import AXES, MODALITIES, SHA256_KEY, WEIGHTS_NAME
 
 SYNTHETIC = "phantom"  # the project's own synthetic source: no third-party terms
 LICENCE_NAME = "LICENSE.md"

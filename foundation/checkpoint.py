@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from cmrfm_io.files import sha256_file
+from foundation.names import CONFIG_NAME, FORMAT, FORMAT_VERSION, SHA256_KEY, WEIGHTS_NAME
 from foundation.unet import CardiacUNet
 from foundation.vit import AXES, CONTEXT_EMBEDDINGS, MODALITIES, CardiacViT
 
@@ -35,12 +36,6 @@ logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=nn.Module)
 B = TypeVar("B", CardiacViT, CardiacUNet)
 
-# A hub folder (huggingface_hub.constants.SAFETENSORS_SINGLE_FILE and CONFIG_NAME).
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-FORMAT = "cmrfm-backbone"
-FORMAT_VERSION = 1
-SHA256_KEY = "weights_sha256"  # config.json: sha256 of model.safetensors, verified at load
 
 # Where Lightning systems keep the backbone, in order of preference when several complete ones
 # fit (an EMA teacher next to the student): pretraining (PretrainSystem; mae. in the removed

@@ -14,9 +14,8 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-# Rows of CardiacViT.modality_embed and axis_embed: append only, checkpoints index them.
-MODALITIES = ("cine", "lge")
-AXES = ("time", "depth")  # the clip's third axis: frames over time, or slices in depth
+from foundation.names import AXES, MODALITIES
+
 CONTEXT_EMBEDDINGS = ("modality_embed", "axis_embed")  # learned (len, D) tables added to tokens
 Index = torch.Tensor | Sequence[str] | None
 

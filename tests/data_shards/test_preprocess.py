@@ -420,3 +420,20 @@ def test_blank_frames_of_a_real_study_are_listed_in_output_order():
         PreprocessConfig(size=32),
     )  # canonical orientation turns the stack base to apex: slice indices follow
     assert flipped.meta["blank_frames"] == [[0, 1], [1, 0]]
+
+
+@pytest.mark.parametrize(
+    ("shape", "out", "mode"),
+    [((5, 37, 41), (24, 24), "area"), ((3, 20, 22), (48, 44), "bilinear"),
+     ((4, 30, 30), (17, 50), "nearest-exact")],
+)  # fmt: skip
+def test_resampling_is_monai_resize_bit_for_bit(shape, out, mode) -> None:
+    """Preprocessing resizes as MONAI's Resize does, without importing MONAI (slow to import)."""
+    import torch
+    from monai.transforms import Resize
+
+    from data_shards.preprocess import _resize
+
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    expected = Resize(out, mode=mode)(torch.from_numpy(x)).as_tensor().numpy()
+    assert np.array_equal(_resize(x, out, mode), expected)
