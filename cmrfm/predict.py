@@ -382,32 +382,42 @@ def write_volumes(volumes: dict[str, Any], out: Path) -> tuple[Path, Path, Path]
 # --- the command -------------------------------------------------------------------------------
 
 
+class ModelError(ValueError):
+    """The model folder's network cannot be built (weights missing, truncated or mismatched):
+    no study can be segmented with it, so callers stop rather than go on to the next study."""
+
+
 @dataclass
 class Predictor:
-    """A fine-tuned segmenter loaded once, with what its config.json says about its input."""
+    """A fine-tuned segmenter loaded once, with what its config.json says about its input.
+
+    The config is read and checked at once; a torch network is built on first use of
+    ``model``, after the first study has been read, so work starts before its seconds of
+    imports (Lightning, MONAI, timm)."""
 
     folder: Path
-    model: torch.nn.Module
     config: dict[str, Any]
     preprocess: Any  # data_shards.preprocess.PreprocessConfig
     frames: int
     num_classes: int
     runtime: str = "torch"  # or "onnx", "onnx-int8": cmrfm.onnx_model.OnnxSegmenter
+    network: torch.nn.Module | None = None
 
     @classmethod
     def load(
         cls, model_dir: Path | str, frames: int | None = None, runtime: str = "torch"
     ) -> Predictor:
-        """Errors name the folder and what is wrong with it (finetune.package.load_finetuned,
+        """Errors name the folder and what is wrong with it (finetune.package.read_package_config,
         cmrfm.onnx_model.load_onnx)."""
-        from finetune.package import load_finetuned, preprocess_config
+        from finetune.package import preprocess_config, read_package_config
 
+        network = None
         if runtime == "torch":
-            model, config = load_finetuned(Path(model_dir))
+            config = read_package_config(Path(model_dir))
         else:
             from cmrfm.onnx_model import load_onnx
 
-            model, config = load_onnx(Path(model_dir), runtime, frames=frames)
+            network, config = load_onnx(Path(model_dir), runtime, frames=frames)
         if config.get("task", "seg") != "seg":
             raise ValueError(
                 f"{model_dir}: a {config['task']!r} model; predict needs a 'seg' model"
@@ -415,9 +425,21 @@ class Predictor:
         pre = preprocess_config(config["preprocess"], str(Path(model_dir) / "config.json"))
         num_classes = len(config.get("classes") or []) or 4
         return cls(
-            Path(model_dir), model, config, pre, int(frames or config["frames"]), num_classes,
-            runtime,
+            Path(model_dir), config, pre, int(frames or config["frames"]), num_classes,
+            runtime, network,
         )  # fmt: skip
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The network (built once, on first use); ModelError when it cannot be."""
+        if self.network is None:
+            from finetune.package import load_finetuned
+
+            try:
+                self.network, _ = load_finetuned(self.folder)
+            except (OSError, ValueError, RuntimeError, KeyError) as error:
+                raise ModelError(str(error)) from error
+        return self.network
 
 
 def predict(
@@ -441,19 +463,21 @@ def predict(
     study references, or none with ``deidentify`` (cmrfm.dicom_out).
     Returns volumes.json's contents (with the output paths and timings in seconds).
     """
+    clock = {"_start": time.perf_counter()}
+    loaded = model if isinstance(model, Predictor) else Predictor.load(model, frames)
+    _lap(clock, "load_config")
+    study = read_study(study_path, affine_space)  # the work starts before the heavy imports
+    _lap(clock, "read")
+    prepared = prepare(study, loaded.preprocess)
+    _lap(clock, "preprocess")
+    network = loaded.model  # built on first use: Lightning, MONAI (ModelError if it cannot be)
     from cmrfm.dicom_out import write_dicom_outputs
     from cmrfm.figures import cycle_figure, write_overlay
     from finetune.evaluate import predict_study
 
-    clock = {"_start": time.perf_counter()}
-    loaded = model if isinstance(model, Predictor) else Predictor.load(model, frames)
     _lap(clock, "load_model")
-    study = read_study(study_path, affine_space)
-    _lap(clock, "read")
-    prepared = prepare(study, loaded.preprocess)
-    _lap(clock, "preprocess")
     pred, entropy = predict_study(  # (S, T, H, W) labels, (S, T) uncertainty
-        loaded.model, prepared.image, loaded.frames, batch=batch, entropy=True
+        network, prepared.image, loaded.frames, batch=batch, entropy=True
     )
     _lap(clock, "model")
     labels = restore_labels(pred, prepared.meta, loaded.num_classes)

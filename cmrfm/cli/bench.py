@@ -73,7 +73,7 @@ def _bench_seg(args: argparse.Namespace) -> None:
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: loader, pretrain, seg, runtime")
+    bench = sub.add_parser("bench", help="benchmarks: loader, pretrain, seg, runtime, start")
     group = bench.add_subparsers(dest="benchmark", required=True)
     p = group.add_parser(
         "loader", help="clips/s streaming from shards vs a plain .npy reader of the same arrays"
@@ -105,6 +105,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_pretrain(group)
     _add_bench_seg(group)
     _add_bench_runtime(group)
+    _add_bench_start(group)
 
 
 # `bench pretrain` options a --preset sets (cmrfm.bench.pretrain.DEFAULTS; not imported here:
@@ -222,3 +223,26 @@ def _add_bench_runtime(group: argparse._SubParsersAction) -> None:
                    help="op types the int8 model quantises (export --int8-ops)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs/bench/runtime.json"))
     p.set_defaults(func=_bench_runtime)
+
+
+def _bench_start(args: argparse.Namespace) -> None:
+    from cmrfm.bench.start import bench_start
+
+    try:
+        bench_start(model=args.model, rounds=args.rounds, seed=args.seed, out=args.out)
+    except (ValueError, RuntimeError) as error:  # a package that does not load: say which
+        fail("bench start", error)
+
+
+def _add_bench_start(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser(
+        "start",
+        help="seconds until `cmrfm --help` answers and `cmrfm predict` starts reading a study, "
+        "against `python -c pass`, in one run",
+    )
+    p.add_argument("--model", type=Path, default=None,
+                   help="fine-tuned package (default: a dense U-Net with random weights)")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=5, help="fresh processes per case")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/bench/start.json"))
+    p.set_defaults(func=_bench_start)

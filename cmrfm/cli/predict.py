@@ -13,7 +13,7 @@ def _predict(args: argparse.Namespace) -> None:
     a study that fails is reported by name and the others go on (exit 1 if any failed)."""
     import time
 
-    from cmrfm.predict import Predictor, predict, study_folder_name
+    from cmrfm.predict import ModelError, Predictor, predict, study_folder_name
     from data_shards.sources import SourceError
 
     def say(error: Exception) -> None:  # one line; the other studies go on
@@ -32,8 +32,14 @@ def _predict(args: argparse.Namespace) -> None:
     for i, study in enumerate(args.study, start=1):
         out = args.out / study_folder_name(i, study) if several else args.out
         start = time.perf_counter()
+        # Work starts here, before the network's imports (`cmrfm bench start` times this line);
+        # the study is not named: a DICOM folder's name is often a patient id.
+        print(f"study {i} of {len(args.study)}: reading", flush=True)
         try:
             volumes = predict(study, model, out, **options)
+        except ModelError as error:  # no study can be segmented with this model: stop
+            say(error)
+            raise SystemExit(2) from None
         except (SourceError, ValueError, OSError) as error:  # an unreadable study: one line
             say(error)
             failed.append(str(study))

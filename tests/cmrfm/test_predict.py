@@ -229,6 +229,33 @@ def test_bad_inputs_fail_in_one_line(tmp_path, package, capsys, what):
     assert (model if what == "missing_model" else study).name in err
 
 
+def test_work_starts_before_the_network_is_built_and_broken_weights_stop_every_study(
+    tmp_path, package, capsys
+):
+    """The config is checked at once and the first study read before the network (Lightning,
+    MONAI: seconds of imports) is built; weights that cannot load stop the call, exit 2, in one
+    line naming the file, instead of failing each study in turn."""
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(package, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    loaded = Predictor.load(broken)
+    assert loaded.network is None  # nothing heavy yet
+    shape, spacing = (2, 2, 20, 20), (8.0, 2.0, 2.0)
+    studies = [tmp_path / f"{n}.nii.gz" for n in ("a", "b")]
+    for study in studies:
+        write_nifti(study, study_image(heart(shape, spacing)), spacing)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", *map(str, studies), "--model", str(broken), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["study 1 of 2: reading"]  # the second never started
+    err = captured.err.strip()
+    assert "\n" not in err and "model.safetensors" in err
+
+
 def test_several_studies_go_on_past_a_broken_one(tmp_path, package, capsys, monkeypatch):
     """One model load for all; each study gets its own folder; a broken study is named in one
     line and the others are still segmented; exit status 1 says something failed."""
