@@ -39,6 +39,7 @@ ALLOWED_META = {
     "source", "modality", "ed", "es", "split_group", "group", "label_classes",
     "direction", "origin", "trigger_times_ms", "manufacturer", "field_strength_t",
     "frame_order", "frame_times_ms",  # a tag's name; times relative to the first frame
+    "slice_gaps_mm",  # distances between neighbouring slices, not positions
 }  # fmt: skip
 
 
