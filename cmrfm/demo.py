@@ -19,7 +19,7 @@ from data_shards.convert import convert
 from data_shards.preprocess import PreprocessConfig
 from data_shards.stream import load_subjects
 from finetune.data import take_window
-from finetune.evaluate import evaluate_checkpoint, load_finetuned, predict_study
+from finetune.evaluate import evaluate_checkpoint, load_finetune_checkpoint, predict_study
 from foundation.checkpoint import restore
 from pretext.system import PretrainSystem
 
@@ -152,7 +152,7 @@ def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: in
         out / "mae.png",
     )
 
-    model, frames, _ = load_finetuned(ft_ckpt)
+    model, frames, _ = load_finetune_checkpoint(ft_ckpt)
     pred = predict_study(model, subject["image"], frames)
     s = subject["image"].shape[0]
     slices = sorted({max(0, s // 4), s // 2, min(s - 1, 3 * s // 4)})

@@ -61,7 +61,7 @@ def inspect_shards(
         console: where the tables go (default: a new stdout console).
 
     Returns:
-        The summary (see :func:`summarise`) plus ``problems``: integrity issues, empty if none.
+        The summary (see :func:`shard_summary`) plus ``problems``: integrity issues, empty if none.
     """
     shards = Path(shards)
     out = shards / "inspect" if out is None else Path(out)
@@ -73,7 +73,7 @@ def inspect_shards(
     with console.status("reading sample metadata"):
         metas, subjects, read_problems, blank = scan_shards(shards, manifest, keys)
     quarantine = read_quarantine(shards)
-    summary = summarise(manifest, metas, quarantine, blank)
+    summary = shard_summary(manifest, metas, quarantine, blank)
     summary["problems"] = problems + read_problems
     out.mkdir(parents=True, exist_ok=True)
     if subjects:
@@ -159,7 +159,7 @@ def stored_blank_frames(image: np.ndarray, meta: dict[str, Any]) -> list[list[in
     return [list(pair) for pair in sorted(found)]
 
 
-def summarise(
+def shard_summary(
     manifest: dict,
     metas: dict[str, dict] | None = None,
     quarantine: list[dict[str, str]] | None = None,

@@ -148,7 +148,7 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(vals.mean()) if vals.size else float("nan")
 
 
-def summarise(rows: Sequence[dict], structures: Sequence[str]) -> dict:
+def summary_over_subjects(rows: Sequence[dict], structures: Sequence[str]) -> dict:
     """Summary over subject rows (see `score_subject`).
 
     dice_{st} and hd95_{st}: mean over subjects and phases (ED and ES pooled); dice_{st}_{phase},
@@ -206,7 +206,7 @@ def evaluate_predictions(
             rows.append(score_subject(preds[subject["key"]], subject, num_classes))
     present = {c for s in labelled for c in np.unique(s["label"]).tolist()}
     structures = [LABEL_NAMES[c] for c in range(1, num_classes) if c in present]
-    return {"summary": summarise(rows, structures), "subjects": rows}
+    return {"summary": summary_over_subjects(rows, structures), "subjects": rows}
 
 
 def evaluate(model: nn.Module, subjects: Sequence[dict], frames: int, num_classes: int = 4) -> dict:
@@ -220,7 +220,7 @@ def evaluate(model: nn.Module, subjects: Sequence[dict], frames: int, num_classe
     return evaluate_predictions(preds, labelled, num_classes)
 
 
-def load_finetuned(checkpoint: Path) -> tuple[SegFinetuner, int, dict]:
+def load_finetune_checkpoint(checkpoint: Path) -> tuple[SegFinetuner, int, dict]:
     """A fine-tuned segmenter, the clip length it was trained on, and its data hparams."""
     from finetune.system import SegFinetuner  # here: predict_study's users need no Lightning
     from foundation.checkpoint import restore
@@ -235,7 +235,7 @@ def evaluate_checkpoint(
     checkpoint: Path, shards: str, split: str = "test", frames: int | None = None
 ) -> dict:
     """Score a fine-tuned checkpoint on every labelled subject of one split of the shards."""
-    model, trained_frames, data_hparams = load_finetuned(checkpoint)
+    model, trained_frames, data_hparams = load_finetune_checkpoint(checkpoint)
     subjects = load_subjects(shard_urls(shards), splits=[split])
     if not any(s["label"] is not None for s in subjects):
         raise ValueError(f"{shards}: no labelled subjects in split {split!r} to evaluate on")

@@ -40,8 +40,8 @@ from cmrfm.bench.pretrain_report import (
     compare,
     comparisons_table,
     overhead_lines,
+    pretrain_run_row,
     runs_table,
-    summarise,
 )
 from cmrfm.bench.pretrain_runs import compile_unavailable, count_flops, make_batch, measure_cases
 from cmrfm.bench.results import show_and_write
@@ -182,7 +182,9 @@ def bench_pretrain(
         flops = {m: count_flops(setup, m, batch_data) for m in masks}
         totals = measure_cases(cases, setup, batch_data, peak, rounds, no_compile, console)
     config["load_average_after"] = load_average()
-    runs = [summarise(case, totals[case], setup.batch, flops[case.mask], peak) for case in cases]
+    runs = [
+        pretrain_run_row(case, totals[case], setup.batch, flops[case.mask], peak) for case in cases
+    ]
     notes = [peak_note]
     if no_compile:
         notes.append(f"torch.compile skipped: {no_compile}")

@@ -14,7 +14,7 @@ from cmrfm.bench.results import machine_caption, ratio_cell
 GOALS = {"loop": 0.95, "masking": 4.0, "mfu": 0.40}  # issue 4: Lightning/bare, 90%/0%, compiled
 
 
-def summarise(
+def pretrain_run_row(
     case: Case, total: dict[str, Any], batch: int, flops: float, peak: float | None
 ) -> dict[str, Any]:
     """One run's row: rates from its summed steps and seconds, FLOP/s and MFU."""

@@ -160,7 +160,7 @@ def bench_seg(
         with console.status(f"{len(contenders)} contenders x {rounds} rounds x {steps} steps"):
             measure(contenders, clip, label, steps, rounds, warmup)
     config["load_average_after"] = load_average()
-    result = {"config": config, "rows": summarise(contenders)}
+    result = {"config": config, "rows": contender_rows(contenders)}
     show_and_write(result, [results_table(result)], out, console)
     return result
 
@@ -257,7 +257,7 @@ def measure(
             contender.run(clip, label, steps)
 
 
-def summarise(contenders: Sequence[Contender]) -> list[dict[str, Any]]:
+def contender_rows(contenders: Sequence[Contender]) -> list[dict[str, Any]]:
     """One row per contender; ratios of mean seconds per step to the baseline's (wall, CPU)."""
     base = contenders[0]
     base_wall = sum(base.seconds) / len(base.seconds)

@@ -60,7 +60,7 @@ def contour_folder(
     if contours is None:
         return None
     if study.name in names:
-        return contours / names[study.name]  # read_study reports it if missing
+        return contours / names[study.name]  # read_dicom_study reports it if missing
     if (contours / study.name).is_dir():
         return contours / study.name
     if single and (contours / "i-contours").is_dir():

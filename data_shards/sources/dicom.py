@@ -182,7 +182,7 @@ def _read_study_or_error(
 ) -> Subject | SourceError:
     """The study, or its SourceError; ``note`` goes to meta ``contours_note`` if unlabelled."""
     try:
-        subject = read_study(folder, salt, contour_folder)
+        subject = read_dicom_study(folder, salt, contour_folder)
     except SourceError as err:
         return err
     if note and subject.label is None:
@@ -190,7 +190,7 @@ def _read_study_or_error(
     return subject
 
 
-def read_study(folder: Path, salt: str, contour_folder: Path | None = None) -> Subject:
+def read_dicom_study(folder: Path, salt: str, contour_folder: Path | None = None) -> Subject:
     """Read one study folder; raises SourceError naming the file or folder and the problem."""
     return read_study_frames(folder, salt, contour_folder)[0]
 
@@ -198,7 +198,7 @@ def read_study(folder: Path, salt: str, contour_folder: Path | None = None) -> S
 def read_study_frames(
     folder: Path, salt: str, contour_folder: Path | None = None, even_gaps: bool = True
 ) -> tuple[Subject, Grid]:
-    """read_study, and the frames read on the Subject's (slice, frame) grid: each one's file
+    """read_dicom_study, and the frames read on the Subject's (slice, frame) grid: each one's file
     and header (pixel data dropped once decoded), identifiers included. Only for outputs that
     belong to the patient, as cmrfm.dicom_out's SEG and SR; never for a Subject or a shard.
     even_gaps: refuse uneven slice gaps (shards); False keeps the stack, with its gaps in

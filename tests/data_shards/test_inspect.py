@@ -16,7 +16,7 @@ from helpers.npz import cine, quiet, save
 from cmrfm.cli import main
 from data_shards import sources
 from data_shards.convert import convert
-from data_shards.inspect import contact_sheet, histogram, inspect_shards, summarise
+from data_shards.inspect import contact_sheet, histogram, inspect_shards, shard_summary
 from data_shards.preprocess import PreprocessConfig
 from data_shards.stream import load_subjects
 from data_shards.writer import read_manifest
@@ -121,7 +121,7 @@ def test_quarantine_reasons_are_counted_and_listed(shards: Path) -> None:
         {"input": f"input-00000000000{i}", "position": i + 1, "reason": "no spacing"}
         for i in range(7)
     ]
-    summary = summarise(read_manifest(shards), quarantine=quarantine)
+    summary = shard_summary(read_manifest(shards), quarantine=quarantine)
     assert summary["quarantined"]["count"] == 7
     assert summary["quarantined"]["reasons"][0] == "input-000000000000 (input 1): no spacing"
     assert len(summary["quarantined"]["reasons"]) == 5  # the first few, not all

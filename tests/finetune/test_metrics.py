@@ -12,7 +12,7 @@ from scipy.stats import pearsonr
 from torch import nn
 
 from data_shards.record import IGNORE
-from finetune.evaluate import evaluate, evaluate_predictions, summarise
+from finetune.evaluate import evaluate, evaluate_predictions, summary_over_subjects
 from finetune.metrics import (
     CLINICAL_INDICES,
     agreement,
@@ -236,7 +236,7 @@ def test_summarise_pools_phases_and_flattens_agreement() -> None:
     ]
     rows[1]["hd95_lv_es"] = np.nan  # LV missed at ES in b
     rows[1]["hd95_undefined_lv_es"] = 1
-    out = summarise(rows, ["lv"])
+    out = summary_over_subjects(rows, ["lv"])
     assert out["n_subjects"] == 2
     assert out["dice_lv"] == pytest.approx(0.75) and out["dice_mean"] == pytest.approx(0.75)
     assert out["dice_lv_ed"] == pytest.approx(0.85) and out["dice_lv_es"] == pytest.approx(0.65)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from finetune.evaluate import load_finetuned
+from finetune.evaluate import load_finetune_checkpoint
 from finetune.protocols import PROTOCOLS, apply_protocol, layer_decay_groups
 from finetune.system import SegFinetuner
 from foundation import create_backbone
@@ -195,7 +195,7 @@ def test_checkpoint_restores_for_evaluation(kwargs, tmp_path) -> None:
     start = {n: p.detach().clone() for n, p in system.named_parameters()}
     items = [{"clip": b["clip"][i], "label": b["label"][i]} for b in (batch(0),) for i in range(2)]
     path = fit_and_save(system, items, tmp_path / "seg.ckpt")
-    model, frames, _ = load_finetuned(path)
+    model, frames, _ = load_finetune_checkpoint(path)
     assert frames == 2 and not model.training
     restored = dict(model.named_parameters())
     assert restored.keys() == start.keys()
