@@ -19,9 +19,9 @@ difference to torch measured at export. A runtime loads a file only when both ha
 
 The exporter is torch.onnx's TorchScript tracer (``dynamo=False``). The torch.export-based
 exporter (torch's default since 2.9) matched torch as closely here, but needs onnxscript,
-took 4-6 times as long, and runs the model on fake tensors: foundation.vit caches its sin-cos
-position tables (``sincos_3d``, an lru_cache), so a fake table stays in the cache and the torch
-model fails in that process after the export.
+and took 4-6 times as long. (It also ran the model on fake tensors that foundation.vit then
+cached as its sin-cos position tables, breaking the torch model in that process; the cache now
+holds NumPy tables, and a test traces under FakeTensorMode.)
 """
 
 from __future__ import annotations

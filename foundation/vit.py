@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -47,26 +48,37 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
-@lru_cache(maxsize=32)
 def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     """Factorised sin-cos positions for a (t, h, w) token grid -> (t*h*w, dim), t-major order.
 
     A quarter of the channels encode time, the rest height and width equally; computed for any
-    grid so one model runs on any number of frames and any image size.
+    grid so one model runs on any number of frames and any image size. A new tensor each call
+    from a cached NumPy table: a cached tensor made while torch.export traces would be a fake
+    one, and would break every later call of the process.
     """
+    return torch.tensor(_sincos_3d_table(dim, tuple(grid)))
+
+
+@lru_cache(maxsize=32)
+def _sincos_3d_table(dim: int, grid: tuple[int, int, int]) -> np.ndarray:
+    """sincos_3d's table, float32 (t*h*w, dim), in NumPy (float64 angles, as sincos_1d)."""
     t, h, w = grid
     d_t = 2 * (dim // 8)
     d_h = 2 * ((dim - d_t) // 4)
     d_w = dim - d_t - d_h
     if min(d_t, d_h, d_w) <= 0 or d_w % 2:
         raise ValueError(f"embed_dim={dim} too small or odd for factorised 3D sin-cos positions")
-    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
-    parts = [
-        sincos_1d(d_t, tt.flatten()),
-        sincos_1d(d_h, hh.flatten()),
-        sincos_1d(d_w, ww.flatten()),
-    ]
-    return torch.cat(parts, dim=1)  # (L, dim)
+    tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+
+    def one_axis(d: int, positions: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2))
+        angles = positions.astype(np.float64)[:, None] * omega[None]  # (L, d/2)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    parts = [one_axis(d_t, tt.ravel()), one_axis(d_h, hh.ravel()), one_axis(d_w, ww.ravel())]
+    table = np.concatenate(parts, axis=1).astype(np.float32)  # (L, dim)
+    table.flags.writeable = False  # shared by every call
+    return table
 
 
 def _fits(n: int, step: int) -> str:

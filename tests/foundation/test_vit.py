@@ -574,3 +574,17 @@ def test_tables_from_before_a_row_was_appended_get_zero_rows() -> None:
     state["axis_embed"] = torch.zeros(2, 16)  # a different width is still an error
     with pytest.raises(RuntimeError, match="axis_embed"):
         target.load_state_dict(state, strict=True)
+
+
+def test_position_tables_made_while_tracing_do_not_leak_into_later_calls() -> None:
+    """torch.export runs the model on fake tensors; a table made then must not be the one a
+    later, ordinary call gets (the cache holds NumPy, each call makes a new tensor)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        traced = sincos_3d(32, (2, 3, 3))
+    real = sincos_3d(32, (2, 3, 3))
+    assert type(traced) is not torch.Tensor and type(real) is torch.Tensor
+    assert real.numpy().shape == (18, 32)  # a fake tensor would refuse .numpy()
+    real.zero_()  # a caller's change never reaches the next caller
+    assert sincos_3d(32, (2, 3, 3)).abs().sum() > 0
