@@ -66,6 +66,7 @@ class Study:
     # DICOM: the frames read, [slice][frame] (file, header with identifiers): in memory only,
     # for the SEG and SR (cmrfm.dicom_out), which belong to the patient
     sources: Any = None
+    geometry_note: str | None = None  # why the file's orientation is not used, if it is not
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -114,6 +115,7 @@ def _read_nifti(path: Path, affine_space: str | None) -> Study:
         geometry=volume.geometry_meta(),
         header=img.header,
         times=nifti_frame_times(step, unit, volume.data.shape[1]),
+        geometry_note=volume.geometry_note,
     )
 
 
@@ -517,6 +519,11 @@ def predict(
         cycle_figure(volumes["per_frame_ml"], cycle, volumes["frames"], out / "curves.png")
     else:
         unavailable["curves.png"] = "one frame: no curve to plot"
+    if study.geometry_note:  # the label map still gets the file's own header
+        unavailable["orientation"] = (
+            f"{study.geometry_note}: the image is segmented as stored, not turned to the "
+            "canonical view the model was trained on; check the overlay"
+        )
     volumes["unavailable"] = unavailable | missing
     write_dicom_outputs(study, labels, volumes, out, loaded.num_classes, deidentify)  # SEG, SR
     _lap(clock, "write")

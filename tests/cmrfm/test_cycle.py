@@ -343,3 +343,20 @@ def test_volumes_json_stays_valid_json_when_a_volume_is_unknown(tmp_path):
     volumes = {"lv": {"edv_ml": float("nan"), "ef_percent": 55.0}, "curve": [1.0, float("inf")]}
     assert finite(volumes) == {"lv": {"edv_ml": None, "ef_percent": 55.0}, "curve": [1.0, None]}
     assert json.loads(json.dumps(finite(volumes), allow_nan=False))["lv"]["edv_ml"] is None
+
+
+def test_a_nifti_without_geometry_gets_every_output_and_says_its_orientation_is_unknown(
+    tmp_path, package, monkeypatch
+):
+    monkeypatch.setattr("finetune.evaluate.predict_study", drawn_heart)
+    study, out = write_cine(tmp_path / "bare.nii.gz", 4, 40.0), tmp_path / "out"
+    img = nib.load(study)
+    bare = nib.Nifti1Image(np.asarray(img.dataobj), None, img.header.copy())
+    bare.header.set_sform(None, code=0)
+    bare.header.set_qform(None, code=0)
+    nib.save(bare, study)
+    main(["predict", str(study), "--model", str(package), "--out", str(out)])
+    volumes = json.loads((out / "volumes.json").read_text())
+    assert "orientation unknown" in volumes["unavailable"]["orientation"]
+    assert volumes["lv"]["edv_ml"] > 0 and volumes["cycle"]["lv_ef_percent"] is not None
+    assert {"bare_seg.nii.gz", "overlay.png", "curves.png"} <= {p.name for p in out.iterdir()}
