@@ -55,7 +55,7 @@ def write_dicom_outputs(
 ) -> None:
     """Write seg.dcm (and seg_es.dcm) and sr.dcm for a DICOM study into ``out``.
 
-    study: cmrfm.predict.Study, its ``sources`` the frames [slice][frame] read; labels
+    study: cmrfm.study.Study, its ``sources`` the frames [slice][frame] read; labels
     (S, T, H, W) on the study's grid; volumes: what predict measured (frames, lv, rv, scar).
     Adds the names written to ``volumes["outputs"]`` and, for each file not written, the
     reason to ``volumes["unavailable"]``. Never raises for a study it cannot serve

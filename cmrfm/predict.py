@@ -2,10 +2,9 @@
 model folder, and write the label map in the study's own grid, volumes, the volume curves over
 the cycle (cmrfm.cycle), an overlay sheet and a curve plot (cmrfm.figures).
 
-The model's preprocessing (config.json) is applied as in training: canonical orientation,
-in-plane resampling, a centred crop and uint8 intensities. The prediction is then mapped back
-step by step: un-cropped into the resampled grid, resampled to the native pixel grid (per-class
-maps interpolated, then the most likely class: smoother than nearest neighbour), reoriented.
+The study is read and its label map written by cmrfm.study. The model's preprocessing
+(config.json) is applied as in training: canonical orientation, in-plane resampling, a centred
+crop and uint8 intensities; data_shards.restore maps the prediction back onto the study's grid.
 Nothing from a DICOM header that identifies a person reaches an output: the outputs are named
 "study", and only geometry is read. The exceptions are a DICOM study's SEG and SR
 (cmrfm.dicom_out), which belong to the patient and carry the source's references, unless
@@ -17,9 +16,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,225 +26,25 @@ import torch
 
 from cmrfm.cycle import (
     CURVE_FIELDS,
-    FrameTimes,
     choose_frames,
     curve_rows,
     cycle_summary,
-    dicom_frame_times,
-    nifti_frame_times,
 )
 from cmrfm.quality import quality_report
+from cmrfm.study import DICOM_NAME, Study, read_study, write_labels
 from data_shards.preprocess import preprocess
 from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
+from data_shards.restore import restore_labels
 from data_shards.volumes import volumes_ml
 from finetune.metrics import clinical_indices, scar_extent
 
-DICOM_NAME = "study"  # DICOM folder names are often patient ids: never reuse them
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 CSV_FIELDS = ("ventricle", "edv_ml", "esv_ml", "sv_ml", "ef_percent", "mass_g", "ed_frame", "es_frame")  # fmt: skip
-
-
-@dataclass
-class Study:
-    """One study as read: image (S, T, H, W) float32, spacing (dz, dy, dx) mm, LPS geometry.
-
-    ``affine`` (4, 4) is the RAS affine of the output NIfTI, whose array is (X, Y, Z[, T]) =
-    (W, H, S[, T]); ``shape`` is that array's shape (the input file's own, for a NIfTI).
-    """
-
-    name: str
-    kind: str  # "nifti" or "dicom"
-    image: np.ndarray
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
-    shape: tuple[int, ...]
-    geometry: dict[str, Any] = field(default_factory=dict)  # direction, origin (LPS) if known
-    header: Any = None  # the input's NIfTI header, copied into the output
-    times: FrameTimes = field(default_factory=lambda: FrameTimes(None, "not given"))
-    # DICOM: the frames read, [slice][frame] (file, header with identifiers): in memory only,
-    # for the SEG and SR (cmrfm.dicom_out), which belong to the patient
-    sources: Any = None
-    geometry_note: str | None = None  # why the file's orientation is not used, if it is not
-
-
-# --- reading -----------------------------------------------------------------------------------
-
-
-def read_study(path: Path | str, affine_space: str | None = None) -> Study:
-    """A NIfTI file (3D: one frame; 4D: a cine) or a folder holding one DICOM study (one
-    series, or one series per slice or per phase, in sub-folders or not).
-
-    Raises FileNotFoundError for a missing path or a folder without DICOM, SourceError
-    (data_shards.sources) for an unreadable one, ValueError for several studies in one folder.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: study not found (give a .nii/.nii.gz file or a DICOM folder)"
-        )
-    if path.is_dir():
-        return _read_dicom(path)
-    if not path.name.lower().endswith(NIFTI_SUFFIXES):
-        raise FileNotFoundError(
-            f"{path}: not a NIfTI file (.nii/.nii.gz); for DICOM give the folder of the series"
-        )
-    return _read_nifti(path, affine_space)
-
-
-def _read_nifti(path: Path, affine_space: str | None) -> Study:
-    import nibabel as nib
-
-    from data_shards.sources.nifti import MNMS_GROUPING
-    from data_shards.sources.nifti_io import read_nifti
-
-    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".gz") else path.stem
-    if affine_space is None:  # as the nifti source decides: M&Ms-2 files hold LPS affines
-        affine_space = "lps" if re.fullmatch(MNMS_GROUPING, name, re.I) else "ras"
-    volume = read_nifti(path, affine_space=affine_space)  # SourceError naming the file
-    img = nib.load(path)
-    step, unit = float(img.header["pixdim"][4]), img.header.get_xyzt_units()[1]
-    return Study(
-        name=name,
-        kind="nifti",
-        image=volume.data.astype(np.float32, copy=False),
-        spacing=volume.spacing,
-        affine=np.asarray(img.affine, dtype=np.float64),
-        shape=tuple(int(n) for n in img.shape),
-        geometry=volume.geometry_meta(),
-        header=img.header,
-        times=nifti_frame_times(step, unit, volume.data.shape[1]),
-        geometry_note=volume.geometry_note,
-    )
-
-
-def _read_dicom(folder: Path) -> Study:
-    from data_shards.sources import SourceError
-    from data_shards.sources.dicom import find_studies, read_study_frames
-
-    studies = find_studies(folder)  # FileNotFoundError when there is no DICOM at all
-    # The salt only feeds the source's pseudonymous subject id, which predict never writes.
-    try:  # sub-folders may be the series of one study (one per slice, say): read them as one
-        # uneven gaps (a slice missing) are kept and flagged by the quality check, not refused
-        subject, frames = read_study_frames(folder, salt="cmrfm-predict", even_gaps=False)
-    except SourceError as err:
-        if len(studies) == 1:
-            raise
-        raise ValueError(
-            f"{folder}: its {len(studies)} sub-folders do not make one study ({err.reason}); "
-            "give the folder of one study"
-        ) from None
-    s, t, h, w = subject.image.shape
-    geometry = {
-        k: subject.meta[k] for k in ("direction", "origin", "slice_gaps_mm") if k in subject.meta
-    }
-    return Study(
-        name=DICOM_NAME,
-        kind="dicom",
-        image=subject.image,
-        spacing=tuple(float(v) for v in subject.spacing),
-        affine=lps_to_nifti_affine(geometry["direction"], geometry["origin"], subject.spacing),
-        shape=(w, h, s, t) if t > 1 else (w, h, s),
-        geometry=geometry,
-        times=dicom_frame_times(subject.meta, t),
-        sources=frames,
-    )
-
-
-def lps_to_nifti_affine(
-    direction: Any, origin: Any, spacing: tuple[float, float, float]
-) -> np.ndarray:
-    """RAS affine (4, 4) of an (X=W, Y=H, Z=S) array from LPS direction rows [S, H, W], origin
-    and spacing (dz, dy, dx); an unknown dz (one slice) counts as 1 mm."""
-    d = np.asarray(direction, dtype=np.float64)
-    dz, dy, dx = (float(v) for v in spacing)
-    dz = dz if math.isfinite(dz) and dz > 0 else 1.0
-    affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2] = d[2] * dx, d[1] * dy, d[0] * dz
-    affine[:3, 3] = np.asarray(origin, dtype=np.float64)
-    affine[:2] *= -1.0  # LPS -> RAS: x and y change sign (the last row stays 0 0 0 1)
-    affine[3] = (0.0, 0.0, 0.0, 1.0)
-    return affine
-
-
-# --- preprocessing and its inverse -------------------------------------------------------------
 
 
 def prepare(study: Study, config: Any) -> Subject:
     """The study on the model's grid (uint8 (S, T, size, size)); meta records how to undo it."""
     subject = Subject(study.name, study.image, None, study.spacing, dict(study.geometry))
     return preprocess(subject, config)
-
-
-def restore_labels(pred: np.ndarray, meta: dict, num_classes: int) -> np.ndarray:
-    """Labels (S, T, size, size) on the model's grid -> (S, T, H, W) on the study's own grid.
-
-    Undoes, in reverse order, what data_shards.preprocess did: the crop window, the in-plane
-    resampling (per-class maps resampled, then argmax) and the reorientation (flips, transpose).
-    """
-    s, t, h0, w0 = meta["original_shape"]
-    orientation = meta.get("orientation")
-    plan = orientation if isinstance(orientation, dict) else {"transposed": False, "flipped": []}
-    oriented_hw = (w0, h0) if plan["transposed"] else (h0, w0)
-    crop = meta["crop"]
-    window = pred.reshape(s * t, *pred.shape[2:])
-    start, resampled = tuple(crop["box"][:2]), tuple(crop["resampled_shape"])
-    labels = _unresample(window, start, resampled, oriented_hw, num_classes)
-    labels = labels.reshape(s, t, *oriented_hw)
-    axes = {"S": 0, "H": 2, "W": 3}
-    for name in plan["flipped"]:  # flips were made after the transpose: undo them first
-        labels = np.flip(labels, axes[name])
-    if plan["transposed"]:
-        labels = labels.swapaxes(2, 3)
-    return np.ascontiguousarray(labels)
-
-
-def _unresample(
-    window: np.ndarray,
-    start: tuple[int, int],
-    resampled_hw: tuple[int, int],
-    native_hw: tuple[int, int],
-    num_classes: int,
-    chunk: int = 64,
-) -> np.ndarray:
-    """(N, size, size) labels of the crop window at ``start`` of the resampled grid -> (N, h, w)
-    native labels: every class's indicator map sampled bilinearly at the native pixel centres
-    (MONAI's and torch's convention: native pixel i sits at (i + 0.5) * h' / h - 0.5), then the
-    most likely class. Only native pixels near the window are computed; the rest is background.
-    """
-    n, size, _ = window.shape
-    out = np.zeros((n, *native_hw), dtype=np.uint8)
-    spans, coords = [], []
-    for a0, rn, hn in zip(start, resampled_hw, native_hw, strict=True):
-        # In pixels of the window padded by one background pixel; clamped like interpolation.
-        u = np.clip((np.arange(hn) + 0.5) * rn / hn - 0.5, 0, rn - 1) - (a0 - 1)
-        inside = np.nonzero((u >= 0) & (u <= size + 1))[0]  # u rises with i: one run
-        if not inside.size:
-            return out
-        spans.append(slice(int(inside[0]), int(inside[-1]) + 1))
-        coords.append(torch.from_numpy((2 * u[inside] + 1) / (size + 2) - 1).float())
-    gy, gx = torch.meshgrid(coords[0], coords[1], indexing="ij")
-    grid = torch.stack([gx, gy], dim=-1)[None]  # (1, h, w, 2): x then y, as grid_sample wants
-    padded = np.zeros((n, size + 2, size + 2), dtype=np.int64)
-    padded[:, 1:-1, 1:-1] = window
-    k = max(num_classes, int(window.max()) + 1)
-    for i in range(0, n, chunk):
-        x = torch.from_numpy(padded[i : i + chunk])
-        onehot = torch.nn.functional.one_hot(x, k).permute(0, 3, 1, 2).float()  # (n, K, .., ..)
-        maps = torch.nn.functional.grid_sample(
-            onehot, grid.expand(len(x), -1, -1, -1), mode="bilinear", align_corners=False
-        )
-        out[i : i + chunk, spans[0], spans[1]] = _argmax_classes(maps).numpy()
-    return out
-
-
-def _argmax_classes(maps: torch.Tensor) -> torch.Tensor:
-    """argmax over dim 1 of (N, K, H, W), class by class: torch's strided argmax is ~10x slower."""
-    best, index = maps[:, 0].clone(), torch.zeros(maps[:, 0].shape, dtype=torch.uint8)
-    for c in range(1, maps.shape[1]):
-        better = maps[:, c] > best  # ties keep the lower class, as argmax does
-        best = torch.where(better, maps[:, c], best)
-        index[better] = c
-    return index
 
 
 # --- volumes -----------------------------------------------------------------------------------
@@ -315,35 +113,6 @@ def _finite(value: float) -> float | None:
 
 
 # --- writing -----------------------------------------------------------------------------------
-
-
-def write_labels(study: Study, labels: np.ndarray, out: Path) -> Path:
-    """``<name>_seg.nii.gz``: labels (S, T, H, W) in the input's array shape and geometry.
-
-    A NIfTI input's header is copied as it is: pixdim, units, qform and sform with their codes.
-    Passing no affine keeps nibabel from rewriting them; an affine would set pixdim from its
-    column norms, and ACDC's release (unscaled affine, voxel size only in pixdim) would come
-    out 1 x 1 x 1 mm. A DICOM study gets the affine of its geometry, scaled by the spacing.
-    """
-    import nibabel as nib
-
-    data = labels.transpose(3, 2, 0, 1).reshape(study.shape)  # (W, H, S, T) = (X, Y, Z, T)
-    if study.header is not None:
-        header = study.header.copy()
-        header.set_data_dtype(np.uint8)
-        kind = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        image = kind(data, None, header=header)
-        image.header.set_slope_inter(1.0, 0.0)
-    else:
-        image = nib.Nifti1Image(data, study.affine)
-        image.header.set_xyzt_units("mm", "msec")
-        if study.times.ms is not None and len(study.times.ms) > 1:  # else pixdim[4] 1 "ms"
-            image.header["pixdim"][4] = float(np.median(np.diff(study.times.ms)))
-        image.set_qform(study.affine, code=1)
-        image.set_sform(study.affine, code=1)
-    path = out / f"{study.name}_seg.nii.gz"
-    nib.save(image, path)
-    return path
 
 
 def finite(value: Any) -> Any:

@@ -29,7 +29,8 @@ from PIL import Image
 from pydicom import config as pydicom_config
 
 from cmrfm.cli import main
-from cmrfm.predict import Predictor, predict, prepare, read_study
+from cmrfm.predict import Predictor, predict, prepare
+from cmrfm.study import read_study
 from data_shards.orientation import canonical_plan
 from data_shards.preprocess import preprocess
 from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject

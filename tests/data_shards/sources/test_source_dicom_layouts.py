@@ -53,8 +53,8 @@ from pydicom.uid import (
 )
 from rich.console import Console
 
-from cmrfm.predict import lps_to_nifti_affine
-from cmrfm.predict import read_study as predict_read_study
+from cmrfm.study import lps_to_nifti_affine
+from cmrfm.study import read_study as predict_read_study
 from data_shards.convert import QUARANTINE, convert
 from data_shards.preprocess import PreprocessConfig
 from data_shards.record import Subject
