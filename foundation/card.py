@@ -183,7 +183,7 @@ def _front_matter(
 
 
 def eval_results(rows: Sequence[Mapping[str, Any]], method: str = "pretrained") -> list[Any]:
-    """Few-shot summary rows (with ``dataset`` and ``split``, cmrfm.export) -> the Hub's
+    """Few-shot summary rows (with ``dataset`` and ``split``, cmrfm.card_facts) -> the Hub's
     EvalResult entries: mean Dice of segmenters fine-tuned from this backbone, one per N."""
     from huggingface_hub import EvalResult
 

@@ -11,7 +11,8 @@ from cmrfm.cli.errors import fail
 
 
 def _export(args: argparse.Namespace) -> None:
-    from cmrfm.export import export, read_metrics
+    from cmrfm.card_facts import read_metrics
+    from cmrfm.export import export
 
     onnx = args.onnx or args.int8
     if args.out is None:  # `export --onnx PACKAGE`: ONNX files into a fine-tuned package

@@ -19,17 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cmrfm.cli import main
-from cmrfm.export import (
-    TrainingCheckpoint,
-    export,
-    extract_backbone,
-    publish,
-)
+from cmrfm.export import export, extract_backbone, publish
 from cmrfm.strategies import DeepSpeed  # Lightning's, made to run on CPU too
 from data_shards.writer import write_manifest
 from foundation import CardiacViT, create_backbone, from_pretrained
 from foundation.card import DATASETS, LICENCE_NAME
 from foundation.hub import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, check_hub_folder
+from foundation.training_checkpoint import TrainingCheckpoint
 from foundation.vit import CONTEXT_EMBEDDINGS
 
 BACKBONE_KWARGS = {"patch_size": 8, "tubelet": 2, "depth": 2}
