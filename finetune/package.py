@@ -21,6 +21,7 @@ from foundation.card import (
     dataset_lines,
     dataset_names,
     licence,
+    metrics_lines,
     write_licence,
 )
 from foundation.names import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
@@ -349,7 +350,7 @@ def card_text(
         "",
         "## Metrics",
         "",
-        *(_table(dict(metrics), ("metric", "value")) if metrics else ["None reported."]),
+        *(metrics_lines(metrics) if metrics else ["None reported."]),
         "",
         "## Data licences and citations",
         "",

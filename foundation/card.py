@@ -306,7 +306,7 @@ def card_text(
     lines += ["", "## Few-shot segmentation", ""]
     lines += _fewshot_lines(fewshot) if fewshot else ["No few-shot benchmark was recorded."]
     lines += ["", "## Metrics", ""]
-    lines += _table(metrics.items(), ("metric", "value")) if metrics else ["None reported."]
+    lines += metrics_lines(metrics) if metrics else ["None reported."]
     lines += ["", "## Data licences and citations", "", *dataset_lines(datasets), ""]
     lines += ["## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
     lines += _limitations(datasets, pre, embeddings=not unet)
@@ -405,3 +405,41 @@ def _limitations(
     if SYNTHETIC in datasets:
         lines.append("- Part or all of the training data is a synthetic phantom, not real MRI.")
     return lines
+
+
+_AGREEMENT = ("n", "mae", "bias", "sd", "loa_low", "loa_high", "r")  # finetune.metrics' stats
+
+
+def metrics_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """--card-metrics as tables a reader takes in: an evaluate summary's Dice and HD95 by
+    structure (ED, ES, both), its clinical indices by agreement statistic, then any other
+    values; a plain mapping of a few values stays one two-column table."""
+    rest = dict(metrics)
+    structures = [k[len("dice_") :] for k in metrics
+                  if k.startswith("dice_") and f"{k}_ed" in metrics]  # fmt: skip
+    lines: list[str] = []
+    if structures:
+        lines += ["| structure | Dice ED | Dice ES | Dice | HD95 ED (mm) | HD95 ES (mm) | HD95 (mm) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for st in structures:
+            keys = [f"{m}_{st}{p}" for m in ("dice", "hd95") for p in ("_ed", "_es", "")]
+            lines.append(f"| {st} | " + " | ".join(_number(rest.pop(k, None)) for k in keys) + " |")
+        lines.append("")
+    indices = [k[: -len("_mae")] for k in metrics
+               if k.endswith("_mae") and all(f"{k[:-4]}_{s}" in metrics for s in _AGREEMENT)]  # fmt: skip
+    if indices:
+        lines += ["| index | " + " | ".join(_AGREEMENT) + " |", "|---|" + "---|" * len(_AGREEMENT)]
+        for index in indices:
+            cells = [_number(rest.pop(f"{index}_{s}")) for s in _AGREEMENT]
+            lines.append(f"| {index} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if rest:
+        lines += _table(rest.items(), ("metric", "value"))
+    return lines
+
+
+def _number(value: Any) -> str:
+    """A table cell: floats to 3 decimals, None and NaN as '–'."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else _cell(value)
