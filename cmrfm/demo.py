@@ -103,6 +103,11 @@ def run_demo(
     stage("evaluate")
     report = evaluate_checkpoint(ft_ckpt, str(shards), split="test")
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    stage("package")
+    from cmrfm.export import export  # the fine-tuned model as a folder `cmrfm predict` takes
+
+    export(ft_ckpt, out / "model", metrics=report["summary"], overwrite=True)
+    console.print(f"model: {out / 'model'} (cmrfm predict STUDY --model {out / 'model'} --out DIR)")
     stage("figures")
     draw_figures(pre_ckpt, ft_ckpt, str(shards), out, seed)
     timings["end"] = time.perf_counter()
@@ -208,6 +213,11 @@ def write_markdown(
         "## Segmentation at ED and ES: ground truth and prediction",
         "",
         "![segmentation](segmentation.png)",
+        "",
+        "## Your own study",
+        "",
+        "The fine-tuned model is saved as a package in `model/`:",
+        "`cmrfm predict STUDY.nii.gz --model model --out results` (or a DICOM folder).",
         "",
     ]
     path.write_text("\n".join(lines))

@@ -160,7 +160,8 @@ def export_finetuned(
         facts["labelled_subjects"], facts["seed"] = dm.get("labels"), dm.get("seed")
     save_finetuned(
         model, out, preprocess=pre, frames=int(frames), task=task, training=facts,
-        metrics=metrics, datasets=data["datasets"], init_args=args, class_path=class_path,
+        metrics=metrics, datasets=data["datasets"], class_path=class_path,
+        init_args=hparams,  # with `pretrained`: the package's lineage (base_model); not reloaded
     )  # fmt: skip
     reloaded, _ = load_finetuned(out)  # the folder must give back exactly these weights
     mine = model.state_dict()

@@ -70,3 +70,29 @@ def test_chain_runs_on_real_acdc(tmp_path: Path) -> None:
     report = run_demo(tmp_path, data=SHARED_ACDC, quick=True, labels=2)
     assert report["summary"]["n_subjects"] >= 1
     assert 0.0 <= report["summary"]["dice_mean"] <= 1.0
+
+
+def test_the_demo_saves_a_package_that_predict_segments_a_study_with(
+    demo: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """The fine-tuned model as a folder: the same weights as the fine-tuning checkpoint, its
+    lineage the demo's pretraining, and `cmrfm predict` takes it."""
+    import nibabel as nib
+    import numpy as np
+
+    from cmrfm.predict import predict
+    from finetune.package import load_finetuned
+
+    out, _ = demo
+    model, config = load_finetuned(out / "model")
+    finetuned = read_checkpoint(out / "finetune" / "last.ckpt")["state_dict"]
+    assert all(torch.equal(v, finetuned[k]) for k, v in model.state_dict().items())
+    assert config["base_model"]["source"] == str(out / "pretrain" / "last.ckpt")
+    assert "cmrfm predict" in (out / "report.md").read_text()
+    study = tmp_path / "phantom.nii.gz"
+    image = np.random.default_rng(0).random((48, 48, 3, 8)).astype(np.float32)  # (X, Y, Z, T)
+    nib.save(nib.Nifti1Image(image * 400, np.diag([3.0, 3.0, 8.0, 1.0])), study)
+    volumes = predict(study, out / "model", tmp_path / "pred")
+    assert (
+        volumes["shape_stwh"] == [3, 8, 48, 48] and (tmp_path / "pred" / "volumes.json").is_file()
+    )
