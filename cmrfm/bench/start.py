@@ -39,17 +39,17 @@ def timed_run(command: list[str], marker: str | None = None) -> dict[str, float 
     RuntimeError with its last error line."""
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     begin = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # stderr joins stdout: one pipe read to the end cannot fill and stall the other
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)  # fmt: skip
-    seen = None
+    seen, last = None, "no message"
     for line in proc.stdout:  # type: ignore[union-attr]
         if seen is None and marker is not None and line.startswith(marker):
             seen = time.perf_counter() - begin
-    err = proc.stderr.read()  # type: ignore[union-attr]
+        last = line.strip() or last
     code = proc.wait()
     total = time.perf_counter() - begin
     if code != 0:
-        last = (err.strip().splitlines() or ["no message"])[-1]
         raise RuntimeError(f"{' '.join(command[-3:])} exited {code}: {last}")
     return {"start": seen, "total": total}
 
