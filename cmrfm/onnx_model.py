@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from cmrfm_io.files import sha256_file, usual_permissions, write_json_atomic
+from foundation.names import CONFIG_NAME, WEIGHTS_NAME
 
 ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -79,7 +80,7 @@ def export_onnx(
             f"{folder}: a {config['task']!r} model; --onnx exports segmenters ('seg') only"
         )
     frames, size = int(config["frames"]), int(config["preprocess"]["size"])
-    weights = sha256_file(folder / "model.safetensors")
+    weights = sha256_file(folder / WEIGHTS_NAME)
     path = folder / ONNX_NAME
     start = time.perf_counter()
     _trace_to_onnx(model, (1, 1, frames, size, size), path)
@@ -112,7 +113,7 @@ def export_onnx(
         (folder / INT8_NAME).unlink(missing_ok=True)  # quantised from other weights: stale
         del records[INT8_NAME]
     config[CONFIG_KEY] = records
-    write_json_atomic(folder / "config.json", config)
+    write_json_atomic(folder / CONFIG_NAME, config)
     return records
 
 
@@ -300,7 +301,7 @@ def load_onnx(
             f"{path}: sha256 differs from config.json's record (changed after the export); "
             f"run `cmrfm export {flag} {folder}` again"
         )
-    if sha256_file(folder / "model.safetensors") != record.get("weights_sha256"):
+    if sha256_file(folder / WEIGHTS_NAME) != record.get("weights_sha256"):
         raise ValueError(
             f"{path}: exported from other weights than {folder / 'model.safetensors'}; run "
             f"`cmrfm export {flag} {folder}` again"

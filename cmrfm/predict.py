@@ -37,6 +37,7 @@ from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
 from data_shards.restore import restore_labels
 from data_shards.volumes import volumes_ml
 from finetune.metrics import clinical_indices, scar_extent
+from foundation.names import CONFIG_NAME
 
 CSV_FIELDS = ("ventricle", "edv_ml", "esv_ml", "sv_ml", "ef_percent", "mass_g", "ed_frame", "es_frame")  # fmt: skip
 
@@ -193,7 +194,7 @@ class Predictor:
             raise ValueError(
                 f"{model_dir}: a {config['task']!r} model; predict needs a 'seg' model"
             )
-        pre = preprocess_config(config["preprocess"], str(Path(model_dir) / "config.json"))
+        pre = preprocess_config(config["preprocess"], str(Path(model_dir) / CONFIG_NAME))
         num_classes = len(config.get("classes") or []) or 4
         return cls(
             Path(model_dir), config, pre, int(frames or config["frames"]), num_classes,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from foundation.names import CONFIG_NAME
+
 _HERE = Path(__file__).resolve().parent
 
 
@@ -72,7 +74,7 @@ def model_path(name: str) -> Path:
             message names the folder and the way around it.
     """
     path = MODELS / name
-    if not (path / "config.json").is_file():
+    if not (path / CONFIG_NAME).is_file():
         released = sorted(p.parent.name for p in MODELS.glob("*/config.json"))
         raise FileNotFoundError(
             f"no released model {name!r} in {MODELS} (released: {', '.join(released) or 'none'}); "

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from cmrfm.bench.machine import load_average, torch_threads
 from cmrfm.bench.results import machine_caption, ratio_cell, show_and_write
+from foundation.names import CONFIG_NAME, WEIGHTS_NAME
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 DEFAULT_ARCHS = ("unet", "light")
@@ -144,7 +145,7 @@ def copy_package(source: Path, folder: Path) -> Path:
 
     read_package_config(source)  # errors name the folder
     folder.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors"):
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
         shutil.copy2(source / name, folder / name)
     return folder
 
@@ -193,7 +194,7 @@ def measure_package(
     base_wall, base_cpu = float(np.mean(seconds["torch"])), float(np.mean(cpu["torch"]))
     rows = []
     for runtime in RUNTIMES:
-        file = folder / (FILES[runtime] or "model.safetensors")
+        file = folder / (FILES[runtime] or WEIGHTS_NAME)
         wall, cpu_s = float(np.mean(seconds[runtime])), float(np.mean(cpu[runtime]))
         rows.append({
             "package": name,
