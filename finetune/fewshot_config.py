@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 TASKS = ("seg", "ef", "cls")
 
@@ -68,10 +69,10 @@ class FewShotConfig:
     predictions "from_seg" and "radiomics" use (trained here when absent).
     """
 
-    task: str = "seg"
+    task: Literal["seg", "ef", "cls"] = "seg"
     shards: str = "runs/real/acdc"
     out: str = "runs/fewshot/seg"
-    labels: list[str] = field(default_factory=lambda: ["1", "2", "5", "10", "20", "all"])
+    labels: list[int | Literal["all"]] = field(default_factory=lambda: [1, 2, 5, 10, 20, "all"])
     seeds: int = 3
     methods: list[str] | None = None
     pretrained: str | None = None
@@ -149,17 +150,36 @@ class FewShotConfig:
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> FewShotConfig:
-    """FewShotConfig from a YAML file (keys = its fields) with command-line values on top."""
-    import yaml
+    """FewShotConfig from a YAML file (keys = its fields) with command-line values on top, read by
+    jsonargparse as LightningCLI reads the training configs: each value is checked against its
+    field's type, and a wrong key or value is named in one line with the file."""
+    import difflib
 
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    where = str(path) if path is not None else "options"
     values: dict[str, Any] = {}
     if path is not None:
         values = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: a few-shot config is a mapping of FewShotConfig fields")
+            raise ValueError(f"{where}: a few-shot config is a mapping of FewShotConfig fields")
     values |= {k: v for k, v in overrides.items() if v is not None}
-    known = FewShotConfig.__dataclass_fields__
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{path or 'options'}: unknown keys {unknown}; known: {', '.join(known)}")
-    return FewShotConfig(**values)
+    known = list(FewShotConfig.__dataclass_fields__)
+    for key in values:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(known)}"
+            raise ValueError(f"{where}: unknown key {key!r}; {hint}")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(FewShotConfig, "fewshot", fail_untyped=True)
+    try:
+        parsed = parser.parse_object({"fewshot": values})
+    except argparse.ArgumentError as error:  # a value of the wrong type: the key and the value
+        raise ValueError(
+            f"{where}: " + " ".join(str(error).replace("fewshot.", "").split())
+        ) from None
+    try:
+        return parser.instantiate(parsed).fewshot  # __post_init__ checks what types cannot
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None

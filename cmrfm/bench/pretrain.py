@@ -19,7 +19,7 @@ All runs take turns in rounds (A B C, C B A, ...), so drifting machine load reac
 FLOPs per step (forward + backward: matmuls, convolutions, attention) are counted once per mask
 ratio on an eager model (``foundation.flops``); MFU = FLOPs/step x steps/s / peak.
 
-This module holds the options and the entry point; the cases are in ``pretrain_cases``, the
+This module holds the entry point (the options are in ``pretrain_options``); the cases are in ``pretrain_cases``, the
 timed runs in ``pretrain_runs``, the rows, ratios and tables in ``pretrain_report``.
 """
 
@@ -36,6 +36,7 @@ from rich.console import Console
 
 from cmrfm.bench.machine import load_average, torch_threads
 from cmrfm.bench.pretrain_cases import PRECISIONS, STRATEGIES, Setup, plan
+from cmrfm.bench.pretrain_options import DEFAULTS, PRESETS, resolve_options
 from cmrfm.bench.pretrain_report import (
     compare,
     comparisons_table,
@@ -48,53 +49,7 @@ from cmrfm.bench.results import show_and_write
 from foundation.flops import peak_tflops
 
 H100_BF16_TFLOPS = 989.0  # dense, no sparsity: the MFU peak on an unknown CUDA card
-# Model and batch settings, and what --preset changes; explicit options override both.
-DEFAULTS: dict[str, Any] = {
-    "backbone": "cmr_vit_test",
-    "frames": 4,
-    "size": 32,
-    "patch": 8,
-    "tubelet": 2,
-    "batch": 8,
-    "steps": 20,
-    "warmup": 3,
-    "mask": 0.9,
-    "precision": "32-true",
-    "decoder_dim": 32,
-    "decoder_depth": 1,
-    "decoder_heads": 2,
-}
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {},
-    # ViT-B on 16 x 128 x 128 clips with the decoder of configs/pretrain_mae_deepspeed2.yaml;
-    # more warm-up: compilation and the cuDNN/cuBLAS autotuning settle in the first steps.
-    "h100": {
-        "backbone": "cmr_vit_base",
-        "frames": 16,
-        "size": 128,
-        "patch": 16,
-        "tubelet": 2,
-        "batch": 64,
-        "steps": 30,
-        "warmup": 10,
-        "mask": 0.9,
-        "precision": "bf16-mixed",
-        "decoder_dim": 384,
-        "decoder_depth": 4,
-        "decoder_heads": 6,
-    },
-}
-
-
-def resolve_options(preset: str | None = None, **given: Any) -> dict[str, Any]:
-    """DEFAULTS, then the preset's values, then every option in ``given`` that is not None."""
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown options {unknown}; known: {sorted(DEFAULTS)}")
-    chosen = {k: v for k, v in given.items() if v is not None}
-    return {**DEFAULTS, **PRESETS.get(preset or "cpu", {}), **chosen}
+__all__ = ["DEFAULTS", "PRESETS", "bench_pretrain", "resolve_options"]
 
 
 def bench_pretrain(

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cmrfm import CONFIGS, __version__
-from cmrfm.cli.bench import BENCH_PRETRAIN_OPTIONS, add_bench
+from cmrfm.cli.bench import add_bench
 from cmrfm.cli.data import add_inspect, add_shard
 from cmrfm.cli.errors import USER_ERRORS, UsageError, fail
 from cmrfm.cli.hub import add_export, add_publish
@@ -26,7 +26,6 @@ from cmrfm.shipped import config_args
 
 # Imported from here by tests and scripts: `from cmrfm.cli import main, fail, UsageError, ...`.
 __all__ = [
-    "BENCH_PRETRAIN_OPTIONS",
     "TRAINING",
     "USER_ERRORS",
     "UsageError",

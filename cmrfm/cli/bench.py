@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from pathlib import Path
 
+from cmrfm.bench.pretrain_options import PRESETS, PretrainBenchOptions
 from cmrfm.cli.args import _patch_sizes, _worker_counts
 from cmrfm.cli.errors import fail
 
@@ -32,7 +35,7 @@ def _bench_pretrain(args: argparse.Namespace) -> None:
     from cmrfm.bench.pretrain import bench_pretrain, resolve_options
 
     try:
-        given = {name: getattr(args, name) for name in BENCH_PRETRAIN_OPTIONS}
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainBenchOptions)}
         options = resolve_options(args.preset, **given)
         bench_pretrain(
             **options,
@@ -108,12 +111,18 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     _add_bench_start(group)
 
 
-# `bench pretrain` options a --preset sets (cmrfm.bench.pretrain.DEFAULTS; not imported here:
-# it loads torch, which `cmrfm --help` should not wait for).
-BENCH_PRETRAIN_OPTIONS = {"backbone": str, "frames": int, "size": int, "patch": int,
-                          "tubelet": int, "batch": int, "steps": int, "warmup": int,
-                          "mask": float, "precision": str, "decoder_dim": int,
-                          "decoder_depth": int, "decoder_heads": int}  # fmt: skip
+def _add_options(p: argparse.ArgumentParser, options: type, presets: dict[str, object]) -> None:
+    """A flag per field of the dataclass ``options``, typed by its annotation, default None (the
+    preset's value); the help gives each preset's value."""
+    hints = typing.get_type_hints(options)
+    for f in dataclasses.fields(options):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        values = ", ".join(f"{name} {getattr(preset, f.name)}" for name, preset in presets.items())
+        if typing.get_origin(kind) is typing.Literal:
+            p.add_argument(flag, choices=typing.get_args(kind), default=None, help=values)
+        else:
+            p.add_argument(flag, type=kind, default=None, help=values)
 
 
 def _add_bench_pretrain(group: argparse._SubParsersAction) -> None:
@@ -126,15 +135,10 @@ def _add_bench_pretrain(group: argparse._SubParsersAction) -> None:
         "--preset",
         choices=["cpu", "h100"],
         default=None,
-        help="cpu (default): cmr_vit_test, 4x32x32 clips, patch 8, batch 8, 32-true; h100: "
-        "ViT-B, 16x128x128, patch 16, batch 64, bf16-mixed; the options below override it",
+        help="the model and batch (default cpu: a test ViT on 4x32x32 clips; h100: ViT-B on "
+        "16x128x128, bf16-mixed); the options below override it",
     )
-    for name, kind in BENCH_PRETRAIN_OPTIONS.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "precision":
-            p.add_argument(flag, choices=["32-true", "bf16-mixed"], default=None)
-        else:
-            p.add_argument(flag, type=kind, default=None)
+    _add_options(p, PretrainBenchOptions, PRESETS)
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

@@ -38,8 +38,22 @@ def test_yaml_keys_map_onto_the_config_and_flags_win(tmp_path: Path):
     path.write_text("task: seg\nlabels: [1, all]\nmethods: [unet]\nbudget_s: 5\n")
     cfg = load_config(path, {"budget_s": 2.0, "seeds": None})
     assert cfg.labels == ["1", "all"] and cfg.budget_s == 2.0 and cfg.seeds == 3
-    path.write_text("task: seg\nmethods: [unet]\nepochs: 3\n")
-    with pytest.raises(ValueError, match="epochs"):
+    path.write_text("task: seg\nmethods: [unet]\nsedes: 3\n")
+    with pytest.raises(ValueError, match=r"c.yaml: unknown key 'sedes'; did you mean 'seeds'"):
+        load_config(path, {})
+
+
+def test_yaml_values_are_checked_against_the_field_types(tmp_path: Path):
+    # jsonargparse reads the file as LightningCLI reads the training configs.
+    path = tmp_path / "c.yaml"
+    for text, key in [("seeds: three", "seeds"), ("labels: [1, al]", "labels"),
+                      ("task: sag", "task"), ("steps: 1.5", "steps")]:  # fmt: skip
+        path.write_text(f"methods: [unet]\n{text}\n")
+        with pytest.raises(ValueError, match=rf'c.yaml: .*"{key}"') as error:
+            load_config(path, {})
+        assert "\n" not in str(error.value)  # one line for the terminal
+    path.write_text("methods: [unet]\nseeds: 0\n")  # the right type, a value that cannot run
+    with pytest.raises(ValueError, match=r"c.yaml: seeds must be >= 1"):
         load_config(path, {})
 
 

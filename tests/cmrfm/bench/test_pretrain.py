@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from rich.console import Console
 from cmrfm.bench import pretrain as bp
 from cmrfm.bench import pretrain_runs
 from cmrfm.bench.pretrain_cases import PRECISIONS
-from cmrfm.cli import BENCH_PRETRAIN_OPTIONS, build_parser, main
+from cmrfm.cli import build_parser, main
 
 TINY = {"backbone": "cmr_vit_test", "frames": 4, "size": 16, "patch": 8, "tubelet": 2, "batch": 2,
         "steps": 2, "warmup": 1, "mask": 0.9, "decoder_dim": 16, "decoder_depth": 1,
@@ -146,21 +147,28 @@ def test_h100_preset_is_vit_b_on_16x128x128_and_explicit_options_win() -> None:
              "mask": 0.9, "precision": "bf16-mixed"}  # fmt: skip
     assert {k: options[k] for k in vit_b} == vit_b
     assert options["batch"] == 16  # given
-    assert options["steps"] == bp.PRESETS["h100"]["steps"]  # None: not given
+    assert options["steps"] == bp.PRESETS["h100"].steps  # None: not given
     assert bp.resolve_options() == bp.DEFAULTS
     with pytest.raises(ValueError, match="unknown preset"):
         bp.resolve_options("tpu")
 
 
-def test_cli_options_are_the_benchmarks() -> None:
-    # The CLI lists them without importing the benchmark (torch): they must not drift apart.
-    assert set(BENCH_PRETRAIN_OPTIONS) == set(bp.DEFAULTS)
+def test_cli_flags_are_the_option_fields_and_reach_the_benchmark() -> None:
+    # The flags are built from PretrainBenchOptions' fields and types: none is copied by hand.
     parser = build_parser()
     for preset in bp.PRESETS:
         assert parser.parse_args(["bench", "pretrain", "--preset", preset]).preset == preset
     for precision in PRECISIONS:
         args = parser.parse_args(["bench", "pretrain", "--precision", precision, "--batch", "4"])
         assert (args.precision, args.batch, args.frames) == (precision, 4, None)
+    args = parser.parse_args(["bench", "pretrain", "--decoder-dim", "48", "--mask", "0.75"])
+    given = {name: getattr(args, name) for name in bp.DEFAULTS}
+    assert bp.resolve_options("h100", **given) == {**asdict(bp.PRESETS["h100"]), "decoder_dim": 48,
+                                                   "mask": 0.75}  # fmt: skip
+    with pytest.raises(SystemExit):  # an int field refuses text: typed by the annotation
+        parser.parse_args(["bench", "pretrain", "--frames", "four"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "pretrain", "--precision", "16-mixed"])
 
 
 def test_cli_runs_the_benchmark_with_its_options(tmp_path: Path, capsys) -> None:
