@@ -102,7 +102,7 @@ def usable_times(times: FrameTimes, n_frames: int) -> tuple[np.ndarray | None, s
     return ms, None
 
 
-def choose_frames(lv_ml: np.ndarray, ed: int | None = None, es: int | None = None) -> dict:
+def choose_phases(lv_ml: np.ndarray, ed: int | None = None, es: int | None = None) -> dict:
     """ED and ES of an LV volume curve (T,) in ml: the given frames, else those of largest and
     smallest LV volume. Returns {ed, es, ed_from, es_from}; ValueError for a frame not in 0..T-1.
     """
@@ -165,12 +165,12 @@ def curve_ejection_fraction(volume_ml: np.ndarray) -> float | None:
 
 
 def cycle_summary(
-    lv_ml: np.ndarray, times: FrameTimes, frames: dict
+    lv_ml: np.ndarray, times: FrameTimes, phases: dict
 ) -> tuple[dict, dict[str, str]]:
     """The "cycle" block of volumes.json for an LV curve (T,) in ml, and the reason for each of
     its outputs that is None (keyed ``cycle.<name>``).
 
-    frames: {ed, es} as chosen (`choose_frames`). The block holds time_ms (T,) and times_from,
+    phases: {ed, es} frame indices as chosen (`choose_phases`). The block holds time_ms (T,) and times_from,
     periodic, lv_ef_percent (from the curve's extremes), lv_dvdt_ml_s (T,), PER and PFR with
     their frames, and rate_method (how the rates are, or would be, found).
     """
@@ -206,7 +206,7 @@ def cycle_summary(
     if rate_reason is None:
         rate = volume_rate(lv, ms, times.periodic)
         block["lv_dvdt_ml_s"] = rate.tolist()
-        block |= peak_rates(rate, frames["ed"], frames["es"], times.periodic)
+        block |= peak_rates(rate, phases["ed"], phases["es"], times.periodic)
     else:
         why |= dict.fromkeys(rate_keys, rate_reason)
     if curve_reason is not None:
@@ -214,14 +214,14 @@ def cycle_summary(
     return block, {f"cycle.{k}": v for k, v in why.items()}
 
 
-def curve_rows(per_frame_ml: dict[str, list[float]], cycle: dict, frames: dict) -> list[dict]:
+def curve_rows(per_frame_ml: dict[str, list[float]], cycle: dict, phases: dict) -> list[dict]:
     """curves.csv: one row per frame with frame, time_ms, lv_ml, rv_ml, myo_ml, lv_dvdt_ml_s and
     phase (ED, ES, "ED ES" or empty); unknown values empty."""
     n = len(per_frame_ml["lv"])
     times, rate = cycle["time_ms"] or [None] * n, cycle["lv_dvdt_ml_s"] or [None] * n
     rows = []
     for f in range(n):
-        phase = " ".join(p for p in ("ED", "ES") if frames[p.lower()] == f)
+        phase = " ".join(p for p in ("ED", "ES") if phases[p.lower()] == f)
         rows.append({
             "frame": f, "time_ms": times[f], "lv_ml": per_frame_ml["lv"][f],
             "rv_ml": per_frame_ml["rv"][f], "myo_ml": per_frame_ml["myo"][f],

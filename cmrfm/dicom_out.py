@@ -68,7 +68,7 @@ def write_dicom_outputs(
         return
     from data_shards.sources.dicom_frames import quiet_pydicom
 
-    phases = _phases(volumes["frames"], labels.shape[1])
+    phases = _phases(volumes["phases"], labels.shape[1])
     # pydicom's warnings and highdicom's log lines quote values (UIDs) from the headers
     with quiet_pydicom(), _quiet_highdicom():
         missing = missing_references(study.sources)
@@ -123,12 +123,12 @@ def _quiet_highdicom() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _phases(frames: dict[str, Any], n_frames: int) -> dict[str, int]:
+def _phases(chosen: dict[str, Any], n_frames: int) -> dict[str, int]:
     """The frames to segment, by name: ED and ES of a cine (ED alone if they coincide), the one
     frame of a single-frame study (LGE)."""
     if n_frames == 1:
         return {"single frame": 0}
-    ed, es = int(frames["ed"]), int(frames["es"])
+    ed, es = int(chosen["ed"]), int(chosen["es"])
     return {"ED": ed} if es == ed else {"ED": ed, "ES": es}
 
 

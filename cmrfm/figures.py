@@ -88,7 +88,7 @@ def write_overlay(
     image: np.ndarray,
     labels: np.ndarray,
     spacing: tuple,
-    frames: dict,
+    phases: dict,
     path: Path,
     alerts: list[str] | None = None,
 ) -> Path:
@@ -96,30 +96,30 @@ def write_overlay(
     column per slice; image (S, T, H, W) with labels (S, T, H, W) over it, cut to the segmented
     region (plus a margin) so the heart fills the tiles. alerts (the failed quality checks) are
     printed in red under the tiles."""
-    phases = [("ED", frames["ed"]), ("ES", frames["es"])]
-    if frames["ed"] == frames["es"]:  # one frame (or no contraction found): one row
-        phases = [("frame", frames["ed"])]
+    picked = [("ED", phases["ed"]), ("ES", phases["es"])]
+    if phases["ed"] == phases["es"]:  # one frame (or no contraction found): one row
+        picked = [("frame", phases["ed"])]
     ys, xs = _box(labels)
-    shown = image[:, [f for _, f in phases]][:, :, ys, xs]
+    shown = image[:, [f for _, f in picked]][:, :, ys, xs]
     window = tuple(float(v) for v in np.percentile(shown, (1, 99)))  # one grey scale for all tiles
     rows = []
-    for _, f in phases:
+    for _, f in picked:
         tiles = [
             _tile(image[z, f, ys, xs], labels[z, f, ys, xs], window) for z in range(image.shape[0])
         ]
         rows.append(np.concatenate(tiles, axis=1))
-    sheet = np.concatenate(rows, axis=0)  # (phases h, S w, 3)
+    sheet = np.concatenate(rows, axis=0)  # (rows h, S w, 3)
     h, w = ys.stop - ys.start, xs.stop - xs.start
     aspect = float(spacing[1]) / float(spacing[2]) if all(map(math.isfinite, spacing[1:])) else 1.0
     n = image.shape[0]
     fig_w = min(24.0, 1.6 * n + 0.8)
-    fig_h = fig_w * (len(phases) * h * aspect) / (n * w) + 0.6
+    fig_h = fig_w * (len(picked) * h * aspect) / (n * w) + 0.6
     fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
     ax.imshow(sheet, aspect=aspect, interpolation="nearest")
     ax.set_xticks([(z + 0.5) * w for z in range(n)], [str(z) for z in range(n)], fontsize=7)
     ax.set_yticks(
-        [(r + 0.5) * h for r in range(len(phases))],
-        [f"{p} {f}" if p == "frame" else f"{p} (frame {f})" for p, f in phases],
+        [(r + 0.5) * h for r in range(len(picked))],
+        [f"{p} {f}" if p == "frame" else f"{p} (frame {f})" for p, f in picked],
     )
     ax.set_xlabel("slice")
     ax.tick_params(length=0)
@@ -167,12 +167,13 @@ def _tile(
 
 
 def cycle_figure(
-    per_frame_ml: dict[str, list[float]], cycle: dict, frames: dict, path: Path
+    per_frame_ml: dict[str, list[float]], cycle: dict, phases: dict, path: Path
 ) -> Path:
     """`cmrfm predict`'s curves.png: LV and RV volume (ml) against time (ms; frame number when
     the times are unknown), ED and ES marked, the curve's EF, PER and PFR in the title.
 
-    per_frame_ml: {lv, rv} (T,) ml; cycle: volumes.json's "cycle" block; frames: {ed, es}.
+    per_frame_ml: {lv, rv} (T,) ml; cycle: volumes.json's "cycle" block; phases: {ed, es}
+    frame indices.
     """
     n = len(per_frame_ml["lv"])
     x = np.asarray(cycle["time_ms"] if cycle["time_ms"] is not None else range(n), dtype=float)
@@ -181,7 +182,7 @@ def cycle_figure(
         colour = OVERLAY_COLOURS[LV if side == "lv" else RV]
         ax.plot(x, per_frame_ml[side], "o-", color=colour, ms=3, label=side.upper())
     for phase, style in (("ed", "--"), ("es", ":")):
-        f = frames[phase]
+        f = phases[phase]
         ax.axvline(x[f], color="0.3", ls=style, lw=1)
         ax.annotate(f"{phase.upper()} ({f})", (x[f], 1.0), xycoords=("data", "axes fraction"),
                     xytext=(3, -12), textcoords="offset points", fontsize=8)  # fmt: skip

@@ -26,7 +26,7 @@ import torch
 
 from cmrfm.cycle import (
     CURVE_FIELDS,
-    choose_frames,
+    choose_phases,
     curve_rows,
     cycle_summary,
 )
@@ -61,13 +61,13 @@ def ventricular_volumes(
     curves (ml per frame) and the reason for each index that is None (``unavailable``).
 
     ED and ES default to the frames of largest and smallest LV cavity volume
-    (`cmrfm.cycle.choose_frames`); with one frame both are that frame, and SV and EF are
+    (`cmrfm.cycle.choose_phases`); with one frame both are that frame, and SV and EF are
     undefined (None).
     """
     t = labels.shape[1]
     lv, rv = volumes_ml(labels, spacing, LV), volumes_ml(labels, spacing, RV)
     myo = volumes_ml(labels, spacing, MYO)
-    chosen = choose_frames(lv, ed, es)  # ValueError for a frame outside the study
+    chosen = choose_phases(lv, ed, es)  # ValueError for a frame outside the study
     if ed is not None or es is not None:
         rule = "given"
     elif t == 1:
@@ -93,7 +93,7 @@ def ventricular_volumes(
         return values
 
     return {
-        "frames": {**chosen, "n_frames": t, "rule": rule},
+        "phases": {**chosen, "n_frames": t, "rule": rule},
         "lv": {**indices("lv"), "mass_g": found["lv_mass"]},
         "rv": indices("rv"),
         "per_frame_ml": {"lv": lv.tolist(), "myo": myo.tolist(), "rv": rv.tolist()},
@@ -135,19 +135,19 @@ def write_volumes(volumes: dict[str, Any], out: Path) -> tuple[Path, Path, Path]
         out / n for n in ("volumes.json", "volumes.csv", "curves.csv")
     )
     json_path.write_text(json.dumps(finite(volumes), indent=1, allow_nan=False) + "\n")
-    frames = volumes["frames"]
+    phases = volumes["phases"]
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
         writer.writeheader()
         for ventricle in ("lv", "rv"):
             row = {k: volumes[ventricle].get(k) for k in CSV_FIELDS[1:6]}
             writer.writerow(
-                {"ventricle": ventricle, **row, "ed_frame": frames["ed"], "es_frame": frames["es"]}
+                {"ventricle": ventricle, **row, "ed_frame": phases["ed"], "es_frame": phases["es"]}
             )
     with curves_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, CURVE_FIELDS)
         writer.writeheader()
-        writer.writerows(curve_rows(volumes["per_frame_ml"], volumes["cycle"], frames))
+        writer.writerows(curve_rows(volumes["per_frame_ml"], volumes["cycle"], phases))
     return json_path, csv_path, curves_path
 
 
@@ -259,7 +259,7 @@ def predict(
     seg_path = write_labels(study, labels, out)
     found = ventricular_volumes(labels, study.spacing, ed, es)
     unavailable = found.pop("unavailable")
-    cycle, missing = cycle_summary(found["per_frame_ml"]["lv"], study.times, found["frames"])
+    cycle, missing = cycle_summary(found["per_frame_ml"]["lv"], study.times, found["phases"])
     volumes = {
         "study": study.name,
         "input": study.kind,
@@ -276,17 +276,17 @@ def predict(
         "label_file": seg_path.name,
     }
     if loaded.num_classes > INFARCT:
-        volumes["scar"] = scar_volumes(labels, study.spacing, volumes["frames"]["ed"])
+        volumes["scar"] = scar_volumes(labels, study.spacing, volumes["phases"]["ed"])
     gaps = study.geometry.get("slice_gaps_mm")
     volumes["quality"] = quality_report(
-        labels, study.spacing, volumes["frames"], volumes, entropy, gaps
+        labels, study.spacing, volumes["phases"], volumes, entropy, gaps
     )
     alerts = [c["message"] for c in volumes["quality"]["checks"] if c["passed"] is False]
     write_overlay(
-        study.image, labels, study.spacing, volumes["frames"], out / "overlay.png", alerts
+        study.image, labels, study.spacing, volumes["phases"], out / "overlay.png", alerts
     )
     if labels.shape[1] > 1:
-        cycle_figure(volumes["per_frame_ml"], cycle, volumes["frames"], out / "curves.png")
+        cycle_figure(volumes["per_frame_ml"], cycle, volumes["phases"], out / "curves.png")
     else:
         unavailable["curves.png"] = "one frame: no curve to plot"
     if study.geometry_note:  # the label map still gets the file's own header

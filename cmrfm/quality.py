@@ -40,16 +40,16 @@ def check(name: str, passed: bool | None, message: str, **evidence: Any) -> dict
 def quality_report(
     labels: np.ndarray,
     spacing: Sequence[float],
-    frames: Mapping[str, int],
+    phases: Mapping[str, int],
     volumes: Mapping[str, Mapping[str, Any]],
     entropy: np.ndarray | None = None,
     slice_gaps_mm: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Every check on labels (S, T, H, W) with spacing (dz, dy, dx) mm, the ED/ES frames,
+    """Every check on labels (S, T, H, W) with spacing (dz, dy, dx) mm, phases {ed, es} (frame indices),
     volumes {"lv": {...}, "rv": {...}} as ventricular_volumes gives them, the model's mean
     normalised entropy per (slice, frame) (S, T) and the gaps between neighbouring slices
     (from DICOM positions) when known. ``passed`` is False when any check failed."""
-    ed, es = int(frames["ed"]), int(frames["es"])
+    ed, es = int(phases["ed"]), int(phases["es"])
     checks = [
         lv_coverage(labels[:, ed]),
         slice_alignment(labels[:, ed], spacing),

@@ -103,9 +103,9 @@ def score_subject(pred: np.ndarray, subject: dict, num_classes: int) -> dict:
     label, meta = subject["label"], subject["meta"]
     spacing = known_spacing(meta.get("spacing"))
     ed, es = int(meta["ed"]), int(meta["es"])
-    frames = {"ed": ed} if ed == es else {"ed": ed, "es": es}
+    phases = {"ed": ed} if ed == es else {"ed": ed, "es": es}
     row: dict = {"subject": subject["key"], "group": meta.get("group")}
-    for phase, f in frames.items():
+    for phase, f in phases.items():
         if not (label[:, f] != IGNORE).any():
             continue  # no ground truth at this phase
         p, t = pred[:, f], label[:, f]

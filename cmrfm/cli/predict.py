@@ -54,7 +54,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _print_volumes(volumes: dict, out: Path, seconds: float) -> None:
-    lv, rv, f = volumes["lv"], volumes["rv"], volumes["frames"]
+    lv, rv, f = volumes["lv"], volumes["rv"], volumes["phases"]
 
     def show(value: float | None, unit: str) -> str:
         return "n/a" if value is None else f"{value:.1f}{unit}"

@@ -48,7 +48,7 @@ MODALITIES = ("cine", "lge")
 
 @dataclass
 class _Plan:
-    """One subject to read: image files by phase ("" for an ungrouped file), labels beside."""
+    """One subject to read: image files by phase ("" for an ungrouped file), label files beside."""
 
     subject: str
     dataset: str
@@ -56,7 +56,7 @@ class _Plan:
     view: str | None
     affine_space: str = "ras"  # how to read this plan's affines when the caller did not say
     files: dict[str, Path] = field(default_factory=dict)
-    labels: dict[str, Path] = field(default_factory=dict)
+    label_files: dict[str, Path] = field(default_factory=dict)
     error: SourceError | None = None
 
 
@@ -230,7 +230,7 @@ def _plan_subjects(
         plan.files[phase] = path
         label = stems.get((folder, stem + suffix))
         if label is not None:
-            plan.labels[phase] = label
+            plan.label_files[phase] = label
     return [plans[key] for key in sorted(plans)]
 
 
@@ -264,19 +264,19 @@ def _set_modality(subject: Subject, modality: str | None, plan: _Plan) -> None:
 def _read_plan(plan: _Plan, options: _Options) -> list[Subject]:
     """The subject(s) of one plan: usually one; two where a cine does not hold ED/ES."""
     if "" in plan.files:
-        volume, label = _read_pair(plan.files[""], plan.labels.get(""), options)
+        volume, label = _read_pair(plan.files[""], plan.label_files.get(""), options)
         t = volume.data.shape[1]
         meta = {"ed": 0, **_ed_es_from_labels(label), "frames_source": "4d" if t > 1 else "3d"}
         return [_subject(plan.subject, plan, volume, label, meta)]
     frames = {
-        phase: _read_frame(plan.files[phase], plan.labels.get(phase), options)
+        phase: _read_frame(plan.files[phase], plan.label_files.get(phase), options)
         for phase in ("ED", "ES")
         if phase in plan.files
     }
     _check_frames_agree(frames)
     if "CINE" not in plan.files:
         return [_stacked_subject(plan, frames)]
-    cine, cine_label = _read_pair(plan.files["CINE"], plan.labels.get("CINE"), options)
+    cine, cine_label = _read_pair(plan.files["CINE"], plan.label_files.get("CINE"), options)
     if not frames:
         meta = {"ed": 0, **_ed_es_from_labels(cine_label), "frames_source": "4d"}
         return [_subject(plan.subject, plan, cine, cine_label, meta)]

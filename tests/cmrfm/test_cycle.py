@@ -20,7 +20,7 @@ from PIL import Image
 from cmrfm.cli import main
 from cmrfm.cycle import (
     FrameTimes,
-    choose_frames,
+    choose_phases,
     cycle_summary,
     dicom_frame_times,
     nifti_frame_times,
@@ -74,7 +74,7 @@ def test_sinusoidal_cycle_gives_exact_ed_es_ef_and_rates_near_the_derivative(shi
     labels = labels_with_volumes(lv_true, rv_true)
     lv = volumes_ml(labels, SPACING, LV)
     np.testing.assert_allclose(lv, lv_true, atol=VOXEL_ML / 2)
-    frames = choose_frames(lv)
+    frames = choose_phases(lv)
     assert frames == {"ed": shift, "es": (shift + 10) % FRAMES,
                       "ed_from": "largest LV volume", "es_from": "smallest LV volume"}  # fmt: skip
 
@@ -131,12 +131,12 @@ def test_rates_are_taken_in_their_phase():
 
 def test_given_frames_are_kept_and_said_to_be_given():
     lv = sinusoid(100.0, 40.0)
-    assert choose_frames(lv, ed=3) == {"ed": 3, "es": 10, "ed_from": "--ed",
+    assert choose_phases(lv, ed=3) == {"ed": 3, "es": 10, "ed_from": "--ed",
                                        "es_from": "smallest LV volume"}  # fmt: skip
-    assert choose_frames(lv[:1]) == {"ed": 0, "es": 0, "ed_from": "the only frame",
+    assert choose_phases(lv[:1]) == {"ed": 0, "es": 0, "ed_from": "the only frame",
                                      "es_from": "the only frame"}  # fmt: skip
     with pytest.raises(ValueError, match=r"--es 20 is not a frame of this study \(0\.\.19\)"):
-        choose_frames(lv, es=20)
+        choose_phases(lv, es=20)
 
 
 # --- what cannot be measured is named ---------------------------------------------------------
@@ -166,7 +166,7 @@ def test_without_usable_frame_times_the_rates_are_unavailable_with_the_reason(st
     """The curve and its EF stay; the times, dV/dt, PER and PFR are None, each named with why."""
     lv = sinusoid(100.0, 40.0)
     cycle, unavailable = cycle_summary(lv, nifti_frame_times(step, unit, FRAMES),
-                                       choose_frames(lv))  # fmt: skip
+                                       choose_phases(lv))  # fmt: skip
     assert cycle["lv_ef_percent"] == pytest.approx(100 * 80 / 140)
     for key in ("time_ms", "lv_dvdt_ml_s", "lv_peak_ejection_rate_ml_s",
                 "lv_peak_filling_rate_ml_s"):  # fmt: skip
@@ -247,7 +247,7 @@ def test_predict_writes_the_cycle_of_a_timed_cine(tmp_path, package, monkeypatch
     main(["predict", str(study), "--model", str(package), "--out", str(out)])
     console = capsys.readouterr().out
     volumes = json.loads((out / "volumes.json").read_text())
-    cycle, frames = volumes["cycle"], volumes["frames"]
+    cycle, frames = volumes["cycle"], volumes["phases"]
     ml = measured_ml(out / volumes["label_file"])
 
     assert cycle["time_ms"] == [40.0 * f for f in range(10)]
@@ -268,7 +268,7 @@ def test_predict_writes_the_cycle_of_a_timed_cine(tmp_path, package, monkeypatch
     assert cycle["lv_peak_ejection_rate_ml_s"] > 0 and cycle["lv_peak_filling_rate_ml_s"] > 0
     # a NIfTI has everything a timed cine gives, but no source instances for a DICOM SEG or SR
     assert volumes["unavailable"] == {"seg.dcm": NEEDS_DICOM, "sr.dcm": NEEDS_DICOM}
-    assert volumes["frames"]["rule"] and volumes["lv"]["ef_percent"] is not None  # kept keys
+    assert volumes["phases"]["rule"] and volumes["lv"]["ef_percent"] is not None  # kept keys
 
     with (out / "curves.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -293,8 +293,8 @@ def test_predict_keeps_given_frames_and_names_what_a_header_without_times_preven
     study, out = write_cine(tmp_path / "cine.nii.gz", 6, None), tmp_path / "out"
     main(["predict", str(study), "--model", str(package), "--out", str(out), "--ed", "1"])
     volumes = json.loads((out / "volumes.json").read_text())
-    assert volumes["frames"]["ed"] == 1 and volumes["frames"]["ed_from"] == "--ed"
-    assert volumes["frames"]["es_from"] == "smallest LV volume"
+    assert volumes["phases"]["ed"] == 1 and volumes["phases"]["ed_from"] == "--ed"
+    assert volumes["phases"]["es_from"] == "smallest LV volume"
     assert volumes["lv"]["edv_ml"] == pytest.approx(volumes["per_frame_ml"]["lv"][1])
     cycle, unavailable = volumes["cycle"], volumes["unavailable"]
     assert cycle["lv_ef_percent"] is not None and cycle["time_ms"] is None
@@ -310,7 +310,7 @@ def test_predict_on_one_frame_makes_what_it_can(tmp_path, package, monkeypatch):
     main(["predict", str(study), "--model", str(package), "--out", str(out)])
     volumes = json.loads((out / "volumes.json").read_text())
     unavailable = volumes["unavailable"]
-    assert volumes["frames"]["ed_from"] == volumes["frames"]["es_from"] == "the only frame"
+    assert volumes["phases"]["ed_from"] == volumes["phases"]["es_from"] == "the only frame"
     assert volumes["lv"]["edv_ml"] > 0 and volumes["lv"]["mass_g"] > 0
     for key in ("lv.ef_percent", "rv.sv_ml", "cycle.lv_ef_percent",
                 "cycle.lv_peak_ejection_rate_ml_s", "curves.png"):  # fmt: skip

@@ -171,7 +171,7 @@ def test_seg_frames_hold_the_labels_of_the_instance_they_reference(tmp_path, pac
     assert volumes["outputs"] == [SEG_FILE, SEG_ES_FILE, SR_FILE]
     assert SEG_FILE not in volumes["unavailable"]
     labels = labels_of(out)
-    ed, es = volumes["frames"]["ed"], volumes["frames"]["es"]
+    ed, es = volumes["phases"]["ed"], volumes["phases"]["es"]
     assert ed != es and not np.array_equal(labels[0, ed], labels[1, ed])  # a test with teeth
     for name, t in ((SEG_FILE, ed), (SEG_ES_FILE, es)):
         seg = hd.seg.segread(out / name)
@@ -247,7 +247,7 @@ def test_sr_reports_the_volumes_of_volumes_json_and_its_evidence(cine):
         for series in study.ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     }
-    ed, es = volumes["frames"]["ed"], volumes["frames"]["es"]
+    ed, es = volumes["phases"]["ed"], volumes["phases"]["es"]
     sources = {uid_of(cine["paths"][k, t]) for k in range(SLICES) for t in (ed, es)}
     segs = {pydicom.dcmread(out / n).SOPInstanceUID for n in (SEG_FILE, SEG_ES_FILE)}
     assert evidence == sources | segs

@@ -63,7 +63,7 @@ def test_label_map_has_the_input_shape_and_affine(tmp_path, package, frames):
     volumes = json.loads((tmp_path / "out" / "volumes.json").read_text())
     assert "scar" not in volumes  # a cine model has no infarct classes
     if frames == 1:  # one frame: no EF to give
-        assert volumes["lv"]["ef_percent"] is None and volumes["frames"]["ed"] == 0
+        assert volumes["lv"]["ef_percent"] is None and volumes["phases"]["ed"] == 0
 
 
 @pytest.mark.parametrize("grid", list(SHAPES))
@@ -95,8 +95,8 @@ def test_oracle_labels_map_back_onto_the_ground_truth(tmp_path, package, monkeyp
     lv = (seg == LV).sum(axis=(0, 1, 2)) * voxel_ml
     rv = (seg == RV).sum(axis=(0, 1, 2)) * voxel_ml
     ed, es = int(np.argmax(lv)), int(np.argmin(lv))
-    assert volumes["frames"]["ed"] == ed == 0  # the truth's LV is largest at frame 0
-    assert volumes["frames"]["es"] == es
+    assert volumes["phases"]["ed"] == ed == 0  # the truth's LV is largest at frame 0
+    assert volumes["phases"]["es"] == es
     assert volumes["lv"]["edv_ml"] == pytest.approx(lv[ed])
     assert volumes["lv"]["esv_ml"] == pytest.approx(lv[es])
     assert volumes["lv"]["ef_percent"] == pytest.approx(100 * (lv[ed] - lv[es]) / lv[ed])
@@ -369,7 +369,7 @@ def test_volumes_from_the_written_file_equal_volumes_json(tmp_path, package, mon
     for name, ml in measured.items():
         assert ml.min() > 0, name  # the stand-in's heart is in the written map
         np.testing.assert_allclose(ml, volumes["per_frame_ml"][name], rtol=1e-5, err_msg=name)
-    ed, es = volumes["frames"]["ed"], volumes["frames"]["es"]
+    ed, es = volumes["phases"]["ed"], volumes["phases"]["es"]
     assert volumes["lv"]["edv_ml"] == pytest.approx(measured["lv"][ed], rel=1e-5)
     assert volumes["lv"]["esv_ml"] == pytest.approx(measured["lv"][es], rel=1e-5)
     assert volumes["rv"]["edv_ml"] == pytest.approx(measured["rv"][ed], rel=1e-5)

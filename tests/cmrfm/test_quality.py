@@ -37,7 +37,7 @@ def report(
     labels: np.ndarray, entropy: np.ndarray | None = None, gaps: list[float] | None = None
 ) -> dict[str, dict]:
     found = ventricular_volumes(labels, SPACING)
-    checks = quality_report(labels, SPACING, found["frames"], found, entropy, gaps)["checks"]
+    checks = quality_report(labels, SPACING, found["phases"], found, entropy, gaps)["checks"]
     return {c["name"]: c for c in checks}
 
 
@@ -116,7 +116,7 @@ def test_an_uncertain_slice_is_named() -> None:
 def test_a_check_the_study_cannot_show_is_not_applicable_not_failed() -> None:
     blank = np.zeros((4, 1, 32, 32), np.uint8)
     found = ventricular_volumes(blank, SPACING)
-    result = quality_report(blank, SPACING, found["frames"], found, None)
+    result = quality_report(blank, SPACING, found["phases"], found, None)
     assert all(c["passed"] is None for c in result["checks"] if c["name"] != "physiological_ranges")
     assert result["passed"] is (not any(c["passed"] is False for c in result["checks"]))
 
