@@ -142,9 +142,9 @@ class FewShotBenchmark:
 
     def _system_args(self, run: Run) -> dict[str, Any]:
         spec = dict(METHODS[self.cfg.task][run.method])
-        pretrained = spec.pop("pretrained", False)
+        from_weights = spec.pop("from_weights", False)
         args = {**self.cfg.model, **spec, **self.cfg.method_args.get(run.method, {})}
-        args["pretrained"] = self.cfg.pretrained if pretrained else None
+        args["pretrained"] = self.cfg.pretrained if from_weights else None
         return args
 
     def _seg(self, run: Run, drawn: list[dict]) -> tuple[dict, list[dict]]:

@@ -10,29 +10,30 @@ from typing import Any, Literal
 
 TASKS = ("seg", "ef", "cls")
 
-# Methods by name: constructor overrides for the task's system, and whether the backbone starts
-# from the pretrained weights. "from_seg" and "radiomics" reuse the segmentation benchmark.
+# Methods by name: constructor overrides for the task's system, and from_weights: whether the
+# backbone starts from the weights in FewShotConfig.pretrained. "from_seg" and "radiomics" reuse
+# the segmentation benchmark.
 METHODS: dict[str, dict[str, dict[str, Any]]] = {
     "seg": {
-        "pretrained": {"pretrained": True, "protocol": "full"},
-        "scratch": {"pretrained": False, "protocol": "full"},
-        "unet": {"pretrained": False, "arch": "unet"},
-        "linear": {"pretrained": True, "protocol": "linear"},
-        "partial": {"pretrained": True, "protocol": "partial"},
-        "lora": {"pretrained": True, "protocol": "lora"},
+        "pretrained": {"from_weights": True, "protocol": "full"},
+        "scratch": {"from_weights": False, "protocol": "full"},
+        "unet": {"from_weights": False, "arch": "unet"},
+        "linear": {"from_weights": True, "protocol": "linear"},
+        "partial": {"from_weights": True, "protocol": "partial"},
+        "lora": {"from_weights": True, "protocol": "lora"},
     },
     "ef": {
-        "pretrained": {"pretrained": True, "protocol": "full"},
-        "scratch": {"pretrained": False, "protocol": "full"},
-        "linear": {"pretrained": True, "protocol": "linear"},
-        "lora": {"pretrained": True, "protocol": "lora"},
+        "pretrained": {"from_weights": True, "protocol": "full"},
+        "scratch": {"from_weights": False, "protocol": "full"},
+        "linear": {"from_weights": True, "protocol": "linear"},
+        "lora": {"from_weights": True, "protocol": "lora"},
         "from_seg": {},
     },
     "cls": {
-        "pretrained": {"pretrained": True, "protocol": "full"},
-        "scratch": {"pretrained": False, "protocol": "full"},
-        "linear": {"pretrained": True, "protocol": "linear"},
-        "lora": {"pretrained": True, "protocol": "lora"},
+        "pretrained": {"from_weights": True, "protocol": "full"},
+        "scratch": {"from_weights": False, "protocol": "full"},
+        "linear": {"from_weights": True, "protocol": "linear"},
+        "lora": {"from_weights": True, "protocol": "lora"},
         "radiomics": {},
     },
 }
@@ -106,7 +107,7 @@ class FewShotConfig:
             raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1 (or null for the time budget), got {self.steps}")
-        needs_weights = any(METHODS[self.task][m].get("pretrained") for m in self.methods)
+        needs_weights = any(METHODS[self.task][m].get("from_weights") for m in self.methods)
         if needs_weights and not self.pretrained:
             raise ValueError(
                 "methods " + ", ".join(self.methods) + " start from pretrained weights: pass "
