@@ -21,6 +21,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from foundation.progress import log_file_progress, use_stream_bar
+from foundation.released import NO_WEIGHTS
 
 # Short flags users expect, rewritten to the LightningCLI keys they stand for.
 ALIASES = {
@@ -43,6 +44,8 @@ def expand_aliases(argv: Sequence[str], aliases: dict[str, list[str]]) -> list[s
             value = value if eq else next(it, None)
             if value is None:
                 raise SystemExit(f"cmrfm: {flag} needs a value")
+            if flag == "--pretrained" and value == NO_WEIGHTS:
+                value = "null"  # `--pretrained none`: from scratch, whatever the config names
             for key in aliases[flag]:
                 out += [key, value]
         else:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from foundation.released import DEFAULT_RELEASE, NO_WEIGHTS, resolve_pretrained
+
 TASKS = ("seg", "ef", "cls")
 
 # Methods by name: constructor overrides for the task's system, and from_weights: whether the
@@ -62,8 +64,9 @@ class FewShotConfig:
     """One benchmark: a task, label counts, seeds and methods; YAML keys are these fields.
 
     labels holds counts or "all" (every labelled subject of train_split); seeds = how many seeds
-    (0 .. seeds-1); budget_s = training seconds per run, the same for every method; steps =
-    optimiser steps per run instead (the same for every method: equal time for methods that share
+    (0 .. seeds-1); pretrained = the weights of the methods marked from_weights (a path or a
+    released model's name; default foundation.released.DEFAULT_RELEASE); budget_s = training
+    seconds per run, the same for every method; steps = optimiser steps per run instead (the same for every method: equal time for methods that share
     a network, whatever else the machine runs; `cmrfm bench seg` gives the step costs); model =
     constructor arguments shared by the methods (backbone, patch_size, tubelet, lr, ...);
     method_args = per-method overrides; seg_from = a segmentation benchmark's folder whose saved
@@ -107,13 +110,27 @@ class FewShotConfig:
             raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1 (or null for the time budget), got {self.steps}")
-        needs_weights = any(METHODS[self.task][m].get("from_weights") for m in self.methods)
-        if needs_weights and not self.pretrained:
-            raise ValueError(
-                "methods " + ", ".join(self.methods) + " start from pretrained weights: pass "
-                "--pretrained (a hub folder from `cmrfm export` or a pretraining checkpoint)"
-            )
+        if any(METHODS[self.task][m].get("from_weights") for m in self.methods):
+            self._check_weights()
         self._check_model_keys()
+
+    def _check_weights(self) -> None:
+        """Methods that start from weights get cmrfm's release when none are named; "none" and
+        weights that are not there are refused now, not after hours of other runs."""
+        weighted = [m for m in self.methods if METHODS[self.task][m].get("from_weights")]
+        if self.pretrained in (None, ""):
+            self.pretrained = DEFAULT_RELEASE
+        if self.pretrained == NO_WEIGHTS:
+            raise ValueError(
+                f"methods {', '.join(weighted)} start from pretrained weights and --pretrained "
+                "none gives none: leave them out (e.g. --methods scratch,unet) or name weights"
+            )
+        try:
+            path = resolve_pretrained(self.pretrained)
+        except FileNotFoundError as error:
+            raise ValueError(str(error)) from None
+        if path is None or not path.exists():
+            raise ValueError(f"pretrained {self.pretrained}: no such checkpoint or hub folder")
 
     def _check_model_keys(self) -> None:
         """model and method_args keys must be constructor arguments of the systems that take

@@ -25,6 +25,7 @@ from foundation.card import (
     write_licence,
 )
 from foundation.names import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
+from foundation.released import resolve_pretrained
 
 CARD_NAME = "README.md"
 PACKAGE_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
@@ -88,11 +89,14 @@ def package_config(
 
 def base_model(pretrained: str | Path | None, backbone: str | None) -> dict[str, Any] | None:
     """The weights fine-tuning started from, for lineage: the path as given, the architecture
-    and the sha256 (a hub folder's recorded weights hash, a checkpoint file's own); None for a
-    start from scratch. A path that is gone by now keeps its name, with sha256 None."""
-    if not pretrained:
+    and the sha256 (a hub folder's recorded weights hash, a checkpoint file's own; a released
+    model's name is its folder's); None for a start from scratch. A path that is gone by now keeps its name, with sha256 None."""
+    try:
+        path = resolve_pretrained(pretrained)
+    except FileNotFoundError:  # a released name no longer here: keep the name
+        path = Path(str(pretrained))
+    if path is None:
         return None
-    path = Path(pretrained)
     record: dict[str, Any] = {"source": str(pretrained), "architecture": backbone, "sha256": None}
     if (path / CONFIG_NAME).is_file():
         hub = json.loads((path / CONFIG_NAME).read_text())

@@ -21,6 +21,7 @@ from finetune.unet import UNet2DSegmenter
 from finetune.unetr import UNETRSegmenter
 from foundation.optim import param_groups, warmup_cosine
 from foundation.registry import create_backbone
+from foundation.released import NO_WEIGHTS
 from foundation.unet import CardiacUNet
 from foundation.vit import CardiacViT
 
@@ -133,8 +134,9 @@ class SegFinetuner(_Finetuner):
 
     Args:
         backbone, patch_size, tubelet: registered backbone and its tubelet size.
-        pretrained: a pretraining checkpoint (Lightning .ckpt) or a hub folder (`cmrfm export`)
-            to start from; None = from scratch.
+        pretrained: a pretraining checkpoint (Lightning .ckpt), a hub folder (`cmrfm export`) or
+            a released model's name (e.g. "cmr-unet-small-cine") to start from; None or "none" =
+            from scratch.
         num_classes: output classes including background (cine: 4).
         feature_size: decoder width at full resolution.
         lr: learning rate of the decoder; the backbone's top layer gets lr * backbone_lr_scale,
@@ -177,7 +179,7 @@ class SegFinetuner(_Finetuner):
         self.save_hyperparameters()
         self.protocol = _resolve_protocol(protocol, freeze_backbone)
         if arch == "unet":
-            if pretrained:
+            if pretrained not in (None, "", NO_WEIGHTS):
                 raise ValueError(
                     f"arch='unet' trains MONAI's U-Net from scratch; pretrained={pretrained!r} "
                     "has no backbone to load into (set pretrained: null or arch: unetr)"

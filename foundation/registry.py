@@ -16,6 +16,7 @@ from foundation.checkpoint import (
     load_backbone_weights,
     read_backbone_weights,
 )
+from foundation.released import resolve_pretrained
 from foundation.unet import CardiacUNet
 from foundation.vit import CardiacViT
 
@@ -45,18 +46,20 @@ def create_backbone(
 
     pretrained: a Lightning checkpoint (pretraining or fine-tuning; DeepSpeed folders go through
     `cmrfm export` first), a hub folder (config.json + model.safetensors, sha256-verified), or
-    weights already read (foundation.checkpoint.BackboneWeights); None = random init. Weights
+    weights already read (foundation.checkpoint.BackboneWeights), or a released model's name
+    (foundation.released, e.g. "cmr-unet-small-cine"); None or "none" = random init. Weights
     trained for other architecture arguments are refused naming both, and loading is strict
     (foundation.checkpoint.load_backbone_weights).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; registered: {sorted(BACKBONES)}")
     model = BACKBONES[name](**kwargs)
-    if pretrained is None:
-        return model
     weights = pretrained
     if not isinstance(weights, BackboneWeights):
-        weights = read_backbone_weights(pretrained)
+        path = resolve_pretrained(pretrained)
+        if path is None:
+            return model
+        weights = read_backbone_weights(path)
     return load_backbone_weights(model, _with_registered_defaults(weights))
 
 

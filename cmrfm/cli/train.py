@@ -35,7 +35,8 @@ def training_shortcuts(command: str) -> str:
     ]
     if command == "finetune":
         lines += ["  --labels N           labelled training subjects",
-                  "  --pretrained PATH    a pretraining checkpoint or hub folder to start from"]  # fmt: skip
+                  "  --pretrained PATH    a pretraining checkpoint, hub folder or released model's name",
+                  "                       to start from; none: from scratch"]  # fmt: skip
     lines += ["  --KEY.SUB VALUE      any config key, e.g. --model.init_args.lr 1e-4", "",
               "LightningCLI's full list follows.", ""]  # fmt: skip
     return "\n".join(lines)
@@ -147,7 +148,13 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, help="labelled subjects per run, e.g. 1,2,5,10,20,all")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..SEEDS-1 (different draws)")
     p.add_argument("--methods", default=None, help="e.g. pretrained,scratch,unet")
-    p.add_argument("--pretrained", default=None, help="hub folder or pretraining checkpoint")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="weights of the pretrained methods: a hub folder, a pretraining checkpoint or a "
+        "released model's name (default: the config's, else cmr-unet-small-cine); none: no "
+        "weights (then leave those methods out)",
+    )
     p.add_argument("--budget-s", type=float, default=None, help="training seconds per run")
     p.add_argument(
         "--steps", type=int, default=None, help="optimiser steps per run instead of --budget-s"

@@ -28,6 +28,16 @@ def test_shortcuts_expand_to_lightningcli_keys() -> None:
     ]  # fmt: skip
 
 
+def test_pretrained_none_is_null_whatever_the_config_names() -> None:
+    # `--pretrained none` trains from scratch; any other value is passed on as given.
+    assert expand_aliases(["--pretrained", "none"], ALIASES) == [
+        "--model.init_args.pretrained",
+        "null",
+    ]
+    assert expand_aliases(["--pretrained=cmr-unet-small-cine"], ALIASES) == [
+        "--model.init_args.pretrained", "cmr-unet-small-cine"]  # fmt: skip
+
+
 def test_shortcut_without_value_is_an_error() -> None:
     with pytest.raises(SystemExit, match="--labels needs a value"):
         expand_aliases(["--labels"], ALIASES)

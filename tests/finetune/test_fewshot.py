@@ -22,15 +22,29 @@ TEST_MODEL = {"backbone": "cmr_vit_test", "patch_size": 8, "tubelet": 2, "warmup
 # ----------------------------------------------------------------------------- configuration
 
 
-def test_config_rejects_what_cannot_run():
+def test_config_rejects_what_cannot_run(tmp_path: Path):
     with pytest.raises(ValueError, match="task"):
         FewShotConfig(task="survival")
     with pytest.raises(ValueError, match="'0'"):
         FewShotConfig(labels=["0"], methods=["unet"])
     with pytest.raises(ValueError, match="unknown seg method"):
         FewShotConfig(methods=["unet", "radiomics"])
-    with pytest.raises(ValueError, match="--pretrained"):
-        FewShotConfig(methods=["pretrained", "unet"])  # no weights given
+    with pytest.raises(ValueError, match="--pretrained none gives none"):
+        FewShotConfig(methods=["pretrained", "unet"], pretrained="none")
+    with pytest.raises(ValueError, match="no such checkpoint or hub folder"):  # before any run
+        FewShotConfig(methods=["pretrained"], pretrained=str(tmp_path / "gone.ckpt"))
+
+
+def test_weights_default_to_the_release_and_say_so_when_it_is_absent(tmp_path: Path, monkeypatch):
+    from cmrfm import shipped
+
+    monkeypatch.setattr(shipped, "MODELS", tmp_path / "models")
+    with pytest.raises(ValueError, match=r"no released model 'cmr-unet-small-cine'.*--pretrained"):
+        FewShotConfig(methods=["pretrained", "unet"])  # nothing named, nothing released
+    (tmp_path / "models" / "cmr-unet-small-cine").mkdir(parents=True)
+    (tmp_path / "models" / "cmr-unet-small-cine" / "config.json").write_text("{}")
+    assert FewShotConfig(methods=["pretrained", "unet"]).pretrained == "cmr-unet-small-cine"
+    assert FewShotConfig(methods=["scratch", "unet"]).pretrained is None  # none needed
 
 
 def test_yaml_keys_map_onto_the_config_and_flags_win(tmp_path: Path):
@@ -57,11 +71,11 @@ def test_yaml_values_are_checked_against_the_field_types(tmp_path: Path):
         load_config(path, {})
 
 
-def test_every_shipped_config_loads():
+def test_every_shipped_config_loads(tmp_path: Path):
     configs = sorted(CONFIGS.glob("fewshot_*.yaml"))
     assert {p.stem for p in configs} >= {"fewshot_seg_acdc", "fewshot_ef_acdc", "fewshot_cls_acdc"}
     for path in configs:
-        cfg = load_config(path, {"pretrained": "somewhere"})
+        cfg = load_config(path, {"pretrained": str(tmp_path)})  # weights must exist
         assert cfg.task in path.stem
 
 

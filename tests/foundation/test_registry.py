@@ -330,3 +330,21 @@ def test_no_pretrained_is_a_fresh_backbone() -> None:
     torch.manual_seed(3)
     b = create_backbone("cmr_vit_test", **ARGS)
     torch.testing.assert_close(outputs(a), outputs(b), rtol=0, atol=0)
+
+
+def test_a_released_model_loads_by_name_and_none_means_random(tmp_path, monkeypatch) -> None:
+    # As timm's pretrained tags: a bare name is a released hub folder (models/NAME); "none" and
+    # None start from random weights; a name no release has is named with the ones there are.
+    from cmrfm import shipped
+
+    model = trained()
+    monkeypatch.setattr(shipped, "MODELS", tmp_path / "models")
+    save_pretrained(model, tmp_path / "models" / "cmr-test-cine", preprocess=PREPROCESS)
+    named = create_backbone("cmr_vit_test", pretrained="cmr-test-cine", **ARGS)
+    assert torch.equal(outputs(named), outputs(model))
+    torch.manual_seed(0)
+    random = create_backbone("cmr_vit_test", pretrained="none", **ARGS)
+    torch.manual_seed(0)
+    assert torch.equal(outputs(random), outputs(create_backbone("cmr_vit_test", **ARGS)))
+    with pytest.raises(FileNotFoundError, match=r"'cmr-other'.*released: cmr-test-cine"):
+        create_backbone("cmr_vit_test", pretrained="cmr-other", **ARGS)
