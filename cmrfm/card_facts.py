@@ -37,16 +37,20 @@ def shard_manifests(datamodule_hparams: Mapping[str, Any]) -> tuple[list[Path], 
     return found, missing
 
 
-def manifest_summary(path: Path) -> dict[str, Any]:
+def manifest_summary(path: Path, splits: Sequence[str] | None = None) -> dict[str, Any]:
     """What the card says about one shard manifest: sha256, source, counts, modalities,
-    datasets, and its preprocessing."""
+    datasets, and its preprocessing; with the splits training read, the subjects in them (the
+    rest, e.g. the test split, were never seen)."""
     manifest = json.loads(Path(path).read_text())
     samples = manifest.get("samples", [])
     seen = {s.get("modality") for s in samples}
+    used = [s for s in samples if splits is None or s.get("split") in splits]
     return {
         "sha256": sha256_file(path),
         "source": manifest.get("source"),
         "subjects": len({s.get("subject", s.get("key")) for s in samples}),
+        "trained_on": len({s.get("subject", s.get("key")) for s in used}),
+        "splits": list(splits) if splits is not None else None,
         "samples": len(samples),
         "modalities": [m for m in MODALITIES if m in seen] + sorted(seen - {*MODALITIES, None}),
         "datasets": detect_datasets(manifest),
@@ -55,10 +59,14 @@ def manifest_summary(path: Path) -> dict[str, Any]:
 
 
 def data_and_preprocess(
-    manifests: Sequence[Path], frames: int | None, overrides: Mapping[str, Any] | None = None
+    manifests: Sequence[Path],
+    frames: int | None,
+    overrides: Mapping[str, Any] | None = None,
+    splits: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(card data, config preprocess) from the shard manifests the model was trained on."""
-    summaries = [manifest_summary(p) for p in manifests]
+    """(card data, config preprocess) from the shard manifests the model was trained on, of
+    which it read ``splits`` (None: all)."""
+    summaries = [manifest_summary(p, splits) for p in manifests]
     shared = ("spacing", "size", "percentiles", "orientation", "crop")
     settings = {json.dumps({k: s["preprocess"].get(k) for k in shared}) for s in summaries}
     if len(settings) > 1:
@@ -79,7 +87,9 @@ def data_and_preprocess(
 
 
 def _card_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: summary[k] for k in ("sha256", "source", "subjects", "samples", "modalities")}
+    keys = ("sha256", "source", "datasets", "subjects", "trained_on", "splits", "samples",
+            "modalities")  # fmt: skip
+    return {k: summary[k] for k in keys}
 
 
 def training_facts(ckpt: TrainingCheckpoint) -> dict[str, Any]:

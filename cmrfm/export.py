@@ -223,7 +223,7 @@ def export(
     model = extract_backbone(ckpt, backbone, prefix)
     dm = ckpt.meta.get("datamodule_hyper_parameters") or {}
     files = training_manifests(ckpt, manifests)
-    data, pre = data_and_preprocess(files, dm.get("frames"), preprocess)
+    data, pre = data_and_preprocess(files, dm.get("frames"), preprocess, dm.get("splits"))
     if datasets:
         data["datasets"] = dataset_names([*data["datasets"], *datasets])
     probe_rows = read_probe_rows(probe)

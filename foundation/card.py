@@ -203,6 +203,14 @@ def eval_results(rows: Sequence[Mapping[str, Any]], method: str = "pretrained") 
     ]
 
 
+def _trained_on(manifest: Mapping[str, Any]) -> str:
+    """The subjects training read, with its splits ("87 (train, val)"); "?" when not recorded."""
+    n, splits = manifest.get("trained_on"), manifest.get("splits")
+    if n is None:
+        return "?"
+    return f"{n} ({', '.join(splits)})" if splits else f"{n} (all splits)"
+
+
 def _table(rows: Iterable[tuple[Any, Any]], head: tuple[str, str] = ("", "")) -> list[str]:
     lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in rows]
@@ -225,8 +233,8 @@ def card_text(
 ) -> str:
     """README.md for a hub folder from its config.json contents.
 
-    data: {"datasets": [names], "manifests": [{"path", "sha256", "source", "subjects",
-    "samples", "modalities"}]}; training: {"objective", "steps", "epochs", "hyper_parameters",
+    data: {"datasets": [names], "manifests": [{"path", "sha256", "source", "datasets",
+    "subjects", "trained_on", "splits", "samples", "modalities"}]}; training: {"objective", "steps", "epochs", "hyper_parameters",
     ...}; metrics: {name: value}; probe: rows of the online probe (finetune.probe's probe.csv:
     step, dice_mean, ...), shown with the folder's probe.png; fewshot: rows of a few-shot
     benchmark's summary.csv (metric, method, labels, n, mean, std, runs). Missing parts are
@@ -285,11 +293,12 @@ def card_text(
     manifests = data.get("manifests") or []
     if manifests:
         lines += [
-            "| manifest sha256 | source | subjects | samples | modalities |",
-            "|---|---|---|---|---|",
+            "| manifest sha256 | dataset | source | subjects | trained on | samples | modalities |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| `{m.get('sha256', '?')}` | {m.get('source', '?')} | {m.get('subjects', '?')} | "
+            f"| `{m.get('sha256', '?')}` | {', '.join(m.get('datasets') or []) or '?'} | "
+            f"{m.get('source', '?')} | {m.get('subjects', '?')} | {_trained_on(m)} | "
             f"{m.get('samples', '?')} | {', '.join(m.get('modalities', [])) or '?'} |"
             for m in manifests
         ]
