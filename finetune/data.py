@@ -112,7 +112,31 @@ class LabelledClips(Dataset):
         return {"clip": clip_t[None], "label": label_t}  # (1, T, H, W), (T, H, W)
 
 
-class FewShotSegData(L.LightningDataModule):
+class _DrawnSubjectsData(L.LightningDataModule):
+    """What the few-shot datamodules share: N labelled subjects of the shards' train split, drawn
+    once by seed (:func:`draw_labelled`), and epochs of items drawn from them with replacement."""
+
+    shards: str
+    labels: int
+    seed: int
+    batch_size: int
+    epoch_length: int
+    num_workers: int
+    subjects: list[dict]
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.subjects:
+            train = load_subjects(shard_urls(self.shards), splits=["train"])
+            self.subjects = draw_labelled(train, self.labels, self.seed)
+
+    def sampled(self, dataset: Dataset) -> DataLoader:
+        """dataset in a :func:`sampled_loader` with this module's seed, epoch_length, batch_size."""
+        return sampled_loader(
+            dataset, self.seed, self.epoch_length, self.batch_size, self.num_workers
+        )
+
+
+class FewShotSegData(_DrawnSubjectsData):
     """N labelled subjects from the shards' train split, drawn by seed; clips sampled with replacement.
 
     Args:
@@ -139,18 +163,10 @@ class FewShotSegData(L.LightningDataModule):
         self.shards, self.labels, self.seed, self.frames = shards, labels, seed, frames
         self.batch_size, self.epoch_length = batch_size, epoch_length
         self.augment, self.num_workers = augment, num_workers
-        self.subjects: list[dict] = []
-
-    def setup(self, stage: str | None = None) -> None:
-        if not self.subjects:
-            train = load_subjects(shard_urls(self.shards), splits=["train"])
-            self.subjects = draw_labelled(train, self.labels, self.seed)
+        self.subjects = []
 
     def train_dataloader(self) -> DataLoader:
-        dataset = LabelledClips(self.subjects, self.frames, self.augment)
-        return sampled_loader(
-            dataset, self.seed, self.epoch_length, self.batch_size, self.num_workers
-        )
+        return self.sampled(LabelledClips(self.subjects, self.frames, self.augment))
 
 
 def sampled_loader(
@@ -295,7 +311,7 @@ class LabelledSubjects(Dataset):
         }
 
 
-class FewShotSubjectData(L.LightningDataModule):
+class FewShotSubjectData(_DrawnSubjectsData):
     """N labelled subjects drawn exactly as for segmentation (:func:`draw_labelled`); whole
     subjects sampled with replacement for EF regression or diagnosis.
 
@@ -323,15 +339,8 @@ class FewShotSubjectData(L.LightningDataModule):
         self.shards, self.labels, self.seed, self.frames = shards, labels, seed, frames
         self.batch_size, self.epoch_length, self.augment = batch_size, epoch_length, augment
         self.max_slices, self.num_workers = max_slices, num_workers
-        self.subjects: list[dict] = []
-
-    def setup(self, stage: str | None = None) -> None:
-        if not self.subjects:
-            train = load_subjects(shard_urls(self.shards), splits=["train"])
-            self.subjects = draw_labelled(train, self.labels, self.seed)
+        self.subjects = []
 
     def train_dataloader(self) -> DataLoader:
         dataset = LabelledSubjects(self.subjects, self.frames, self.max_slices, None, self.augment)
-        return sampled_loader(
-            dataset, self.seed, self.epoch_length, self.batch_size, self.num_workers
-        )
+        return self.sampled(dataset)
