@@ -38,6 +38,19 @@ def _noise(
     return noise if device is None else noise.to(device)
 
 
+def _draw_mask(
+    batch: int, n: int, ratio: float, generator: torch.Generator | None, device: torch.device | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """round(ratio*n) of n positions masked per sample, uniformly (at most n - 1): mask (B, n)
+    bool, True = masked, and keep (B, n - n_masked) ascending indices of the visible positions."""
+    n_masked = _n_masked(ratio, n)
+    order = _noise(batch, n, generator, device).argsort(dim=1)  # (B, n)
+    mask = torch.zeros(batch, n, dtype=torch.bool, device=order.device)
+    mask.scatter_(1, order[:, :n_masked], True)
+    # Sorting instead of nonzero(): no device synchronisation on a GPU.
+    return mask, order[:, n_masked:].sort(dim=1).values
+
+
 def tube_mask(
     batch: int,
     grid: tuple[int, int, int],
@@ -53,14 +66,9 @@ def tube_mask(
     """
     t, h, w = grid
     n_space = h * w
-    n_masked = _n_masked(ratio, n_space)
-    order = _noise(batch, n_space, generator, device).argsort(dim=1)  # (B, h*w)
-    space_mask = torch.zeros(batch, n_space, dtype=torch.bool, device=order.device)
-    space_mask.scatter_(1, order[:, :n_masked], True)  # (B, h*w)
+    space_mask, space_keep = _draw_mask(batch, n_space, ratio, generator, device)
     mask = space_mask.repeat(1, t)  # (B, t*h*w): same spatial pattern at every t
-    # Sorting instead of nonzero(): no device synchronisation on a GPU.
-    space_keep = order[:, n_masked:].sort(dim=1).values  # (B, h*w - n_masked)
-    steps = torch.arange(t, device=order.device)[:, None] * n_space  # (t, 1)
+    steps = torch.arange(t, device=space_keep.device)[:, None] * n_space  # (t, 1)
     keep = (steps[None] + space_keep[:, None]).flatten(1)  # (B, t*(h*w - n_masked)), ascending
     return mask, keep
 
@@ -77,13 +85,7 @@ def random_mask(
     Every sample masks exactly round(ratio*L) tokens (at most L - 1). Returns mask (B, L) bool,
     True = masked, and keep (B, L_keep) sorted indices of visible tokens.
     """
-    n_tokens = grid[0] * grid[1] * grid[2]
-    n_masked = _n_masked(ratio, n_tokens)
-    order = _noise(batch, n_tokens, generator, device).argsort(dim=1)  # (B, L)
-    mask = torch.zeros(batch, n_tokens, dtype=torch.bool, device=order.device)
-    mask.scatter_(1, order[:, :n_masked], True)
-    keep = order[:, n_masked:].sort(dim=1).values  # (B, L_keep)
-    return mask, keep
+    return _draw_mask(batch, grid[0] * grid[1] * grid[2], ratio, generator, device)
 
 
 def patchify(x: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
