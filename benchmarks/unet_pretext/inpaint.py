@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 import torch
-from monai.networks.nets import UNet
 
 from data_shards.stream import load_subjects
+from foundation.unet import CardiacUNet
 
 p = argparse.ArgumentParser()
 p.add_argument("--minutes", type=float, default=20)
@@ -34,15 +34,9 @@ frames = np.concatenate(frames)
 keep = frames.reshape(len(frames), -1).std(1) > 2
 frames = torch.from_numpy(frames[keep])
 print("frames", frames.shape, flush=True)
-net = UNet(
-    spatial_dims=2,
-    in_channels=1,
-    out_channels=1,
-    channels=(16, 32, 64, 128, 256),
-    strides=(2, 2, 2, 2),
-    num_res_units=2,
-    norm="instance",
-)
+# The baseline U-Net with one output channel: MONAI's UNet as CardiacUNet builds it (the same
+# weights for the same seed; the wrapper's bottleneck hooks only record, nothing reads them).
+net = CardiacUNet(features=1).unet
 opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
 P = 16
 start, step = time.time(), 0

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import UNet
 
 from data_shards.stream import load_subjects
+from foundation.unet import CardiacUNet
 
 p = argparse.ArgumentParser()
 p.add_argument("--minutes", type=float, default=20)
@@ -27,15 +27,9 @@ for shards in ["runs/real/acdc_cine", "runs/real/acdc", "runs/real/mnms2", "runs
         if s["image"].shape[0] >= 4:
             vols.append(torch.from_numpy(s["image"]))
 print("volumes", len(vols), flush=True)
-net = UNet(
-    spatial_dims=2,
-    in_channels=1,
-    out_channels=1,
-    channels=(16, 32, 64, 128, 256),
-    strides=(2, 2, 2, 2),
-    num_res_units=2,
-    norm="instance",
-)
+# The baseline U-Net with one output channel: MONAI's UNet as CardiacUNet builds it (the same
+# weights for the same seed; the wrapper's bottleneck hooks only record, nothing reads them).
+net = CardiacUNet(features=1).unet
 feats = {}
 # As run on 2026-12-03: the last module with 256 output channels, which is the bottom block's
 # 1x1 residual projection of its 128-channel input (foundation.unet hooks the block itself).
