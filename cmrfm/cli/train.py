@@ -71,6 +71,7 @@ def _fewshot(args: argparse.Namespace) -> None:
         "steps": args.steps,
         "eval_split": args.eval_split,
         "seg_from": args.seg_from,
+        "seg_method": args.seg_method,
     }
     try:
         cfg = load_config(Path(config), overrides)
@@ -161,6 +162,11 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--eval-split", default=None, help="evaluation split (default: test)")
     p.add_argument("--seg-from", default=None, help="segmentation benchmark folder to reuse")
+    p.add_argument(
+        "--seg-method",
+        default=None,
+        help="whose masks from_seg and radiomics use in --seg-from (default: pretrained)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--rescore",

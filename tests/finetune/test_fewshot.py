@@ -288,3 +288,26 @@ def test_a_typo_in_the_model_arguments_is_named_with_the_nearest(changes, named)
     with pytest.raises(ValueError) as info:
         FewShotConfig(task="seg", methods=["unet", "scratch"], **changes)
     assert named in str(info.value)
+
+
+def test_command_line_flags_reach_the_config(tmp_path: Path, monkeypatch) -> None:
+    # `cmrfm fewshot` flags override the YAML; radiomics can read another method's masks.
+    import finetune.fewshot
+    from cmrfm.cli import main
+
+    seen: list[FewShotConfig] = []
+
+    class Capture:
+        def __init__(self, cfg: FewShotConfig) -> None:
+            seen.append(cfg)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(finetune.fewshot, "FewShotBenchmark", Capture)
+    main(["fewshot", "--task", "cls", "--config", "fewshot_cls_acdc", "--methods", "radiomics",
+          "--seg-from", str(tmp_path), "--seg-method", "unet", "--labels", "1,all", "--seeds", "2",
+          "--out", str(tmp_path / "out")])  # fmt: skip
+    (cfg,) = seen
+    assert (cfg.methods, cfg.seg_method, cfg.seg_from) == (["radiomics"], "unet", str(tmp_path))
+    assert (cfg.labels, cfg.seeds, cfg.out) == (["1", "all"], 2, str(tmp_path / "out"))
