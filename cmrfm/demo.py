@@ -1,4 +1,5 @@
-"""`cmrfm demo`: phantom (or ACDC) -> shards -> MAE pretraining -> few-shot fine-tuning -> report."""
+"""`cmrfm demo`: the phantom -> shards -> MAE pretraining -> few-shot fine-tuning -> report; or an
+ACDC folder -> shards -> few-shot fine-tuning from cmrfm's released backbone -> report."""
 
 from __future__ import annotations
 
@@ -21,25 +22,35 @@ from data_shards.stream import load_subjects
 from finetune.data import take_window
 from finetune.evaluate import evaluate_checkpoint, load_finetune_checkpoint, predict_study
 from foundation.checkpoint import restore
+from foundation.released import DEFAULT_RELEASE, NO_WEIGHTS, resolve_pretrained
 from pretext.system import PretrainSystem
 
 
 @dataclass
 class DemoPlan:
-    """What one demo run converts and trains; the configs hold the model and optimiser."""
+    """What one demo run converts and trains; the configs hold the model and optimiser.
+    pretrain_config None: no pretraining stage, fine-tuning starts from ``pretrained`` (a released
+    model's name, a checkpoint or hub folder, or "none" for scratch)."""
 
     source: str
     root: Path | None
     source_options: dict
     preprocess: PreprocessConfig
-    pretrain_config: Path
+    pretrain_config: Path | None
     finetune_config: Path
+    pretrained: str | None = None
     pretrain_args: list[str] = field(default_factory=list)
     finetune_args: list[str] = field(default_factory=list)
 
 
-def make_plan(data: Path | None, quick: bool) -> DemoPlan:
-    """Phantom by default, an ACDC folder with data; quick shrinks model and steps for tests."""
+def make_plan(data: Path | None, quick: bool, pretrained: str | None = None) -> DemoPlan:
+    """Phantom by default (pretrained here first); an ACDC folder with data, fine-tuned from
+    ``pretrained`` (default: the release); quick shrinks model and steps for tests. Raises
+    ValueError or FileNotFoundError for what cannot run, before any work."""
+    if data is None and pretrained is not None:
+        raise ValueError(
+            "the phantom demo pretrains its own backbone: --pretrained goes with --data"
+        )
     if data is None:
         plan = DemoPlan(
             "phantom",
@@ -54,30 +65,39 @@ def make_plan(data: Path | None, quick: bool) -> DemoPlan:
             "acdc",
             Path(data),
             {},
-            PreprocessConfig(spacing=1.5, size=128),
-            CONFIGS / "pretrain_mae_acdc.yaml",
+            PreprocessConfig(spacing=1.5, size=128),  # as the release was trained
+            None,
             CONFIGS / "finetune_seg_acdc.yaml",
+            pretrained or DEFAULT_RELEASE,
         )
-    if quick:
+    if quick and data is None:
         tiny = ["--model.init_args.backbone", "cmr_vit_test", "--trainer.max_steps", "3"]
         plan.pretrain_args = [*tiny, "--data.init_args.epoch_length", "96"]
         plan.finetune_args = [*tiny, "--data.init_args.epoch_length", "24"]
-        if data is None:
-            plan.source_options |= {"n": 10, "slices": 3, "frames": 8, "size": 48}
-            plan.preprocess = PreprocessConfig(spacing=3.0, size=48)
-        else:
-            plan.source_options |= {"limit": 20}
+        plan.source_options |= {"n": 10, "slices": 3, "frames": 8, "size": 48}
+        plan.preprocess = PreprocessConfig(spacing=3.0, size=48)
+    elif quick:  # the release's own network: fewer steps and subjects only
+        plan.finetune_args = ["--trainer.max_steps", "3", "--data.init_args.epoch_length", "24"]
+        plan.source_options |= {"limit": 20}
+    start = resolve_pretrained(plan.pretrained)  # FileNotFoundError for an absent release
+    if start is not None and not start.exists():
+        raise FileNotFoundError(f"--pretrained {plan.pretrained}: no such checkpoint or hub folder")
     return plan
 
 
 def run_demo(
-    out: Path, data: Path | None = None, quick: bool = False, labels: int = 4, seed: int = 0
+    out: Path,
+    data: Path | None = None,
+    quick: bool = False,
+    labels: int = 4,
+    seed: int = 0,
+    pretrained: str | None = None,
 ) -> dict:
     """Run the whole chain into out/ and write out/report.md; returns the evaluation report."""
     console = Console()
     out = Path(out)
+    plan = make_plan(data, quick, pretrained)
     out.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(data, quick)
     shards = out / "shards"
     timings: dict[str, float] = {}
 
@@ -95,10 +115,15 @@ def run_demo(
         overwrite=True,
         console=console,
     )
-    stage("pretrain")
-    pre_ckpt = train_stage(plan.pretrain_config, shards, out / "pretrain", seed, plan.pretrain_args)
+    pre_ckpt = None
+    if plan.pretrain_config is not None:
+        stage("pretrain")
+        pre_ckpt = train_stage(
+            plan.pretrain_config, shards, out / "pretrain", seed, plan.pretrain_args
+        )
     stage("finetune")
-    finetune_args = ["--pretrained", str(pre_ckpt), "--labels", str(labels), *plan.finetune_args]
+    start = str(pre_ckpt) if pre_ckpt is not None else str(plan.pretrained)
+    finetune_args = ["--pretrained", start, "--labels", str(labels), *plan.finetune_args]
     ft_ckpt = train_stage(plan.finetune_config, shards, out / "finetune", seed, finetune_args)
     stage("evaluate")
     report = evaluate_checkpoint(ft_ckpt, str(shards), split="test")
@@ -133,10 +158,17 @@ def train_stage(config: Path, shards: Path, out: Path, seed: int, extra: list[st
     return run_training([*args, "--trainer.logger.init_args.save_dir", str(out), *extra])
 
 
-def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: int) -> None:
-    """MAE input/masked/reconstruction and a segmentation overlay, on the first test subject."""
+def draw_figures(pre_ckpt: Path | None, ft_ckpt: Path, shards: str, out: Path, seed: int) -> None:
+    """A segmentation overlay on the first test subject, and the MAE input/masked/reconstruction
+    when the demo pretrained one (pre_ckpt)."""
     subject = next(s for s in load_subjects(shards, splits=["test"]) if s["label"] is not None)
-    meta = subject["meta"]
+    if pre_ckpt is not None:
+        mae_figure_of(pre_ckpt, subject, out / "mae.png", seed)
+    draw_overlay(ft_ckpt, subject, out / "segmentation.png")
+
+
+def mae_figure_of(pre_ckpt: Path, subject: dict, path: Path, seed: int) -> None:
+    """The MAE's input, masked input and reconstruction of one clip of subject (mid slice)."""
     pretrainer, _ = restore(PretrainSystem, pre_ckpt)
     mae = pretrainer.objective.eval()  # pretext.mae.MAE: the demo configs' objective is "mae"
     frames = 2 * mae.encoder.tubelet
@@ -151,12 +183,13 @@ def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: in
     mask_px = mask.float().reshape(1, *enc.grid(clip.shape), 1).repeat_interleave(enc.tubelet, 1)
     mask_px = mask_px.repeat_interleave(enc.patch_size, 2).repeat_interleave(enc.patch_size, 3)
     mae_figure(
-        clip[0, 0].numpy(),
-        mask_px[0, ..., 0].numpy(),
-        recon[0, 0].clamp(0, 1).numpy(),
-        out / "mae.png",
+        clip[0, 0].numpy(), mask_px[0, ..., 0].numpy(), recon[0, 0].clamp(0, 1).numpy(), path
     )
 
+
+def draw_overlay(ft_ckpt: Path, subject: dict, path: Path) -> None:
+    """Ground truth and prediction at ED and ES on three slices of subject."""
+    meta = subject["meta"]
     model, frames, _ = load_finetune_checkpoint(ft_ckpt)
     pred = predict_study(model, subject["image"], frames)
     s = subject["image"].shape[0]
@@ -167,8 +200,17 @@ def draw_figures(pre_ckpt: Path, ft_ckpt: Path, shards: str, out: Path, seed: in
         pred,
         [int(meta["ed"]), int(meta["es"])],
         slices,
-        out / "segmentation.png",
+        path,
     )
+
+
+def _start(plan: DemoPlan) -> str:
+    """Where fine-tuning started, in words."""
+    if plan.pretrain_config is not None:
+        return "starting from the backbone pretrained above"
+    if str(plan.pretrained) == NO_WEIGHTS:
+        return "from random weights (`--pretrained none`)"
+    return f"starting from `{plan.pretrained}`"
 
 
 def write_markdown(
@@ -181,7 +223,7 @@ def write_markdown(
         f"Data: `{plan.source}`{f' from `{plan.root}`' if plan.root else ' (synthetic, embedded)'}; "
         f"seed {seed}; machine: {platform.machine()}, {torch.get_num_threads()} threads, "
         f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}.",
-        f"Fine-tuned on {labels} labelled training subjects, evaluated on the "
+        f"Fine-tuned on {labels} labelled training subjects, {_start(plan)}, evaluated on the "
         f"{s['n_subjects']} subjects of the test split (never seen in pretraining or fine-tuning).",
         "",
         "| structure | Dice (mean over test subjects, ED and ES) |",
@@ -206,10 +248,15 @@ def write_markdown(
         "",
         "Time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
         "",
-        "## MAE: input, masked input (90% tube masking), reconstruction",
-        "",
-        "![mae](mae.png)",
-        "",
+    ]
+    if plan.pretrain_config is not None:
+        lines += [
+            "## MAE: input, masked input (90% tube masking), reconstruction",
+            "",
+            "![mae](mae.png)",
+            "",
+        ]
+    lines += [
         "## Segmentation at ED and ES: ground truth and prediction",
         "",
         "![segmentation](segmentation.png)",

@@ -104,9 +104,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from cmrfm.demo import run_demo
+    from cmrfm.demo import make_plan, run_demo
 
-    run_demo(args.out, data=args.data, quick=args.quick, labels=args.labels, seed=args.seed)
+    try:  # what cannot run is refused before any work: --pretrained without --data, or absent
+        make_plan(args.data, args.quick, args.pretrained)
+    except (ValueError, FileNotFoundError) as error:
+        fail("demo", error)
+    run_demo(args.out, data=args.data, quick=args.quick, labels=args.labels, seed=args.seed,
+             pretrained=args.pretrained)  # fmt: skip
 
 
 def _probe(args: argparse.Namespace) -> None:
@@ -178,11 +183,19 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="phantom -> shards -> pretrain -> fine-tune -> evaluate -> report"
+        "demo",
+        help="phantom -> shards -> pretrain -> fine-tune -> evaluate -> report; with --data: "
+        "ACDC -> shards -> fine-tune from the released backbone -> evaluate -> report",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument(
         "--data", type=Path, default=None, help="an ACDC training folder instead of the phantom"
+    )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="with --data: the weights fine-tuning starts from (default: the release "
+        "cmr-unet-small-cine; none: random)",
     )
     p.add_argument("--labels", type=int, default=4, help="labelled subjects for fine-tuning")
     p.add_argument("--seed", type=int, default=0)

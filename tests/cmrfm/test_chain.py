@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers import DATA
 
-from cmrfm.demo import run_demo
+from cmrfm.demo import make_plan, run_demo
+from cmrfm.shipped import model_path
 from data_shards.writer import read_manifest, verify_manifest
 from foundation.checkpoint import backbone_state_dict, read_checkpoint
 
@@ -66,10 +67,21 @@ def test_finetuning_draw_is_disjoint_from_the_evaluated_subjects(demo: tuple[Pat
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not SHARED_ACDC.is_dir(), reason=f"ACDC not found at {SHARED_ACDC}")
-def test_chain_runs_on_real_acdc(tmp_path: Path) -> None:
+def test_chain_on_real_acdc_fine_tunes_the_release(tmp_path: Path) -> None:
+    """`demo --data`: no pretraining stage; fine-tuning starts from the released backbone, and
+    the saved package records it as its base model."""
+    from finetune.package import load_finetuned
+    from foundation.released import DEFAULT_RELEASE
+
     report = run_demo(tmp_path, data=SHARED_ACDC, quick=True, labels=2)
     assert report["summary"]["n_subjects"] >= 1
     assert 0.0 <= report["summary"]["dice_mean"] <= 1.0
+    assert not (tmp_path / "pretrain").exists() and not (tmp_path / "mae.png").exists()
+    _, config = load_finetuned(tmp_path / "model")
+    release = json.loads((model_path(DEFAULT_RELEASE) / "config.json").read_text())
+    assert config["base_model"]["source"] == DEFAULT_RELEASE
+    assert config["base_model"]["sha256"] == release["weights_sha256"]
+    assert f"starting from `{DEFAULT_RELEASE}`" in (tmp_path / "report.md").read_text()
 
 
 def test_the_demo_saves_a_package_that_predict_segments_a_study_with(
@@ -96,3 +108,13 @@ def test_the_demo_saves_a_package_that_predict_segments_a_study_with(
     assert (
         volumes["shape_stwh"] == [3, 8, 48, 48] and (tmp_path / "pred" / "volumes.json").is_file()
     )
+
+
+def test_the_demo_plans_its_start() -> None:
+    # The phantom pretrains its own backbone; an ACDC folder starts from the release unless told.
+    assert make_plan(None, quick=True).pretrain_config is not None
+    acdc = make_plan(Path("acdc"), quick=False)
+    assert acdc.pretrain_config is None and acdc.pretrained == "cmr-unet-small-cine"
+    assert make_plan(Path("acdc"), quick=False, pretrained="none").pretrained == "none"
+    with pytest.raises(ValueError, match="--pretrained goes with --data"):
+        make_plan(None, quick=False, pretrained="none")
