@@ -14,6 +14,9 @@ import numpy as np
 from finetune.results import read_jsonl
 
 # Which per-subject pair each task's agreement plot shows, and its units.
+# The baselines pretrained is paired against by seed: the same network from random weights, and
+# MONAI's U-Net (for the dense route these are the same network, so either row is the margin).
+PAIRED_BASELINES = ("scratch", "unet")
 AGREEMENT_PLOTS = {"seg": ("lv_ef", "LV EF", "%"), "ef": ("lv_ef", "LV EF", "%")}
 
 
@@ -172,21 +175,22 @@ def markdown(
                 f"\n⚠ implausible, outside {info.low:g} to {info.high:g} {info.unit}: {runs}. "
                 "Check those runs' masks (per-subject values in subjects.jsonl)."
             )
-        if metric == metrics[0] and {"pretrained", "scratch"} <= set(present):
-            parts.append("\n" + _margin_table(results, metric))
+        if metric == metrics[0] and "pretrained" in present:
+            for baseline in (m for m in PAIRED_BASELINES if m in present):
+                parts.append("\n" + _margin_table(results, metric, baseline))
     return "\n".join(parts) + "\n"
 
 
-def _margin_table(results: Sequence[dict], metric: str) -> str:
-    """pretrained minus scratch, paired by (N, seed): the same draws, so differences pair up."""
+def _margin_table(results: Sequence[dict], metric: str, baseline: str) -> str:
+    """pretrained minus baseline, paired by (N, seed): the same draws, so differences pair up."""
     by_cell = {(r["method"], r["n"], r["seed"]): r.get(metric) for r in results}
-    lines = [f"pretrained − scratch, {metric}, paired by seed:\n", "| N | mean ± std (pairs) |"]
+    lines = [f"pretrained − {baseline}, {metric}, paired by seed:\n", "| N | mean ± std (pairs) |"]
     lines.append("|---|---|")
     for n in sorted({r["n"] for r in results}):
         diffs = [
-            by_cell[("pretrained", n, s)] - by_cell[("scratch", n, s)]
+            by_cell[("pretrained", n, s)] - by_cell[(baseline, n, s)]
             for (m, nn, s) in by_cell
-            if m == "pretrained" and nn == n and ("scratch", n, s) in by_cell
+            if m == "pretrained" and nn == n and (baseline, n, s) in by_cell
         ]
         diffs = [d for d in diffs if d is not None and np.isfinite(d)]
         if diffs:

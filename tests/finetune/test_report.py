@@ -44,6 +44,15 @@ def test_markdown_pairs_pretrained_and_scratch_by_seed():
     assert "| 1 | +0.100 ± 0.000 (3) |" in text  # the same seed's draw: differences pair up
 
 
+def test_pretrained_is_paired_with_the_unet_too_when_scratch_was_not_run():
+    rows = [r | {"method": "unet"} if r["method"] == "scratch" else r for r in _rows()]
+    rows[-1]["dice_mean"] += 0.06  # unet, N=5, seed 2: one pair differs
+    text = markdown(rows, "seg", ["dice_mean"], ["pretrained", "unet"])
+    assert "pretrained − unet, dice_mean, paired by seed" in text and "− scratch" not in text
+    assert "| 1 | +0.100 ± 0.000 (3) |" in text
+    assert "| 5 | +0.080 ± 0.035 (3) |" in text
+
+
 def test_tables_name_the_metric_and_its_unit():
     rows = [r | {"lv_ef_mae": 5.0} for r in _rows()]
     text = markdown(rows, "seg", ["dice_mean", "lv_ef_mae"], ["pretrained", "scratch"])
