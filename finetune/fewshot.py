@@ -321,6 +321,10 @@ class FewShotBenchmark:
 
     # ---- the whole benchmark
 
+    def _budget_words(self) -> str:
+        """What every run is given, as the config says: "1000 steps" or "60 s"."""
+        return f"{self.cfg.steps} steps" if self.cfg.steps else f"{self.cfg.budget_s:g} s"
+
     def run(self) -> list[dict]:
         """Every run not yet in results.jsonl, then the summary files; returns the summary rows."""
         done = self._prepare_out()
@@ -330,7 +334,7 @@ class FewShotBenchmark:
         self.console.print(
             f"few-shot {self.cfg.task}: {len(self.runs())} runs ({len(done)} done), "
             f"{len(self.labelled)} labelled training subjects, {len(self.eval)} evaluation subjects"
-            f" ({self.cfg.eval_split}), {self.cfg.budget_s:g} s of training per run"
+            f" ({self.cfg.eval_split}), {self._budget_words()} of training per run"
         )
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
         with Progress(*columns, TimeElapsedColumn(), console=self.console) as progress:

@@ -117,6 +117,12 @@ def test_evaluation_split_is_disjoint_from_every_draw(shards: Path, tmp_path: Pa
         assert not eval_keys & {s["key"] for s in bench.draw(run)}
 
 
+def test_the_header_states_the_budget_each_run_gets(shards: Path, tmp_path: Path):
+    assert FewShotBenchmark(_config(shards, tmp_path, methods=["unet"]))._budget_words() == "0.5 s"
+    stepped = FewShotBenchmark(_config(shards, tmp_path / "b", methods=["unet"], steps=25))
+    assert stepped._budget_words() == "25 steps"
+
+
 def test_segmentation_benchmark_end_to_end_and_resume(shards: Path, hub: Path, tmp_path: Path):
     cfg = _config(shards, tmp_path, methods=["pretrained", "unet"], pretrained=str(hub))
     bench = FewShotBenchmark(cfg)
