@@ -27,13 +27,15 @@ from cmrfm.card_facts import (
     shard_manifests,
     training_facts,
 )
-from foundation.card import dataset_names
+from cmrfm_io.files import write_atomic
+from foundation.card import dataset_names, with_fewshot
 from foundation.checkpoint import (
+    CONFIG_NAME,
     backbone_kind,
     recorded_backbone,
     weights_from_state_dict,
 )
-from foundation.hub import PROBE_PLOT, check_hub_folder, from_pretrained, save_pretrained
+from foundation.hub import CARD_NAME, PROBE_PLOT, check_hub_folder, from_pretrained, save_pretrained
 from foundation.registry import BACKBONES, Backbone, create_backbone
 from foundation.training_checkpoint import TrainingCheckpoint, read_training_checkpoint
 from foundation.vit import CardiacViT
@@ -244,6 +246,22 @@ def export(
         "datasets": data["datasets"],
         "manifests": [m["sha256"] for m in data["manifests"]],
     }
+
+
+def add_fewshot(folder: Path, fewshot: Path) -> Path:
+    """A hub folder's card gets a few-shot summary.csv (its table and the Hub model-index), the
+    weights and config.json untouched: a release is benchmarked after it is committed."""
+    folder = Path(folder)
+    card = folder / CARD_NAME
+    if not (folder / CONFIG_NAME).is_file() or not card.is_file():
+        raise ValueError(f"{folder}: not a hub folder (needs {CONFIG_NAME} and {CARD_NAME})")
+    rows = read_fewshot_rows(fewshot)
+    try:
+        text = with_fewshot(card.read_text(), rows or [])
+    except ValueError as error:
+        raise ValueError(f"{card}: {error}") from error
+    write_atomic(card, text)
+    return card
 
 
 def publish(

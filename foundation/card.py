@@ -151,6 +151,10 @@ def dataset_lines(datasets: Sequence[str]) -> list[str]:
     return lines
 
 
+FEWSHOT_HEADING = "## Few-shot segmentation"
+NO_FEWSHOT = "No few-shot benchmark was recorded."
+
+
 def _front_matter(
     datasets: Sequence[str],
     objective: str | None,
@@ -312,8 +316,8 @@ def card_text(
         lines += ["", "Hyper-parameters:", "", "```json", hparams, "```"]
     lines += ["", "## Online probe", ""]
     lines += _probe_lines(probe) if probe else ["No probe was recorded for this model."]
-    lines += ["", "## Few-shot segmentation", ""]
-    lines += _fewshot_lines(fewshot) if fewshot else ["No few-shot benchmark was recorded."]
+    lines += ["", FEWSHOT_HEADING, ""]
+    lines += _fewshot_lines(fewshot) if fewshot else [NO_FEWSHOT]
     lines += ["", "## Metrics", ""]
     lines += metrics_lines(metrics) if metrics else ["None reported."]
     lines += ["", "## Data licences and citations", "", *dataset_lines(datasets), ""]
@@ -359,6 +363,24 @@ def _probe_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "![probe Dice against pretraining step](probe.png)",
     ]
     return lines
+
+
+def with_fewshot(text: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """A card (README.md text) with its few-shot section and Hub ``model-index`` rebuilt from
+    ``rows`` (a few-shot summary.csv): a released folder gains its benchmark, weights untouched."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(text)
+    head, heading, rest = card.text.partition(f"\n{FEWSHOT_HEADING}\n")
+    if not heading:
+        raise ValueError(f"the card has no {FEWSHOT_HEADING!r} section to fill")
+    _, _, tail = rest.partition("\n## ")
+    title = next((ln[2:].split(":")[0] for ln in head.splitlines() if ln.startswith("# ")), "")
+    results = eval_results(rows)
+    card.data.eval_results = results or None
+    card.data.model_name = f"{title or 'cmrfm backbone'} (cmrfm)" if results else None
+    section = ["", *(_fewshot_lines(rows) if rows else [NO_FEWSHOT]), "", ""]
+    return f"---\n{card.data.to_yaml()}\n---\n{head}{heading}" + "\n".join(section) + "## " + tail
 
 
 def _fewshot_lines(rows: Sequence[Mapping[str, Any]], metric: str = "dice_mean") -> list[str]:

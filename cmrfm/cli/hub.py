@@ -15,9 +15,14 @@ def _export(args: argparse.Namespace) -> None:
     from cmrfm.export import export
 
     onnx = args.onnx or args.int8
+    if args.out is None and args.fewshot is not None and not onnx:
+        return _add_fewshot(args.checkpoint, args.fewshot)
     if args.out is None:  # `export --onnx PACKAGE`: ONNX files into a fine-tuned package
         if not onnx:
-            fail("export", "give OUT, the folder to write (only --onnx or --int8 go without)")
+            fail(
+                "export",
+                "give OUT, the folder to write (only --onnx, --int8 or --fewshot go without)",
+            )
         return _export_onnx(args.checkpoint, args.int8, args.int8_ops)
     try:
         summary = export(
@@ -43,6 +48,17 @@ def _export(args: argparse.Namespace) -> None:
         if summary.get("package") != "finetuned":
             fail("export", f"{summary['out']}: a backbone folder; --onnx takes a segmenter")
         _export_onnx(Path(summary["out"]), args.int8, args.int8_ops)
+
+
+def _add_fewshot(folder: Path, fewshot: Path) -> None:
+    """`export HUB_FOLDER --fewshot summary.csv`: the card of a released folder gets the table."""
+    from cmrfm.export import add_fewshot
+
+    try:
+        card = add_fewshot(folder, fewshot)
+    except (ValueError, FileNotFoundError) as error:
+        fail("export", error)
+    print(f"{fewshot} -> {card}: few-shot table and model-index (weights untouched)")
 
 
 def _export_onnx(folder: Path, int8: bool, ops: list[str]) -> None:
@@ -76,7 +92,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         "checkpoint",
         type=Path,
         help="a .ckpt file, or a DeepSpeed ZeRO-2/3 folder; with --onnx and no OUT, a fine-tuned "
-        "package folder to add ONNX files to",
+        "package folder to add ONNX files to; with --fewshot and no OUT, a hub folder whose card "
+        "gets the few-shot table (weights untouched)",
     )
     p.add_argument("out", type=Path, nargs="?", default=None, help="the folder to write")
     p.add_argument(

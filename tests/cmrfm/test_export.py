@@ -476,18 +476,24 @@ def test_publish_without_network_says_so_in_one_line(hub_folder, monkeypatch, ca
     assert "huggingface-cli login" in err
 
 
-def test_the_card_shows_the_probe_curve_and_the_few_shot_table(lightning_run, tmp_path) -> None:
-    probe = tmp_path / "probe" / "probe.csv"
-    probe.parent.mkdir()
-    probe.write_text("step,dice_mean,probe_s\n1000,0.373,8\n0,0.254,7\n")
-    (tmp_path / "probe" / "probe.png").write_bytes(b"\x89PNG fake")
-    fewshot = tmp_path / "summary.csv"
+def _fewshot_summary(folder: Path) -> Path:
+    """A few-shot summary.csv with the benchmark's config.json beside it (ACDC, test split)."""
+    fewshot = folder / "summary.csv"
     fewshot.write_text(
         "metric,method,labels,n,mean,std,runs\n"
         "dice_mean,pretrained,1,1,0.5,0.1,3\ndice_mean,unet,1,1,0.4,0.2,3\n"
         "dice_mean,unet,all,80,0.88,,1\ndice_lv,unet,1,1,0.9,0.0,3\n"
     )
-    (tmp_path / "config.json").write_text('{"shards": "runs/real/acdc", "eval_split": "test"}')
+    (folder / "config.json").write_text('{"shards": "runs/real/acdc", "eval_split": "test"}')
+    return fewshot
+
+
+def test_the_card_shows_the_probe_curve_and_the_few_shot_table(lightning_run, tmp_path) -> None:
+    probe = tmp_path / "probe" / "probe.csv"
+    probe.parent.mkdir()
+    probe.write_text("step,dice_mean,probe_s\n1000,0.373,8\n0,0.254,7\n")
+    (tmp_path / "probe" / "probe.png").write_bytes(b"\x89PNG fake")
+    fewshot = _fewshot_summary(tmp_path)
     out = tmp_path / "hub"
     export(lightning_run[0], out, probe=probe, fewshot=fewshot)
     card = (out / CARD_NAME).read_text()
@@ -504,6 +510,28 @@ def test_the_card_shows_the_probe_curve_and_the_few_shot_table(lightning_run, tm
     )
     assert (out / "probe.png").read_bytes() == b"\x89PNG fake"
     assert out / "probe.png" in check_hub_folder(out)  # published with the folder
+
+
+def test_a_released_folder_gains_its_few_shot_table_as_export_would_have_written_it(
+    lightning_run, tmp_path, capsys
+) -> None:
+    fewshot = _fewshot_summary(tmp_path)
+    export(lightning_run[0], tmp_path / "at_once", fewshot=fewshot)
+    released = tmp_path / "released"
+    export(lightning_run[0], released)
+    weights = (released / WEIGHTS_NAME).read_bytes()
+    main(["export", str(released), "--fewshot", str(fewshot)])
+    assert "weights untouched" in capsys.readouterr().out
+    assert (released / CARD_NAME).read_text() == (tmp_path / "at_once" / CARD_NAME).read_text()
+    assert (released / WEIGHTS_NAME).read_bytes() == weights
+    from_pretrained(released)  # config.json's sha256 still verifies
+
+    (released / CARD_NAME).unlink()
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(released), "--fewshot", str(fewshot)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert f"{released}: not a hub folder (needs config.json and README.md)" in err
 
 
 def test_a_file_that_is_no_fewshot_summary_is_named(lightning_run, tmp_path) -> None:
