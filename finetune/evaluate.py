@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from rich.progress import track
 from torch import nn
 from torch.nn import functional as F
 
@@ -27,6 +26,7 @@ from finetune.metrics import (
     hd95_undefined,
     scar_extent,
 )
+from foundation.progress_lines import logged
 
 if TYPE_CHECKING:
     from finetune.system import SegFinetuner
@@ -215,7 +215,7 @@ def evaluate(model: nn.Module, subjects: Sequence[dict], frames: int, num_classe
     labelled = [s for s in subjects if s["label"] is not None]
     preds = {
         s["key"]: predict_study(model, s["image"], frames)
-        for s in track(labelled, description="evaluating", transient=True)
+        for s in logged(labelled, len(labelled), "evaluating", "subjects")
     }
     return evaluate_predictions(preds, labelled, num_classes)
 

@@ -1,32 +1,19 @@
-"""Progress as plain log lines, for training whose output is a file and not a terminal (a job
-under nohup or a scheduler), where a progress bar writes nothing readable."""
+"""Progress of Lightning training: plain log lines when the output is a file and not a terminal
+(a job under nohup or a scheduler), where a progress bar writes nothing readable, and a rich bar
+that suits an unbounded stream. The line itself is :func:`foundation.progress_lines.progress_line`."""
 
 from __future__ import annotations
 
 import sys
 import time
-from datetime import timedelta
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
+from foundation.progress_lines import progress_line
+
 _now = time.monotonic  # the callback's clock (tests replace it)
-
-
-def progress_line(
-    step: int, max_steps: int, rate: float | None, metrics: dict[str, float], since: float
-) -> str:
-    """'step 1200/16000 (7.5%) | 0.72 steps/s | ETA 5:42:40 | train/loss 0.0412 | 0:27:50 in'."""
-    parts = [f"step {step}/{max_steps} ({100 * step / max_steps:.1f}%)" if max_steps > 0
-             else f"step {step}"]  # fmt: skip
-    if rate:
-        parts.append(f"{rate:.3g} steps/s")
-        if max_steps > 0:
-            parts.append(f"ETA {timedelta(seconds=round((max_steps - step) / rate))}")
-    parts += [f"{name} {value:.4g}" for name, value in sorted(metrics.items())]
-    parts.append(f"{timedelta(seconds=round(since))} in")
-    return " | ".join(parts)
 
 
 class LogLines(Callback):

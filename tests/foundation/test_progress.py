@@ -12,15 +12,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from cmrfm import CONFIGS
 from cmrfm.train import run_training
 from foundation import progress
-from foundation.progress import LogLines, progress_line, use_stream_bar
-
-
-def test_a_line_gives_step_share_rate_eta_and_metrics() -> None:
-    line = progress_line(1200, 16000, 0.5, {"train/loss": 0.04123}, since=1670)
-    assert line == (
-        "step 1200/16000 (7.5%) | 0.5 steps/s | ETA 8:13:20 | train/loss 0.04123 | 0:27:50 in"
-    )
-    assert progress_line(7, -1, None, {}, since=3) == "step 7 | 0:00:03 in"  # no max_steps
+from foundation.progress import LogLines, use_stream_bar
 
 
 def test_every_s_must_be_positive() -> None:
