@@ -1,4 +1,4 @@
-"""Metrics: HD95 on shapes with known distances, clinical indices from known voxel counts,
+"""Metrics: Dice against its definition, LV EF from hand-computed volumes, HD95 on shapes with known distances, clinical indices from known voxel counts,
 Bland-Altman agreement, classification scores, the evaluation summary, and the result plots."""
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from finetune.metrics import (
     agreement,
     classification_metrics,
     clinical_indices,
+    dice_per_class,
     hd95_per_class,
     hd95_undefined,
+    lv_ef,
     scar_extent,
 )
 from finetune.plots import (
@@ -403,3 +405,68 @@ def test_metric_vs_n_places_all_at_its_subject_count_when_given() -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "all"]
     np.testing.assert_allclose(ax.get_xticks(), [2, 80])
     assert ax.get_ylabel() == "dice_mean"
+
+
+# --- Dice and LV EF ---------------------------------------------------------------------------
+
+
+def reference_dice(pred: np.ndarray, truth: np.ndarray, c: int) -> float:
+    a, b = pred == c, truth == c
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_dice_per_class_matches_definition() -> None:
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 4, (3, 16, 16))
+    truth = np.where(rng.random((3, 16, 16)) < 0.6, pred, rng.integers(0, 4, (3, 16, 16)))
+    scores = dice_per_class(pred, truth, num_classes=4)
+    assert list(scores) == ["lv", "myo", "rv"]
+    for c, name in enumerate(["lv", "myo", "rv"], start=1):
+        assert scores[name] == pytest.approx(reference_dice(pred, truth, c), rel=1e-6)
+    perfect = dice_per_class(truth, truth, num_classes=4)
+    assert all(v == pytest.approx(1.0) for v in perfect.values())
+
+
+def test_dice_is_nan_for_a_class_absent_from_both() -> None:
+    truth = np.zeros((2, 8, 8), np.int64)
+    truth[:, 2:5, 2:5] = 1
+    scores = dice_per_class(truth, truth, num_classes=4)
+    assert scores["lv"] == pytest.approx(1.0)
+    assert np.isnan(scores["myo"]) and np.isnan(scores["rv"])
+
+
+def test_dice_is_zero_for_a_class_only_in_the_prediction() -> None:
+    truth = np.zeros((2, 8, 8), np.int64)
+    truth[:, 2:5, 2:5] = 1
+    pred = truth.copy()
+    pred[:, 6:8, 6:8] = 3  # a false-positive RV
+    assert dice_per_class(pred, truth, num_classes=4)["rv"] == 0.0
+
+
+def test_dice_leaves_out_pixels_whose_truth_is_unknown() -> None:
+    # Contour-only labels (Sunnybrook ES): LV known, everything outside it IGNORE.
+    truth = np.full((1, 8, 8), IGNORE, np.uint8)
+    truth[0, 2:5, 2:5] = 1
+    pred = np.zeros((1, 8, 8), np.uint8)
+    pred[0, 2:5, 2:5] = 1
+    pred[0, 6:8, 6:8] = 2  # lands on unknown truth: neither right nor wrong
+    scores = dice_per_class(pred, truth, num_classes=4)
+    assert scores["lv"] == pytest.approx(1.0)
+    assert np.isnan(scores["myo"])
+    pred[0, 2, 2] = 0  # a real miss inside the known LV still counts
+    assert dice_per_class(pred, truth, num_classes=4)["lv"] == pytest.approx(16 / 17)
+
+
+def test_lv_ef_against_hand_computed_volumes() -> None:
+    label = np.zeros((2, 3, 10, 10), np.uint8)
+    label[:, 0, 0:5, 0:8] = 1  # ED: 2 slices * 40 pixels
+    label[:, 1, 0:3, 0:5] = 1  # ES: 2 slices * 15 pixels
+    label[:, 2, 0:4, 0:4] = 1
+    label[0, :, 9, 9] = 2  # other classes do not count
+    spacing = (8.0, 1.25, 1.25)
+    voxel_ml = 8.0 * 1.25 * 1.25 / 1000
+    out = lv_ef(label, spacing, ed=0, es=1)
+    assert out["edv"] == pytest.approx(80 * voxel_ml)
+    assert out["esv"] == pytest.approx(30 * voxel_ml)
+    assert out["ef"] == pytest.approx(100 * (80 - 30) / 80)
+    assert np.isnan(lv_ef(np.zeros_like(label), spacing, ed=0, es=1)["ef"])
