@@ -21,7 +21,6 @@ all verify and its quarantine is empty. ``manifest.json`` is written once the so
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -113,7 +112,7 @@ def convert(
         out_dir,
         [shard["name"] for shard in shards],
         [sample for shard in shards for sample in shard["samples"]],
-        preprocess=dataclasses.asdict(preprocess_config),
+        preprocess=preprocess_config.to_dict(),
         extra={
             "source": source,
             "root": None if root is None else str(root),
@@ -246,7 +245,7 @@ def _fingerprint(
         "source": source,
         "root": None if root is None else str(Path(root).resolve()),
         "source_options": options,
-        "preprocess": dataclasses.asdict(config),
+        "preprocess": config.to_dict(),
         "prefix": prefix,
     }
     return json.loads(json.dumps(value, default=str))

@@ -11,7 +11,10 @@ converter quarantines a study that holds no image at all.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from numbers import Real
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +61,34 @@ class PreprocessConfig:
             raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
         if self.crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (percentiles a list): the ``preprocess`` object of shard meta,
+        manifest.json, the conversion journal and a fine-tuned model's config.json."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "preprocess") -> PreprocessConfig:
+        """The config that a ``preprocess`` object (:meth:`to_dict`) records.
+
+        Keys that are not fields are skipped (hub and package configs keep ``frames`` and
+        ``modalities`` beside them), and fields an older file lacks take their defaults.
+
+        Raises:
+            ValueError: ``d`` is not a mapping, or a field has a bad type or value; the message
+                names ``where`` (the file, say) and the field.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(
+                f"{where}: preprocess must be an object of PreprocessConfig fields, "
+                f"got {type(d).__name__}"
+            )
+        names = {f.name for f in fields(cls)}
+        given = {k: _from_json(k, v, where) for k, v in d.items() if k in names}
+        try:
+            return cls(**given)
+        except ValueError as err:  # __post_init__'s messages start with the field's name
+            raise ValueError(f"{where}: bad preprocess {dict(d)}: {err}") from None
 
 
 def preprocess(subject: Subject, config: PreprocessConfig) -> Subject:
@@ -124,7 +155,7 @@ def preprocess(subject: Subject, config: PreprocessConfig) -> Subject:
     scale = (h / out_hw[0], w / out_hw[1])  # native pixels per output pixel
     _shift_origin(meta, start, scale, (dy, dx))
     meta["crop"] = crop
-    meta["preprocess"] = _json_config(config)
+    meta["preprocess"] = config.to_dict()
     out_spacing = (dz, float(config.spacing), float(config.spacing)) if known else (dz, dy, dx)
     return replace(
         subject,
@@ -317,5 +348,24 @@ def _to_uint8(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _json_config(config: PreprocessConfig) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+def _from_json(key: str, value: Any, where: str) -> Any:
+    """A JSON value of field ``key`` as the field's type (percentiles a tuple, size an int);
+    a wrong type is a ValueError naming ``where`` and ``key``, not a TypeError deep inside."""
+    if key == "percentiles":
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        ok, want = pair and all(map(_is_number, value)), "a [low, high] pair of numbers"
+        value = tuple(value) if ok else value
+    elif key == "size":
+        ok, want = _is_number(value) and float(value).is_integer(), "a whole number of pixels"
+        value = int(value) if ok else value
+    elif key == "spacing":
+        ok, want = _is_number(value), "a number of mm"
+    else:
+        ok, want = isinstance(value, str), "a string"
+    if not ok:
+        raise ValueError(f"{where}: preprocess {key!r} must be {want}, got {value!r}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)

@@ -206,6 +206,19 @@ def test_different_settings_refuse_unless_overwrite(tmp_path: Path, calls: list[
     assert {s["shape"][-1] for s in manifest["samples"]} == {16}
 
 
+def test_manifest_journal_and_shards_record_the_config_as_to_dict(
+    tmp_path: Path, calls: list[str]
+) -> None:
+    config = PreprocessConfig(spacing=1.25, size=16, percentiles=(1.0, 99.0), crop="label")
+    run(tmp_path, source_options={"n": 3}, preprocess_config=config)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    journal = json.loads((tmp_path / PROGRESS).read_text())
+    recorded = [manifest["preprocess"], journal["fingerprint"]["preprocess"]]
+    recorded += [s["meta"]["preprocess"] for s in load_subjects(tmp_path)]
+    assert all(r == config.to_dict() for r in recorded)
+    assert PreprocessConfig.from_dict(manifest["preprocess"], "manifest.json") == config
+
+
 def test_no_resume_starts_over(tmp_path: Path, calls: list[str]) -> None:
     run(tmp_path, source_options={"n": 3})
     calls.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -189,6 +190,62 @@ def test_bad_in_plane_spacing_raises_naming_the_subject(spacing):
 def test_bad_config_raises(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         PreprocessConfig(**kwargs)
+
+
+# ------------------------------------------------------------------ to and from a dict
+
+CONFIGS = [
+    PreprocessConfig(),
+    PreprocessConfig(spacing=2.0, size=48, percentiles=(1.0, 99.0), orientation="none"),
+    PreprocessConfig(spacing=1.25, size=16, crop="label"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_to_dict_round_trips_through_json(config):
+    recorded = json.loads(json.dumps(config.to_dict(), allow_nan=False))
+    assert recorded == config.to_dict()
+    assert PreprocessConfig.from_dict(recorded, "manifest.json") == config
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_to_dict_is_the_format_files_have_always_held(config):
+    # Manifests, journals and config.json were written as asdict with JSON's lists: keep that.
+    assert config.to_dict() == json.loads(json.dumps(asdict(config)))
+    assert list(config.to_dict()) == ["spacing", "size", "percentiles", "orientation", "crop"]
+
+
+def test_from_dict_skips_keys_of_other_configs_and_defaults_what_older_files_lack():
+    hub = {"spacing": 2.0, "size": 32.0, "percentiles": [1, 99], "frames": 4, "modalities": []}
+    config = PreprocessConfig.from_dict(hub, "config.json")
+    assert config == PreprocessConfig(spacing=2.0, size=32, percentiles=(1, 99))
+    assert isinstance(config.size, int) and isinstance(config.percentiles, tuple)
+    assert PreprocessConfig.from_dict({}) == PreprocessConfig()
+
+
+@pytest.mark.parametrize(
+    ("given", "key"),
+    [
+        ({"spacing": 0}, "spacing"),
+        ({"spacing": "1.5"}, "spacing"),
+        ({"spacing": None}, "spacing"),
+        ({"size": 32.5}, "size"),
+        ({"size": True}, "size"),
+        ({"percentiles": [1.0]}, "percentiles"),
+        ({"percentiles": 5}, "percentiles"),
+        ({"percentiles": [99.0, 1.0]}, "percentiles"),
+        ({"orientation": "ras"}, "orientation"),
+        ({"crop": 3}, "crop"),
+    ],
+)
+def test_from_dict_error_names_the_source_and_the_bad_key(given, key):
+    with pytest.raises(ValueError, match=rf"^pkg/config\.json: .*{key}"):
+        PreprocessConfig.from_dict({"size": 16, **given}, "pkg/config.json")
+
+
+def test_from_dict_refuses_what_is_not_an_object():
+    with pytest.raises(ValueError, match=r"^manifest\.json: preprocess must be an object"):
+        PreprocessConfig.from_dict([1.5, 128], "manifest.json")
 
 
 # ------------------------------------------------------------------ unknown in-plane spacing
