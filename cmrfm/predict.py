@@ -32,7 +32,7 @@ from cmrfm.cycle import (
 )
 from cmrfm.quality import quality_report
 from cmrfm.study import DICOM_NAME, Study, read_study, write_labels
-from data_shards.preprocess import preprocess
+from data_shards.preprocess import PreprocessConfig, preprocess
 from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
 from data_shards.restore import restore_labels
 from data_shards.volumes import volumes_ml
@@ -169,7 +169,7 @@ class Predictor:
 
     folder: Path
     config: dict[str, Any]
-    preprocess: Any  # data_shards.preprocess.PreprocessConfig
+    preprocess: PreprocessConfig
     frames: int
     num_classes: int
     runtime: str = "torch"  # or "onnx", "onnx-int8": cmrfm.onnx_model.OnnxSegmenter
@@ -181,7 +181,7 @@ class Predictor:
     ) -> Predictor:
         """Errors name the folder and what is wrong with it (finetune.package.read_package_config,
         cmrfm.onnx_model.load_onnx)."""
-        from finetune.package import preprocess_config, read_package_config
+        from finetune.package import read_package_config
 
         network = None
         if runtime == "torch":
@@ -194,7 +194,7 @@ class Predictor:
             raise ValueError(
                 f"{model_dir}: a {config['task']!r} model; predict needs a 'seg' model"
             )
-        pre = preprocess_config(config["preprocess"], str(Path(model_dir) / CONFIG_NAME))
+        pre = PreprocessConfig.from_dict(config["preprocess"], str(Path(model_dir) / CONFIG_NAME))
         num_classes = len(config.get("classes") or []) or 4
         return cls(
             Path(model_dir), config, pre, int(frames or config["frames"]), num_classes,

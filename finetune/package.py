@@ -70,7 +70,7 @@ def package_config(
         raise ValueError(f"frames must be a positive clip length, got {frames}")
     base = base_model(init_args.get("pretrained"), init_args.get("backbone"))
     args = {k: (None if k in FILE_ARGS else v) for k, v in init_args.items()}
-    pre = preprocess_config(preprocess, "preprocess")  # fails early on a bad preprocessing
+    pre = PreprocessConfig.from_dict(preprocess)  # fails early on a bad preprocessing
     if class_names is None and task == "seg":
         k = int(args.get("num_classes", 4))
         class_names = [LABEL_NAMES.get(c, f"class{c}") for c in range(k)]
@@ -79,7 +79,7 @@ def package_config(
         "version": FORMAT_VERSION,
         "task": task,
         "model": {"class_path": class_path, "init_args": args},
-        "preprocess": _preprocess_dict(pre),
+        "preprocess": pre.to_dict(),
         "frames": int(frames),
         "classes": list(class_names or []),
         "base_model": base,  # where fine-tuning started: None = from scratch
@@ -190,22 +190,8 @@ def read_package_config(folder: Path) -> dict[str, Any]:
     for key in ("preprocess", "frames"):
         if key not in config:
             raise ValueError(f"{path}: lacks {key!r}")
-    preprocess_config(config["preprocess"], str(path))
+    PreprocessConfig.from_dict(config["preprocess"], str(path))
     return config
-
-
-def preprocess_config(preprocess: Mapping[str, Any], where: str) -> PreprocessConfig:
-    """The PreprocessConfig of a config's (or manifest's) preprocess fields; unknown keys skipped."""
-    if not isinstance(preprocess, Mapping):
-        raise ValueError(f"{where}: preprocess must be an object of PreprocessConfig fields")
-    fields = set(inspect.signature(PreprocessConfig).parameters)
-    given = {k: v for k, v in preprocess.items() if k in fields}
-    if "percentiles" in given:
-        given["percentiles"] = tuple(given["percentiles"])
-    try:
-        return PreprocessConfig(**given)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: bad preprocess {dict(preprocess)}: {err}") from None
 
 
 def load_finetuned(folder: Path | str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -251,16 +237,6 @@ def _import_class(class_path: str, where: Path) -> type:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ValueError(f"{where}: {class_path!r} is not a torch module class")
     return cls
-
-
-def _preprocess_dict(config: PreprocessConfig) -> dict[str, Any]:
-    return {
-        "spacing": config.spacing,
-        "size": config.size,
-        "percentiles": list(config.percentiles),
-        "orientation": config.orientation,
-        "crop": config.crop,
-    }
 
 
 # --- the model card ----------------------------------------------------------------------------

@@ -153,10 +153,10 @@ def copy_package(source: Path, folder: Path) -> Path:
 def phantom_study(slices: int, frames: int, preprocess: dict[str, Any], seed: int) -> np.ndarray:
     """A phantom cine (S, T) on the model's grid: uint8 (S, T, size, size)."""
     from data_shards.phantom import PhantomConfig, make_subject
+    from data_shards.preprocess import PreprocessConfig
     from data_shards.preprocess import preprocess as prepare
-    from finetune.package import preprocess_config
 
-    pre = preprocess_config(preprocess, "bench runtime")
+    pre = PreprocessConfig.from_dict(preprocess, "bench runtime")
     size = max(32, int(pre.size))
     subject = make_subject(seed, 0, PhantomConfig(slices=slices, frames=frames, size=size,
                                                   spacing=float(pre.spacing or 1.5)))  # fmt: skip

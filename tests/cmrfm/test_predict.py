@@ -32,9 +32,9 @@ from cmrfm.cli import main
 from cmrfm.predict import Predictor, predict, prepare
 from cmrfm.study import read_study
 from data_shards.orientation import canonical_plan
-from data_shards.preprocess import preprocess
+from data_shards.preprocess import PreprocessConfig, preprocess
 from data_shards.record import INFARCT, LV, MVO, MYO, RV, Subject
-from finetune.package import preprocess_config, save_finetuned
+from finetune.package import save_finetuned
 from finetune.system import SegFinetuner
 
 PREPROCESS = PACKAGE_PREPROCESS  # the `package` fixture's (conftest)
@@ -76,7 +76,7 @@ def test_oracle_labels_map_back_onto_the_ground_truth(tmp_path, package, monkeyp
     study = read_study(tmp_path / "case.nii.gz")
     transposed, flipped = canonical_plan(np.array(study.geometry["direction"]))
     assert transposed and flipped  # the inversion has something to undo
-    config = preprocess_config(PREPROCESS, "test")
+    config = PreprocessConfig.from_dict(PREPROCESS, "test")
     labelled = Subject("case", study.image, truth, study.spacing, dict(study.geometry))
     expected = preprocess(labelled, config).label
     assert expected.shape == prepare(study, config).image.shape
@@ -146,7 +146,7 @@ def test_lge_model_reports_the_scar(tmp_path, monkeypatch):
     write_nifti(tmp_path / "lge.nii.gz", study_image(np.minimum(truth, 3)), spacing)
     study = read_study(tmp_path / "lge.nii.gz")
     labelled = Subject("lge", study.image, truth, study.spacing, dict(study.geometry))
-    expected = preprocess(labelled, preprocess_config(PREPROCESS, "test")).label
+    expected = preprocess(labelled, PreprocessConfig.from_dict(PREPROCESS, "test")).label
     monkeypatch.setattr("finetune.evaluate.predict_study", answering(expected))
 
     main(["predict", str(tmp_path / "lge.nii.gz"), "--model", str(lge), "--out",
