@@ -56,6 +56,8 @@ def add_training(sub: argparse._SubParsersAction) -> None:
 def _fewshot(args: argparse.Namespace) -> None:
     from finetune.fewshot import FewShotBenchmark, load_config
 
+    if args.merge:
+        return _merge_fewshot(args.merge, args.out)
     default = CONFIGS / f"fewshot_{args.task or 'seg'}_acdc.yaml"
     config = config_path(args.config) if args.config else default  # a file or a shipped name
     split = lambda text: None if text is None else [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
@@ -87,6 +89,18 @@ def _fewshot(args: argparse.Namespace) -> None:
     else:
         bench.run()
     print(f"results: {cfg.out_dir / 'summary.md'}")
+
+
+def _merge_fewshot(folders: list[Path], out: str | None) -> None:
+    from finetune.fewshot_merge import merge_benchmarks
+
+    if out is None:
+        fail("fewshot", "--merge needs --out, the folder for the merged report")
+    try:
+        merge_benchmarks(Path(out), folders)
+    except ValueError as error:  # folders that do not belong together: say which
+        fail("fewshot", error)
+    print(f"results: {Path(out) / 'summary.md'}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -177,6 +191,15 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
         "--rescore",
         action="store_true",
         help="score the finished segmentation runs again from their saved label maps (no training)",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="no training: one report in --out over these benchmark folders of one task and data "
+        "(e.g. N <= 10 at one step budget, N = all at a longer one)",
     )
     p.set_defaults(func=_fewshot)
 
