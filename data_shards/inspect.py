@@ -26,11 +26,12 @@ from matplotlib.lines import Line2D
 from rich.console import Console
 from rich.table import Table
 
+from data_shards.clips import cyclic_window
 from data_shards.convert import QUARANTINE
 from data_shards.privacy import default_salt, local_inputs
 from data_shards.record import IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, RV
 from data_shards.split import SPLITS
-from data_shards.stream import cyclic_window, decode
+from data_shards.stream import decode
 from data_shards.writer import read_manifest, verify_manifest
 
 SUMMARY = "summary.json"

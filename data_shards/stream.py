@@ -43,20 +43,20 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from data_shards.clips import slice_clips
 from data_shards.shard_io import ShardSet, decode, shard_subjects, shard_urls
+from data_shards.views import slice_pairs
 
 __all__ = [
     "ClipDataset",
     "ClipSource",
     "SkippedDataWarning",
-    "cyclic_window",
     "decode",
     "load_subjects",
     "mix",
     "pretrain_dataset",
     "shard_sets",
     "shard_urls",
-    "slice_clips",
 ]
 
 Shards = ShardSet | Mapping[str, float] | Sequence[tuple[ShardSet, float]]
@@ -107,46 +107,6 @@ def _is_pair_list(items: Sequence[Any]) -> bool:
 def _in_splits(sample: dict[str, Any], splits: frozenset[str]) -> bool:
     """Split filter on the raw sample, so skipped subjects never have their images decoded."""
     return json.loads(sample["meta.json"]).get("split") in splits
-
-
-def cyclic_window(start: int, frames: int, n_frames: int, stride: int = 1) -> np.ndarray:
-    """Frame indices (frames,) from start every ``stride`` frames, wrapping past the last frame
-    (cine is periodic)."""
-    return (start + stride * np.arange(frames)) % n_frames
-
-
-def slice_clips(
-    subjects: Iterable[dict[str, Any]],
-    frames: int,
-    rng: np.random.Generator,
-    stride: int | Sequence[int] = 1,
-) -> Iterator[dict[str, Any]]:
-    """One clip per slice: ``frames`` frames every ``stride`` from a random start, wrapping.
-
-    Cine is periodic over the cardiac cycle, so a window running past the last frame continues
-    at the first; a study with fewer than ``frames`` frames (LGE: T = 1) repeats its frames.
-    A sequence of strides draws one per clip.
-
-    Yields:
-        ``{"clip": uint8 (frames, H, W), "modality": str, "key": str, "slice": int, "slices":
-        int}``: slice ``slice`` of the subject's ``slices``, base to apex.
-    """
-    strides = (stride,) if isinstance(stride, int) else tuple(stride)
-    for subject in subjects:
-        image = subject["image"]  # (S, T, H, W)
-        n_frames = image.shape[1]
-        modality = str(subject["meta"].get("modality", "unknown"))
-        for index in range(image.shape[0]):
-            start = int(rng.integers(n_frames))
-            step = strides[int(rng.integers(len(strides)))] if len(strides) > 1 else strides[0]
-            window = cyclic_window(start, frames, n_frames, step)  # (frames,)
-            yield {
-                "clip": image[index, window],  # (frames, H, W), a copy
-                "modality": modality,
-                "key": subject["key"],
-                "slice": index,
-                "slices": image.shape[0],
-            }
 
 
 def mix(
@@ -241,8 +201,6 @@ class ClipSource(IterableDataset):
     def _clips(self, urls: Iterable[str], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
         subjects = (s for url in urls for s in shard_subjects(url, self.splits, self._skip))
         if self.views == 2:
-            from data_shards.views import slice_pairs  # views imports this module
-
             return slice_pairs(subjects, self.frames, rng, self.stride)
         return slice_clips(subjects, self.frames, rng, self.stride)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from data_shards.stream import cyclic_window
+from data_shards.clips import cyclic_window
 
 
 def _window(
@@ -42,7 +42,7 @@ def slice_pairs(
 ) -> Iterator[dict[str, Any]]:
     """One pair per slice: the slice, and another slice of the same subject drawn uniformly (the
     same slice when S = 1); each view its own random start and stride, windows wrapping as in
-    :func:`~data_shards.stream.slice_clips`.
+    :func:`~data_shards.clips.slice_clips`.
 
     Yields:
         ``{"clip", "clip2": uint8 (frames, H, W), "modality", "modality2": str, "key": str,

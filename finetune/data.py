@@ -13,8 +13,9 @@ import torch
 from monai import transforms as mt
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from data_shards.clips import cyclic_window
 from data_shards.record import IGNORE
-from data_shards.stream import cyclic_window, load_subjects, shard_urls
+from data_shards.stream import load_subjects, shard_urls
 
 
 def draw_labelled(subjects: Sequence[dict], n: int, seed: int) -> list[dict]:

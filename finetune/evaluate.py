@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from data_shards.clips import cyclic_window
 from data_shards.record import IGNORE, INFARCT, LABEL_NAMES, RV
-from data_shards.stream import cyclic_window, load_subjects, shard_urls
+from data_shards.stream import load_subjects, shard_urls
 from finetune.metrics import (
     AGREEMENT_STATS,
     CLINICAL_INDICES,

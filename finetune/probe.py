@@ -25,8 +25,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from cmrfm_io.files import write_atomic
+from data_shards.clips import cyclic_window
 from data_shards.record import IGNORE
-from data_shards.stream import cyclic_window, load_subjects, shard_urls
+from data_shards.stream import load_subjects, shard_urls
 from finetune.data import draw_labelled
 from finetune.metrics import dice_per_class
 from foundation.unet import CardiacUNet

@@ -47,7 +47,8 @@ from cmrfm.bench.loader_timing import measure, measure_device_augment
 from cmrfm.bench.machine import load_average, torch_threads
 from cmrfm.bench.results import show_and_write
 from data_shards.augment import clip_augment
-from data_shards.stream import Augment, cyclic_window, decode, pretrain_dataset, shard_urls
+from data_shards.clips import cyclic_window
+from data_shards.stream import Augment, decode, pretrain_dataset, shard_urls
 from data_shards.writer import read_manifest
 
 SPLITS = ("train", "val")  # what pretraining reads (pretrain_dataset's default)

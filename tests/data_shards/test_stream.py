@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from data_shards.clips import cyclic_window
 from data_shards.datamodule import ClipDataModule
 from data_shards.record import Subject
 from data_shards.stream import (
     SkippedDataWarning,
-    cyclic_window,
     load_subjects,
     pretrain_dataset,
     shard_urls,
@@ -251,12 +251,6 @@ def test_ranks_times_workers_see_every_clip_once(
 
 
 # --- temporal stride ------------------------------------------------------------------------
-
-
-def test_cyclic_window_stride() -> None:
-    assert cyclic_window(3, 4, 5).tolist() == [3, 4, 0, 1]
-    assert cyclic_window(3, 4, 5, stride=2).tolist() == [3, 0, 2, 4]
-    assert cyclic_window(0, 3, 1, stride=3).tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("stride", [2, (1, 2)])

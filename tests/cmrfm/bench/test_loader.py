@@ -28,7 +28,8 @@ from cmrfm.bench.loader import (
 from cmrfm.bench.loader_report import LOADERS
 from cmrfm.bench.loader_timing import measure
 from cmrfm.cli import main
-from data_shards.stream import cyclic_window, load_subjects
+from data_shards.clips import cyclic_window
+from data_shards.stream import load_subjects
 
 FRAMES = 3  # fewer than the phantom's 4, so windows wrap
 
