@@ -1,4 +1,4 @@
-"""Two views of one subject: slice pairs with independent cyclic windows, cine-LGE pairs by patient."""
+"""Two views of one subject: slice pairs with independent cyclic windows."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from collections import Counter
 from itertools import pairwise
 
 import numpy as np
-import pytest
 
-from data_shards.views import cross_modality_pairs, patient_id, slice_pairs
+from data_shards.views import slice_pairs
 
 
 def subject(key: str, slices: int, frames: int, modality: str = "cine", **meta) -> dict:
@@ -105,42 +104,3 @@ def test_slice_pairs_are_reproducible_from_the_generator() -> None:
     )
     assert same
     assert any(not np.array_equal(a["clip2"], b["clip2"]) for a, b in zip(first, other))
-
-
-# --- cine with LGE of the same patient ---------------------------------------------------------
-
-
-def test_patient_id_prefers_patient_then_split_group() -> None:
-    assert patient_id(subject("a", 1, 1, patient="p1", split_group="g")) == "p1"
-    assert patient_id(subject("a", 1, 1, split_group="g")) == "g"
-    assert patient_id(subject("a", 1, 1)) is None
-
-
-def test_cross_modality_pairs_match_by_patient_at_the_same_level() -> None:
-    cines = [
-        subject("cine-1", 5, 10, patient="p1"),
-        subject("cine-2", 3, 10, split_group="p2"),
-        subject("cine-3", 2, 10, patient="nobody"),  # no LGE: skipped
-        subject("cine-4", 2, 10),  # no id: skipped
-    ]
-    lges = [subject("lge-2", 7, 1, "lge", split_group="p2"), subject("lge-1", 9, 1, "lge",
-            patient="p1"), subject("lge-x", 3, 1, "lge")]  # fmt: skip
-    pairs = list(cross_modality_pairs(cines, lges, 4, rng()))
-    assert [(p["key"], p["key2"]) for p in pairs] == [("cine-1", "lge-1")] * 5 + [
-        ("cine-2", "lge-2")
-    ] * 3
-    # Same relative position base -> apex: 5 cine slices onto 9 LGE slices, 3 onto 7.
-    assert [p["slice2"] for p in pairs] == [0, 2, 4, 6, 8, 0, 3, 6]
-    for pair in pairs:
-        assert (pair["modality"], pair["modality2"]) == ("cine", "lge")
-        assert origin(pair["clip"], 10)[0] == pair["slice"]
-        assert is_cyclic_window(origin(pair["clip"], 10)[1], 10, 1)
-        assert origin(pair["clip2"], 1) == (pair["slice2"], [0, 0, 0, 0])  # LGE frame repeated
-
-
-@pytest.mark.parametrize("n_cine", [1, 2])
-def test_cross_modality_pairs_with_few_cine_slices(n_cine) -> None:
-    cine = subject("c", n_cine, 4, patient="p")
-    lge = subject("l", 5, 1, "lge", patient="p")
-    pairs = list(cross_modality_pairs([cine], [lge], 2, rng()))
-    assert [p["slice2"] for p in pairs] == ([2] if n_cine == 1 else [0, 4])
