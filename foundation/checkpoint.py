@@ -38,13 +38,16 @@ B = TypeVar("B", CardiacViT, CardiacUNet)
 
 
 # Where Lightning systems keep the backbone, in order of preference when several complete ones
-# fit (an EMA teacher next to the student): pretraining (PretrainSystem; mae. in the removed
-# MAEPretrainer's checkpoints, whose backbones still load), fine-tuning (SegFinetuner,
-# SubjectFinetuner), a bare objective. DeepSpeed's fp32 reconstruction puts WRAPPERS in front.
-# Any other prefix is found by the backbone's own key names (find_backbone_prefix), so a new
-# system needs no entry here.
-PREFIXES = ("objective.encoder.", "mae.encoder.", "model.backbone.", "encoder.")
+# fit (an EMA teacher next to the student): pretraining (PretrainSystem), fine-tuning
+# (SegFinetuner, SubjectFinetuner), a bare objective. DeepSpeed's fp32 reconstruction puts
+# WRAPPERS in front. Any other prefix is found by the backbone's own key names
+# (find_backbone_prefix), so a new system needs no entry here.
+PREFIXES = ("objective.encoder.", "model.backbone.", "encoder.")
 WRAPPERS = ("_forward_module.",)
+# The removed MAEPretrainer kept its modules under mae.; pretext.migrate rewrites such a
+# checkpoint once (named here as a command: foundation does not import pretext).
+LEGACY_PREFIX = "mae."
+MIGRATE_HINT = "rewrite it once with `python -m pretext.migrate OLD.ckpt NEW.ckpt`"
 # The first tensor of each kind of backbone; the prefix it sits under is the backbone's.
 ANCHOR = "patch_embed.weight"  # CardiacViT
 UNET_ANCHORS = ("unet.model.0.conv.unit0.conv.weight", "unet.model.0.conv.weight")  # CardiacUNet
@@ -216,6 +219,15 @@ def find_backbone_prefix(state: Mapping[str, torch.Tensor], source: Path) -> str
     raise ValueError(f"{source}: no prefix holds a complete backbone; missing e.g. {missing}")
 
 
+def refuse_legacy_prefix(prefix: str, source: Path) -> None:
+    """Raise naming source when the backbone sits under the removed MAEPretrainer's ``mae.``."""
+    if _strip_wrappers(prefix).startswith(LEGACY_PREFIX):
+        raise ValueError(
+            f"{source}: the backbone is under {prefix!r}, a checkpoint of the removed "
+            f"MAEPretrainer; {MIGRATE_HINT}"
+        )
+
+
 def weights_from_state_dict(
     state: Mapping[str, torch.Tensor],
     source: Path,
@@ -224,9 +236,11 @@ def weights_from_state_dict(
 ) -> BackboneWeights:
     """The backbone inside a training system's state dict (a Lightning checkpoint, or DeepSpeed
     ZeRO shards rebuilt to fp32), with the architecture its hyper-parameters record; the prefix
-    is found unless given. source is the file named in errors."""
+    is found unless given, and the removed MAEPretrainer's ``mae.`` is refused (pretext.migrate
+    rewrites such a checkpoint). source is the file named in errors."""
     if prefix is None:
         prefix = find_backbone_prefix(state, source)
+    refuse_legacy_prefix(prefix, source)
     tensors = _under(state, prefix)
     if not tensors:
         raise ValueError(f"{source}: no backbone weights under the prefix {prefix!r}")

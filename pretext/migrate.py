@@ -12,8 +12,8 @@ configs (``cmrfm pretrain --config ... --resume NEW.ckpt``)::
 
 Everything else in the checkpoint (optimizer and scheduler states, loops, callbacks, the data
 module's state, ``pretrain_state``) is kept as it is: the modules and their parameter order are
-the same. Backbone weights alone need no migration: ``foundation.checkpoint`` still finds them
-under ``mae.encoder.`` for fine-tuning and ``cmrfm export``.
+the same. Fine-tuning and ``cmrfm export`` need the migrated file too: ``foundation.checkpoint``
+refuses a backbone under ``mae.encoder.``, naming this command.
 """
 
 from __future__ import annotations
@@ -28,17 +28,16 @@ from typing import Any
 import torch
 
 from cmrfm_io.files import write_atomic
-from foundation.checkpoint import read_checkpoint
+from foundation.checkpoint import LEGACY_PREFIX, MIGRATE_HINT, read_checkpoint
 
 LEGACY_CLASS = "pretext.system.MAEPretrainer"
 SYSTEM_CLASS = "pretext.system.PretrainSystem"
-LEGACY_PREFIX, PREFIX = "mae.", "objective."
+PREFIX = "objective."
 # MAEPretrainer's flat arguments, by where PretrainSystem takes them.
 BACKBONE_ARGS = ("patch_size", "tubelet", "drop_path_rate")
 OBJECTIVE_ARGS = (
     "mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads", "norm_pix_loss", "mask_type"
 )  # fmt: skip
-MIGRATE_HINT = "rewrite it once with `python -m pretext.migrate OLD.ckpt NEW.ckpt`"
 
 
 def is_legacy(checkpoint: Mapping[str, Any]) -> bool:

@@ -209,7 +209,7 @@ def test_checkpoint_restores_for_evaluation(kwargs, tmp_path) -> None:
 def test_pretrained_weights_load_before_the_protocol_applies(protocol, tmp_path) -> None:
     torch.manual_seed(1)
     source = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)
-    state = {f"mae.encoder.{k}": v for k, v in source.state_dict().items()}
+    state = {f"objective.encoder.{k}": v for k, v in source.state_dict().items()}
     torch.save({"state_dict": state}, tmp_path / "mae.ckpt")
     system = seg(protocol, seed=2, pretrained=str(tmp_path / "mae.ckpt"), lora_rank=4)
     qkv = system.model.backbone.blocks[0].attn.qkv

@@ -10,6 +10,7 @@ import torch
 
 from foundation import create_backbone
 from foundation.checkpoint import load_backbone_weights, read_checkpoint
+from pretext.migrate import migrate_checkpoint
 
 UNPICKLED: list[str] = []
 
@@ -26,11 +27,14 @@ class Payload:
         return (_record_unpickling, ())
 
 
-def save_pretraining_checkpoint(path: Path, patch: int = 8, seed: int = 1, **extra) -> dict:
+def save_pretraining_checkpoint(
+    path: Path, patch: int = 8, seed: int = 1, system: str = "objective.", **extra
+) -> dict:
+    """A pretraining checkpoint with its MAE under system (``mae.``: the removed MAEPretrainer's)."""
     torch.manual_seed(seed)
     backbone = create_backbone("cmr_vit_test", patch_size=patch, tubelet=2)
-    state = {f"mae.encoder.{k}": v for k, v in backbone.state_dict().items()}
-    state["mae.decoder_embed.weight"] = torch.zeros(4, 4)  # the rest of the MAE is not backbone
+    state = {f"{system}encoder.{k}": v for k, v in backbone.state_dict().items()}
+    state[f"{system}decoder_embed.weight"] = torch.zeros(4, 4)  # the rest of the MAE: no backbone
     torch.save(
         {"state_dict": state, "hyper_parameters": {"backbone": "cmr_vit_test"}, **extra}, path
     )
@@ -44,6 +48,28 @@ def test_load_backbone_weights_restores_every_tensor(tmp_path) -> None:
     backbone = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)
     assert not torch.equal(backbone.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
     load_backbone_weights(backbone, path)
+    loaded = backbone.state_dict()
+    assert loaded.keys() == saved.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+def test_a_maepretrainer_checkpoint_is_refused_naming_the_migration(tmp_path) -> None:
+    path = tmp_path / "old.ckpt"
+    save_pretraining_checkpoint(path, system="mae.")
+    with pytest.raises(
+        ValueError, match=r"old\.ckpt: the backbone is under 'mae\.encoder\.', a checkpoint of "
+        r"the removed MAEPretrainer; rewrite it once with `python -m pretext\.migrate OLD\.ckpt "
+        r"NEW\.ckpt`$"
+    ):  # fmt: skip
+        load_backbone_weights(create_backbone("cmr_vit_test", patch_size=8, tubelet=2), path)
+
+
+def test_a_maepretrainer_checkpoint_loads_once_migrated(tmp_path) -> None:
+    saved = save_pretraining_checkpoint(tmp_path / "old.ckpt", system="mae.")
+    migrate_checkpoint(tmp_path / "old.ckpt", tmp_path / "new.ckpt")
+    backbone = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)
+    load_backbone_weights(backbone, tmp_path / "new.ckpt")
     loaded = backbone.state_dict()
     assert loaded.keys() == saved.keys()
     for name, tensor in saved.items():
@@ -72,10 +98,10 @@ def test_checkpoint_for_another_patch_size_names_the_file(tmp_path) -> None:
 def test_checkpoint_missing_a_backbone_tensor_is_an_error(tmp_path) -> None:
     torch.manual_seed(1)
     state = {
-        f"mae.encoder.{k}": v
+        f"objective.encoder.{k}": v
         for k, v in create_backbone("cmr_vit_test", patch_size=8).state_dict().items()
     }
-    del state["mae.encoder.norm.weight"]
+    del state["objective.encoder.norm.weight"]
     torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
     with pytest.raises(ValueError, match=r"(?s)partial\.ckpt.*norm\.weight"):
         load_backbone_weights(

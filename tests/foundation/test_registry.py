@@ -109,7 +109,6 @@ def test_hub_folder_round_trip_gives_identical_outputs(source, folder) -> None:
     "prefix",
     [
         "objective.encoder.",  # PretrainSystem
-        "mae.encoder.",  # before the objective registry
         "model.backbone.",  # a fine-tuning checkpoint
         "_forward_module.objective.encoder.",  # DeepSpeed ZeRO shards rebuilt to fp32
     ],
@@ -253,10 +252,10 @@ def test_num_heads_a_checkpoint_implies_by_its_backbone_name_is_checked(source, 
 
 
 def test_hyper_parameters_that_contradict_the_weights_are_named(source, tmp_path) -> None:
-    hparams = {"backbone": "cmr_vit_test", "patch_size": 16}  # old MAEPretrainer's flat layout
-    path = save_checkpoint(tmp_path / "run.ckpt", prefixed(source, "mae.encoder."), hparams)
+    hparams = {"backbone": "cmr_vit_test", "patch_size": 16}  # a fine-tuning system's flat layout
+    path = save_checkpoint(tmp_path / "run.ckpt", prefixed(source, "model.backbone."), hparams)
     with pytest.raises(
-        ValueError, match=r"run\.ckpt: the weights under 'mae\.encoder\.' have patch_size 8, "
+        ValueError, match=r"run\.ckpt: the weights under 'model\.backbone\.' have patch_size 8, "
         r"the checkpoint's hyper_parameters say patch_size 16"
     ):  # fmt: skip
         load(path)
@@ -304,8 +303,8 @@ def test_checkpoint_with_an_extra_or_a_missing_key_is_refused(source, tmp_path, 
 
 
 def test_only_the_legacy_context_tables_may_be_absent(source, tmp_path) -> None:
-    state = prefixed(source, "mae.encoder.")
-    del state["mae.encoder.modality_embed"], state["mae.encoder.axis_embed"]
+    state = prefixed(source, "objective.encoder.")  # an old checkpoint, migrated
+    del state["objective.encoder.modality_embed"], state["objective.encoder.axis_embed"]
     with pytest.warns(UserWarning, match="before modality/axis"):
         loaded = load(save_checkpoint(tmp_path / "old.ckpt", state))
     assert not loaded.modality_embed.any() and not loaded.axis_embed.any()

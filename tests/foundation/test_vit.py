@@ -315,8 +315,8 @@ def test_old_lightning_checkpoint_loads_through_load_backbone_weights(tmp_path) 
     torch.manual_seed(0)
     source = create_backbone("cmr_vit_test", patch_size=8).eval()
     path = tmp_path / "old.ckpt"
-    state = {f"mae.encoder.{k}": v for k, v in old_state(source).items()}
-    torch.save({"state_dict": {**state, "mae.mask_token": torch.zeros(1, 1, 8)}}, path)
+    state = {f"objective.encoder.{k}": v for k, v in old_state(source).items()}  # once migrated
+    torch.save({"state_dict": {**state, "objective.mask_token": torch.zeros(1, 1, 8)}}, path)
     target = create_backbone("cmr_vit_test", patch_size=8).eval()
     with pytest.warns(UserWarning, match="axis_embed"):
         load_backbone_weights(target, path)
