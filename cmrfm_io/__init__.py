@@ -1,1 +1,2 @@
-"""Bottom-layer file helpers shared by every package; imports nothing from the project."""
+"""Bottom-layer helpers and names shared by every package (files, modality names); imports
+nothing from the project."""

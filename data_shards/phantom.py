@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from cmrfm_io.modalities import MODALITIES
 from data_shards.record import INFARCT, LV, MYO, RV, Subject
 from data_shards.volumes import ejection_fraction, volumes_ml
-
-MODALITIES = ("cine", "lge")
 
 
 def _check_int(name: str, value: object, low: int, where: str = "") -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from cmrfm_io.modalities import MODALITIES
 from data_shards.record import BACKGROUND, IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, RV, Subject
 from data_shards.sources import SourceError, named_regex, register_source
 from data_shards.sources.nifti_io import TO_LPS, NiftiVolume, frames_equal, read_nifti
@@ -43,7 +44,6 @@ LABEL_PRESETS: dict[str, dict[int, int]] = {
 }
 # M&Ms(-2): 001_SA_ED, 001_LA_CINE. Matched case-insensitively against the whole stem.
 MNMS_GROUPING = r"(?P<id>.+?)_(?P<view>[A-Za-z0-9]+)_(?P<phase>ED|ES|CINE)"
-MODALITIES = ("cine", "lge")
 
 
 @dataclass
