@@ -7,12 +7,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_shards.record import LV, RV
 from data_shards.volumes import ejection_fraction, volumes_ml
 from foundation.vit import CardiacViT
 
 ACDC_GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")  # class index order of the diagnosis head
 TASKS = ("ef", "cls")
-LV, RV = 1, 3  # label values of the two cavities
 EF_PRIOR = 0.55  # initial EF output (fraction): a typical ejection fraction, not 0
 
 
