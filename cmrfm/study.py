@@ -100,7 +100,7 @@ def _read_dicom(folder: Path) -> Study:
     # The salt only feeds the source's pseudonymous subject id, which predict never writes.
     try:  # sub-folders may be the series of one study (one per slice, say): read them as one
         # uneven gaps (a slice missing) are kept and flagged by the quality check, not refused
-        subject, frames = read_study_frames(folder, salt="cmrfm-predict", even_gaps=False)
+        subject, grid = read_study_frames(folder, salt="cmrfm-predict", even_gaps=False)
     except SourceError as err:
         if len(studies) == 1:
             raise
@@ -121,7 +121,7 @@ def _read_dicom(folder: Path) -> Study:
         shape=(w, h, s, t) if t > 1 else (w, h, s),
         geometry=geometry,
         times=dicom_frame_times(subject.meta, t),
-        sources=frames,
+        sources=grid,
     )
 
 

@@ -268,30 +268,30 @@ def _read_plan(plan: _Plan, options: _Options) -> list[Subject]:
         t = volume.data.shape[1]
         meta = {"ed": 0, **_ed_es_from_labels(label), "frames_source": "4d" if t > 1 else "3d"}
         return [_subject(plan.subject, plan, volume, label, meta)]
-    frames = {
+    phase_volumes = {
         phase: _read_frame(plan.files[phase], plan.label_files.get(phase), options)
         for phase in ("ED", "ES")
         if phase in plan.files
     }
-    _check_frames_agree(frames)
+    _check_phases_agree(phase_volumes)
     if "CINE" not in plan.files:
-        return [_stacked_subject(plan, frames)]
+        return [_stacked_subject(plan, phase_volumes)]
     cine, cine_label = _read_pair(plan.files["CINE"], plan.label_files.get("CINE"), options)
-    if not frames:
+    if not phase_volumes:
         meta = {"ed": 0, **_ed_es_from_labels(cine_label), "frames_source": "4d"}
         return [_subject(plan.subject, plan, cine, cine_label, meta)]
-    found, note = _locate_frames(cine, frames)
+    found, note = _locate_phases(cine, phase_volumes)
     if found is None:
-        stacked = _stacked_subject(plan, frames)
+        stacked = _stacked_subject(plan, phase_volumes)
         stacked.meta["frames_note"] = note
         meta = {"ed": 0, **_ed_es_from_labels(cine_label), "frames_source": "4d"}
         alone = _subject(f"{plan.subject}-cine", plan, cine, cine_label, meta)
         alone.meta["frames_note"] = note
         return [stacked, alone]
     label = None
-    if cine_label is not None or any(lab is not None for _, lab in frames.values()):
+    if cine_label is not None or any(lab is not None for _, lab in phase_volumes.values()):
         label = cine_label if cine_label is not None else _unlabelled(cine.data.shape)
-        for phase, (_, lab) in frames.items():
+        for phase, (_, lab) in phase_volumes.items():
             if lab is not None:
                 label[:, found[phase]] = lab[:, 0]
     meta = {"ed": 0, **{phase.lower(): t for phase, t in found.items()}, "frames_source": "4d"}
@@ -335,22 +335,22 @@ def _read_frame(
     return volume, label
 
 
-def _check_frames_agree(frames: dict[str, tuple[NiftiVolume, Any]]) -> None:
-    if len(frames) < 2:
+def _check_phases_agree(phase_volumes: dict[str, tuple[NiftiVolume, Any]]) -> None:
+    if len(phase_volumes) < 2:
         return
-    (ed, _), (es, _) = frames["ED"], frames["ES"]
+    (ed, _), (es, _) = phase_volumes["ED"], phase_volumes["ES"]
     if ed.data.shape != es.data.shape:
         raise SourceError(es.path, f"ES shape {es.data.shape} != ED shape {ed.data.shape}")
     if not np.allclose(ed.spacing, es.spacing, rtol=1e-3):
         raise SourceError(es.path, f"ES voxel size {es.spacing} != ED voxel size {ed.spacing} mm")
 
 
-def _locate_frames(
-    cine: NiftiVolume, frames: dict[str, tuple[NiftiVolume, Any]]
+def _locate_phases(
+    cine: NiftiVolume, phase_volumes: dict[str, tuple[NiftiVolume, Any]]
 ) -> tuple[dict[str, int] | None, str | None]:
     """The cine frame index holding each ED/ES frame, or None and why not."""
     found = {}
-    for phase, (volume, _) in frames.items():
+    for phase, (volume, _) in phase_volumes.items():
         if not np.allclose(cine.spacing, volume.spacing, rtol=1e-3):
             return None, f"cine voxel size {cine.spacing} != {phase} voxel size {volume.spacing}"
         hits = [
@@ -362,17 +362,17 @@ def _locate_frames(
     return found, None
 
 
-def _stacked_subject(plan: _Plan, frames: dict[str, tuple[NiftiVolume, Any]]) -> Subject:
+def _stacked_subject(plan: _Plan, phase_volumes: dict[str, tuple[NiftiVolume, Any]]) -> Subject:
     """ED and ES files (whichever exist) as one (S, T <= 2, H, W) cine in the order ED, ES."""
-    phases = list(frames)
-    first = frames[phases[0]][0]
-    image = np.concatenate([frames[p][0].data for p in phases], axis=1)
+    phases = list(phase_volumes)
+    first = phase_volumes[phases[0]][0]
+    image = np.concatenate([phase_volumes[p][0].data for p in phases], axis=1)
     label = None
-    if any(lab is not None for _, lab in frames.values()):
+    if any(lab is not None for _, lab in phase_volumes.values()):
         label = _unlabelled(image.shape)
         for t, phase in enumerate(phases):
-            if frames[phase][1] is not None:
-                label[:, t] = frames[phase][1][:, 0]
+            if phase_volumes[phase][1] is not None:
+                label[:, t] = phase_volumes[phase][1][:, 0]
     meta = {phase.lower(): t for t, phase in enumerate(phases)}
     meta["frames_source"] = "ed_es"
     volume = replace(first, data=image)
