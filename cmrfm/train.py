@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
 import os
 import re
 import sys
@@ -20,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from cmrfm.config_keys import check_argv_keys, check_config_keys
 from foundation.progress import log_file_progress, use_stream_bar
 from foundation.released import NO_WEIGHTS
 
@@ -70,53 +68,6 @@ def pop_flag(argv: Sequence[str], flag: str) -> tuple[list[str], str | None]:
 
 class ResumeError(Exception):
     """``--resume`` or ``--extend-to`` cannot be honoured; the message names the paths and the fix."""
-
-
-class ConfigError(ValueError):
-    """A config key that its class does not take; the message names the file, the key and the
-    nearest argument."""
-
-
-def check_config_keys(path: Path) -> None:
-    """Before LightningCLI's 50-line usage dump: every ``init_args`` key of the config's
-    ``model`` and ``data`` (by their ``class_path``) and every ``trainer`` key must be an
-    argument of its class; the first that is not raises ConfigError naming it and the nearest
-    argument (difflib). Classes that take ``**kwargs`` accept anything."""
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read the config ({err})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: a config is a mapping (trainer:, model:, data:)")
-    sections = [("trainer", L.Trainer, config.get("trainer"))]
-    for section in ("model", "data"):
-        value = config.get(section)
-        if isinstance(value, dict) and isinstance(value.get("class_path"), str):
-            cls = _import(value["class_path"], path, section)
-            sections.append((f"{section}.init_args", cls, value.get("init_args")))
-    for where, cls, given in sections:
-        if not isinstance(given, dict):
-            continue
-        params = inspect.signature(cls.__init__).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            continue
-        names = [n for n in params if n != "self"]
-        for key in given:
-            if key not in names:
-                near = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; it takes {', '.join(names)}"
-                name = f"{cls.__module__}.{cls.__qualname__}"
-                raise ConfigError(f"{path}: {where}.{key} is not an argument of {name}{hint}")
-
-
-def _import(class_path: str, path: Path, section: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigError(
-            f"{path}: {section}.class_path {class_path!r} cannot be imported"
-        ) from None
 
 
 def _logs_follow_out(argv: Sequence[str]) -> list[str]:
@@ -179,6 +130,8 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     if extend_to is not None:  # after the user's own --max-steps, so it wins
         argv, resume = [*argv, "--trainer.max_steps", str(extend_to)], resume or "last"
     args = expand_aliases(argv, ALIASES if aliases is None else aliases)
+    configs = [Path(c) for c in flag_values(args, ("--config", "-c")) if Path(c).is_file()]
+    check_argv_keys(args, configs)  # command-line typos too, before LightningCLI's usage dump
     # `cmrfm demo` calls this in-process; LightningCLI would warn that sys.argv differs from args.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     cli = LightningCLI(

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TRAINING:
-        from cmrfm.train import ConfigError, ResumeError, run_training
+        from cmrfm.config_keys import ConfigError
+        from cmrfm.train import ResumeError, run_training
 
         rest = argv[1:]
         if "--help" in rest or "-h" in rest:  # ours first, at once; then Lightning's (slow)
