@@ -89,4 +89,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         # (CMRFM_DEBUG=1 shows it).
         if os.environ.get("CMRFM_DEBUG"):
             raise
-        fail(args.command, error)
+        fail(" ".join(filter(None, (args.command, getattr(args, "benchmark", None)))), error)

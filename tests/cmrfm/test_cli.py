@@ -328,3 +328,13 @@ def test_training_help_starts_with_every_shortcut_the_command_accepts() -> None:
     pretrain = training_shortcuts("pretrain")
     assert "--labels" not in pretrain and "--pretrained" not in pretrain  # fine-tuning's only
     assert pretrain.index("--shards") < pretrain.index("LightningCLI's full list follows")
+
+
+def test_a_bench_error_names_the_subcommand(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["bench", "runtime", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cmrfm bench runtime: error: ") and err.count("\n") == 1
