@@ -28,7 +28,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -53,7 +53,8 @@ from data_shards.writer import read_manifest
 
 SPLITS = ("train", "val")  # what pretraining reads (pretrain_dataset's default)
 PHANTOM = {"n": 24, "slices": 8, "spacing": 1.5}  # default bench cohort (frames, size: CLI)
-AUGMENT_ON = ("loader", "device")
+AugmentOn = Literal["loader", "device"]
+AUGMENT_ON = get_args(AugmentOn)
 
 
 def bench_loader(
@@ -64,10 +65,10 @@ def bench_loader(
     size: int = 128,
     seconds: float = 10.0,
     augment: bool = True,
-    augment_on: str = "device",
+    augment_on: AugmentOn = "device",
     batch: int = 32,
-    seed: int = 0,
     rounds: int = 3,
+    seed: int = 0,
     cache: Path = Path(".cache/bench"),
     out: Path | None = None,
     console: Console | None = None,
@@ -85,8 +86,8 @@ def bench_loader(
             ship uint8 and the batched augmentation (or, without ``augment``, the conversion
             to float) is timed apart per clip, on the CPU and on a GPU if there is one.
         batch: clips per batch.
-        seed: seeds clip starts and orders in both loaders.
         rounds: the budget is split into this many alternating slices per loader.
+        seed: seeds clip starts and orders in both loaders.
         cache: where phantom shards are built when ``shards`` is None.
         out: a JSON file for the results (not written when None).
         console: where the table goes (default: a new stdout console).

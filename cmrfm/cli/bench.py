@@ -1,34 +1,152 @@
-"""`cmrfm bench loader|pretrain|seg|runtime`: the benchmarks' options (cmrfm.bench runs them)."""
+"""`cmrfm bench loader|pretrain|seg|runtime|start`: each benchmark's flags are made from its
+function's signature (cmrfm.cli.signature), with the help written here; cmrfm.bench runs them."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from cmrfm.bench.pretrain_options import PRESETS, PretrainBenchOptions
 from cmrfm.cli.args import _patch_sizes, _worker_counts
 from cmrfm.cli.errors import fail
+from cmrfm.cli.signature import Flag, LazyFlagsParser, add_signature_flags, call_arguments
 
 
-def _bench_loader(args: argparse.Namespace) -> None:
-    from cmrfm.bench.loader import bench_loader
+@dataclass(frozen=True)
+class Bench:
+    """One `cmrfm bench NAME`: its function (``module:name``, imported when the command is
+    used), the command's help, the help (or add_argument keywords) of its flags, and the errors
+    that are the user's to fix (one line, exit 2)."""
 
-    bench_loader(
-        args.shards,
-        workers=args.workers,
-        frames=args.frames,
-        size=args.size,
-        seconds=args.seconds,
-        augment=args.augment,
-        augment_on=args.augment_on,
-        batch=args.batch,
-        seed=args.seed,
-        rounds=args.rounds,
-        cache=args.cache,
-        out=args.out,
+    function: str
+    help: str
+    flags: Mapping[str, Flag]
+    errors: tuple[type[Exception], ...] = (ValueError,)
+
+    def load(self) -> Callable[..., Any]:
+        module, _, name = self.function.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+BENCHES = {
+    "loader": Bench(
+        "cmrfm.bench.loader:bench_loader",
+        "clips/s streaming from shards vs a plain .npy reader of the same arrays",
+        {
+            "shards": "default: phantom shards in --cache",
+            "workers": {"type": _worker_counts, "help": "e.g. 0,1,2"},
+            "frames": "clip length",
+            "size": "phantom image size (no --shards)",
+            "seconds": "timed run per loader and count",
+            "augment": "pretraining augmentation in both loaders",
+            "augment_on": "augment in the loader workers (float32 clips), or ship uint8 and time "
+            "the batched device-side augmentation apart, as a GPU job runs it (default)",
+            "rounds": "alternating time slices per loader",
+            "cache": "phantom shards",
+        },
+    ),
+    "seg": Bench(
+        "cmrfm.bench.seg:bench_seg",
+        "seconds per training step of the ViT segmenters (patch x decoder variant) against"
+        " MONAI's 2D U-Net, as ratios in one run",
+        {
+            "patches": {"type": _patch_sizes, "help": "e.g. 8,16"},
+            "variants": "ARCH[-fsN][-lastK|-linear], ARCH unetr, light, dense (the U-Net "
+            "backbone) or none (backbone alone), e.g. unetr,unetr-fs8,light,light-last4 "
+            "(default: cmrfm.bench.seg.DEFAULT_VARIANTS)",
+            "frames": "clip length",
+            "size": "H = W",
+            "num_classes": {"flag": "--classes", "help": "classes including background"},
+            "steps": "timed steps per contender and round",
+            "rounds": "rounds, order alternated",
+            "warmup": "untimed steps per contender first",
+            "threads": "torch threads",
+        },
+    ),
+    "runtime": Bench(
+        "cmrfm.bench.runtime:bench_runtime",
+        "seconds to segment one study under torch, onnxruntime and onnxruntime int8, as ratios "
+        "to torch in one run",
+        {
+            "models": {
+                "flag": "--model",
+                "help": "fine-tuned package (repeatable; exported into a temporary copy)",
+            },
+            "archs": "without --model: packages built with random weights, e.g. unet,light,dense",
+            "slices": "phantom study slices",
+            "frames": "phantom study frames",
+            "batch": "clips per forward pass",
+            "rounds": "timed runs per runtime",
+            "threads": "torch and onnxruntime threads",
+            "int8_ops": "op types the int8 model quantises (export --int8-ops)",
+        },
+    ),
+    "start": Bench(
+        "cmrfm.bench.start:bench_start",
+        "seconds until `cmrfm --help` answers and `cmrfm predict` starts reading a study, "
+        "against `python -c pass`, in one run",
+        {
+            "model": "fine-tuned package (default: a dense U-Net with random weights)",
+            "rounds": "fresh processes per case",
+        },
+        errors=(ValueError, RuntimeError),  # RuntimeError: a package that does not load
+    ),
+}
+
+PRETRAIN_FLAGS: dict[str, Flag] = {
+    "compile": "also measure torch.compile'd backbone blocks",
+    "strategies": "Lightning strategies, one device",
+    "peak_tflops": "peak for MFU (default: the GPU's dense bf16 peak; none on a CPU)",
+    "rounds": "measurements per run, order alternated",
+    "threads": "torch threads on a CPU (default 1)",
+}
+
+
+def _out(name: str) -> dict[str, Flag]:
+    """Where every benchmark writes its results from the command line (the functions: nowhere)."""
+    return {"out": {"default": Path(f"runs/bench/{name}.json")}}
+
+
+def _add_flags(parser: argparse.ArgumentParser, name: str) -> None:
+    bench = BENCHES[name]
+    add_signature_flags(parser, bench.load(), {**bench.flags, **_out(name)})
+
+
+def _run(name: str, args: argparse.Namespace) -> None:
+    bench = BENCHES[name]
+    function = bench.load()
+    try:
+        function(**call_arguments(function, args))
+    except bench.errors as error:  # an option that does not fit: say which, no trace
+        fail(f"bench {name}", error)
+
+
+def _add_pretrain_flags(parser: argparse.ArgumentParser) -> None:
+    """--preset; a flag per PretrainBenchOptions field, default None (the preset's value, which
+    the help gives); then bench_pretrain's other parameters."""
+    from cmrfm.bench.pretrain import bench_pretrain
+
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="the model and batch (default cpu: a test ViT on 4x32x32 clips; h100: ViT-B on "
+        "16x128x128, bf16-mixed); the options below override it",
     )
+    fields = [f.name for f in dataclasses.fields(PretrainBenchOptions)]
+    by_preset = {
+        f: {"default": None, "help": ", ".join(f"{n} {getattr(p, f)}" for n, p in PRESETS.items())}
+        for f in fields
+    }
+    add_signature_flags(parser, PretrainBenchOptions, by_preset)
+    flags = {**PRETRAIN_FLAGS, **_out("pretrain")}
+    add_signature_flags(parser, bench_pretrain, flags, skip=(*fields, "device", "console"))
 
 
 def _bench_pretrain(args: argparse.Namespace) -> None:
@@ -37,216 +155,26 @@ def _bench_pretrain(args: argparse.Namespace) -> None:
     try:
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainBenchOptions)}
         options = resolve_options(args.preset, **given)
-        bench_pretrain(
-            **options,
-            compile=args.compile,
-            strategies=args.strategies,
-            peak_tflops=args.peak_tflops,
-            rounds=args.rounds,
-            threads=args.threads,
-            seed=args.seed,
-            out=args.out,
-        )
+        bench_pretrain(**{**call_arguments(bench_pretrain, args), **options})
     except ValueError as error:  # an option that does not fit: say which, no trace
         fail("bench pretrain", error)
 
 
-def _bench_seg(args: argparse.Namespace) -> None:
-    from cmrfm.bench.seg import bench_seg
-
-    try:
-        bench_seg(
-            backbone=args.backbone,
-            patches=args.patches,
-            variants=args.variants,
-            tubelet=args.tubelet,
-            frames=args.frames,
-            size=args.size,
-            batch=args.batch,
-            num_classes=args.classes,
-            steps=args.steps,
-            rounds=args.rounds,
-            warmup=args.warmup,
-            threads=args.threads,
-            seed=args.seed,
-            out=args.out,
-        )
-    except ValueError as error:  # a variant or size that does not fit: say which, no trace
-        fail("bench seg", error)
-
-
 def add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: loader, pretrain, seg, runtime, start")
-    group = bench.add_subparsers(dest="benchmark", required=True)
-    p = group.add_parser(
-        "loader", help="clips/s streaming from shards vs a plain .npy reader of the same arrays"
-    )
-    p.add_argument("--shards", type=Path, default=None, help="default: phantom shards in --cache")
-    p.add_argument("--workers", type=_worker_counts, default=[0, 1, 2], help="e.g. 0,1,2")
-    p.add_argument("--frames", type=int, default=16, help="clip length")
-    p.add_argument("--size", type=int, default=128, help="phantom image size (no --shards)")
-    p.add_argument("--seconds", type=float, default=10.0, help="timed run per loader and count")
-    p.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="pretraining augmentation in both loaders",
-    )
-    p.add_argument(
-        "--augment-on",
-        choices=["loader", "device"],
-        default="device",
-        help="augment in the loader workers (float32 clips), or ship uint8 and time the batched"
-        " device-side augmentation apart, as a GPU job runs it (default)",
-    )
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3, help="alternating time slices per loader")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", type=Path, default=Path(".cache/bench"), help="phantom shards")
-    p.add_argument("--out", type=Path, default=Path("runs/bench/loader.json"))
-    p.set_defaults(func=_bench_loader)
-    _add_bench_pretrain(group)
-    _add_bench_seg(group)
-    _add_bench_runtime(group)
-    _add_bench_start(group)
-
-
-def _add_options(p: argparse.ArgumentParser, options: type, presets: dict[str, object]) -> None:
-    """A flag per field of the dataclass ``options``, typed by its annotation, default None (the
-    preset's value); the help gives each preset's value."""
-    hints = typing.get_type_hints(options)
-    for f in dataclasses.fields(options):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        values = ", ".join(f"{name} {getattr(preset, f.name)}" for name, preset in presets.items())
-        if typing.get_origin(kind) is typing.Literal:
-            p.add_argument(flag, choices=typing.get_args(kind), default=None, help=values)
-        else:
-            p.add_argument(flag, type=kind, default=None, help=values)
-
-
-def _add_bench_pretrain(group: argparse._SubParsersAction) -> None:
+    group = bench.add_subparsers(dest="benchmark", required=True, parser_class=LazyFlagsParser)
+    _add_signature_bench(group, "loader")
     p = group.add_parser(
         "pretrain",
         help="clips/s and MFU of the MAE step: Lightning vs a bare loop, compiled or not, "
         "masked or not, DDP vs DeepSpeed ZeRO-2",
+        flags=_add_pretrain_flags,
     )
-    p.add_argument(
-        "--preset",
-        choices=["cpu", "h100"],
-        default=None,
-        help="the model and batch (default cpu: a test ViT on 4x32x32 clips; h100: ViT-B on "
-        "16x128x128, bf16-mixed); the options below override it",
-    )
-    _add_options(p, PretrainBenchOptions, PRESETS)
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also measure torch.compile'd backbone blocks",
-    )
-    p.add_argument(
-        "--strategies", default="ddp,deepspeed_stage_2", help="Lightning strategies, one device"
-    )
-    p.add_argument(
-        "--peak-tflops",
-        type=float,
-        default=None,
-        help="peak for MFU (default: the GPU's dense bf16 peak; none on a CPU)",
-    )
-    p.add_argument("--rounds", type=int, default=2, help="measurements per run, order alternated")
-    p.add_argument("--threads", type=int, default=None, help="torch threads on a CPU (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/bench/pretrain.json"))
     p.set_defaults(func=_bench_pretrain)
+    for name in ("seg", "runtime", "start"):
+        _add_signature_bench(group, name)
 
 
-def _add_bench_seg(group: argparse._SubParsersAction) -> None:
-    p = group.add_parser(
-        "seg",
-        help="seconds per training step of the ViT segmenters (patch x decoder variant) against"
-        " MONAI's 2D U-Net, as ratios in one run",
-    )
-    p.add_argument("--backbone", default="cmr_vit_tiny")
-    p.add_argument("--patches", type=_patch_sizes, default=[8, 16], help="e.g. 8,16")
-    p.add_argument(
-        "--variants",
-        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
-        default=None,
-        help="ARCH[-fsN][-lastK|-linear], ARCH unetr, light, dense (the U-Net backbone) or none (backbone alone), e.g. "
-        "unetr,unetr-fs8,light,light-last4 (default: cmrfm.bench.seg.DEFAULT_VARIANTS)",
-    )
-    p.add_argument("--tubelet", type=int, default=2)
-    p.add_argument("--frames", type=int, default=2, help="clip length")
-    p.add_argument("--size", type=int, default=128, help="H = W")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--classes", type=int, default=4, help="classes including background")
-    p.add_argument("--steps", type=int, default=2, help="timed steps per contender and round")
-    p.add_argument("--rounds", type=int, default=5, help="rounds, order alternated")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/bench/seg.json"))
-    p.set_defaults(func=_bench_seg)
-
-
-def _bench_runtime(args: argparse.Namespace) -> None:
-    from cmrfm.bench.runtime import bench_runtime
-
-    try:
-        bench_runtime(
-            models=args.model, archs=args.archs, slices=args.slices, frames=args.frames,
-            batch=args.batch, rounds=args.rounds, threads=args.threads, seed=args.seed,
-            int8_ops=args.int8_ops, out=args.out,
-        )  # fmt: skip
-    except ValueError as error:  # a package or size that does not fit: say which, no trace
-        fail("bench runtime", error)
-
-
-def _add_bench_runtime(group: argparse._SubParsersAction) -> None:
-    p = group.add_parser(
-        "runtime",
-        help="seconds to segment one study under torch, onnxruntime and onnxruntime int8, as "
-        "ratios to torch in one run",
-    )
-    p.add_argument("--model", type=Path, action="append", default=None,
-                   help="fine-tuned package (repeatable; exported into a temporary copy)")  # fmt: skip
-    p.add_argument(
-        "--archs",
-        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
-        default=["unet", "light"],
-        help="without --model: packages built with random weights, e.g. unet,light,dense",
-    )
-    p.add_argument("--slices", type=int, default=10, help="phantom study slices")
-    p.add_argument("--frames", type=int, default=30, help="phantom study frames")
-    p.add_argument("--batch", type=int, default=16, help="clips per forward pass")
-    p.add_argument("--rounds", type=int, default=3, help="timed runs per runtime")
-    p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--int8-ops", type=lambda text: text.split(","), default=["MatMul", "Conv"],
-                   help="op types the int8 model quantises (export --int8-ops)")  # fmt: skip
-    p.add_argument("--out", type=Path, default=Path("runs/bench/runtime.json"))
-    p.set_defaults(func=_bench_runtime)
-
-
-def _bench_start(args: argparse.Namespace) -> None:
-    from cmrfm.bench.start import bench_start
-
-    try:
-        bench_start(model=args.model, rounds=args.rounds, seed=args.seed, out=args.out)
-    except (ValueError, RuntimeError) as error:  # a package that does not load: say which
-        fail("bench start", error)
-
-
-def _add_bench_start(group: argparse._SubParsersAction) -> None:
-    p = group.add_parser(
-        "start",
-        help="seconds until `cmrfm --help` answers and `cmrfm predict` starts reading a study, "
-        "against `python -c pass`, in one run",
-    )
-    p.add_argument("--model", type=Path, default=None,
-                   help="fine-tuned package (default: a dense U-Net with random weights)")  # fmt: skip
-    p.add_argument("--rounds", type=int, default=5, help="fresh processes per case")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/bench/start.json"))
-    p.set_defaults(func=_bench_start)
+def _add_signature_bench(group: argparse._SubParsersAction, name: str) -> None:
+    p = group.add_parser(name, help=BENCHES[name].help, flags=partial(_add_flags, name=name))
+    p.set_defaults(func=partial(_run, name))

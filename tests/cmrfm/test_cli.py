@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -328,6 +330,76 @@ def test_training_help_starts_with_every_shortcut_the_command_accepts() -> None:
     pretrain = training_shortcuts("pretrain")
     assert "--labels" not in pretrain and "--pretrained" not in pretrain  # fine-tuning's only
     assert pretrain.index("--shards") < pretrain.index("LightningCLI's full list follows")
+
+
+@pytest.mark.parametrize("name", ["loader", "seg", "runtime", "start", "pretrain"])
+def test_bench_flags_come_from_the_benchmarks_signature(name: str) -> None:
+    """Each default is written once, in the function: parsing no flags gives the signature's
+    defaults (pretrain's model options: None, the preset's), results go to runs/bench/NAME.json."""
+    import inspect
+
+    from cmrfm.bench.pretrain_options import PretrainBenchOptions
+    from cmrfm.cli.bench import BENCHES
+
+    if name == "pretrain":
+        from cmrfm.bench.pretrain import bench_pretrain as function
+    else:
+        function = BENCHES[name].load()
+    args = vars(build_parser().parse_args(["bench", name]))
+    options = inspect.signature(PretrainBenchOptions).parameters if name == "pretrain" else {}
+    for param in inspect.signature(function).parameters.values():
+        if param.name in ("console", "device"):
+            assert param.name not in args
+        elif param.name == "out":
+            assert args["out"] == Path(f"runs/bench/{name}.json")
+        else:
+            assert args[param.name] == (None if param.name in options else param.default)
+
+
+@pytest.mark.parametrize(
+    ("hint", "text", "value"),
+    [(int, "3", 3), (Path | None, "a/b", Path("a/b")), (Sequence[int], "8, 16", [8, 16]),
+     (Sequence[str] | str, "ddp,auto", ["ddp", "auto"]), (Sequence[Path] | None, "p", [Path("p")])],
+)  # fmt: skip
+def test_a_flag_parses_what_its_type_hint_says(hint: object, text: str, value: object) -> None:
+    import argparse
+
+    from cmrfm.cli.signature import add_signature_flags
+
+    def function(x: object = None) -> None: ...
+
+    function.__annotations__["x"] = hint
+    parser = argparse.ArgumentParser()
+    add_signature_flags(parser, function)
+    assert parser.parse_args(["--x", text]).x == value
+
+
+def test_a_literal_gives_choices_and_a_bool_a_no_flag() -> None:
+    import argparse
+
+    from cmrfm.cli.signature import add_signature_flags
+
+    def function(
+        place: Literal["a", "b"] = "a", augment: bool = True, n_items: int = 2
+    ) -> None: ...
+
+    parser = argparse.ArgumentParser()
+    add_signature_flags(parser, function, {"n_items": {"flag": "--items", "help": "how many"}})
+    assert vars(parser.parse_args(["--place", "b", "--no-augment", "--items", "5"])) == {
+        "place": "b", "augment": False, "n_items": 5}  # fmt: skip
+    assert "[--items ITEMS]" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--place", "c"])
+
+
+def test_the_command_line_parser_does_not_import_torch() -> None:
+    """`cmrfm --help` answers before torch loads: the benchmarks' flags are made on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cmrfm.cli import build_parser; build_parser().format_help(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_bench_error_names_the_subcommand(tmp_path: Path, capsys) -> None:
