@@ -8,78 +8,13 @@ A source is a function ``(root: Path | None, **options) -> Iterator[Subject | So
   so a converter can record it in quarantine.json without losing the rest.
 
 Adding a format is one new module that decorates its function with ``@register_source("name")``
-and one import line at the bottom of this file.
+(from :mod:`data_shards.sources.registry`) and one import line in this file.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
-
-from data_shards.record import Subject
-
-SourceFn = Callable[..., Iterator["Subject | SourceError"]]
-
-SOURCES: dict[str, SourceFn] = {}
-
-
-class SourceError(Exception):
-    """One subject that could not be read: ``path`` is the offending file, ``reason`` what is wrong."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep (path, reason) through pickling, e.g. when sources run in worker processes.
-        return (type(self), (self.path, self.reason))
-
-
-class UnknownSourceError(KeyError, ValueError):
-    """Raised by :func:`get_source`; catchable as either ``KeyError`` or ``ValueError``."""
-
-    def __str__(self) -> str:  # KeyError would print the message wrapped in quotes
-        return str(self.args[0]) if self.args else ""
-
-
-def named_regex(pattern: str, option: str, groups: set[str], flags: int = 0) -> re.Pattern:
-    """Compile a source's file-name pattern option; ValueError if invalid or lacking a group."""
-    try:
-        regex = re.compile(pattern, flags)
-    except re.error as err:
-        raise ValueError(f"{option} {pattern!r} is not a valid regex: {err}") from None
-    missing = groups - set(regex.groupindex)
-    if missing:
-        raise ValueError(f"{option} {pattern!r} lacks the named group(s) {sorted(missing)}")
-    return regex
-
-
-def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
-    """Decorator that registers a source function under ``name``."""
-
-    def decorator(fn: SourceFn) -> SourceFn:
-        if name in SOURCES and SOURCES[name] is not fn:
-            raise ValueError(f"source {name!r} is already registered by {SOURCES[name].__module__}")
-        SOURCES[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_source(name: str) -> SourceFn:
-    """The source function registered as ``name``; the error lists the known names."""
-    try:
-        return SOURCES[name]
-    except KeyError:
-        known = ", ".join(sorted(SOURCES)) or "none"
-        raise UnknownSourceError(f"unknown source {name!r}; known sources: {known}") from None
-
-
-# Imported for their registration side effect; keep at the bottom, after the registry exists.
-from data_shards.sources import (  # noqa: E402
+# Imported for their registration side effect, in this order.
+from data_shards.sources import (
     acdc,
     acdc_cine,
     dicom,
@@ -88,11 +23,21 @@ from data_shards.sources import (  # noqa: E402
     npz,
     phantom,
 )
+from data_shards.sources.registry import (
+    SOURCES,
+    SourceError,
+    SourceFn,
+    UnknownSourceError,
+    get_source,
+    named_regex,
+    register_source,
+)
 
 __all__ = [
     "SOURCES",
     "SourceError",
     "SourceFn",
+    "UnknownSourceError",
     "acdc",
     "acdc_cine",
     "dicom",

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from data_shards.record import BACKGROUND, IGNORE, LV, MYO, RV, Subject
-from data_shards.sources import SourceError, register_source
 from data_shards.sources.nifti_io import NiftiVolume, frames_equal, read_nifti
+from data_shards.sources.registry import SourceError, register_source
 
 # ACDC label -> ours. Anything outside 0..3 is rejected before the lookup.
 ACDC_TO_OURS = {0: BACKGROUND, 1: RV, 2: MYO, 3: LV}

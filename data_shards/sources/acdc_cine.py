@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from data_shards.record import Subject
-from data_shards.sources import SourceError, register_source
 from data_shards.sources.acdc import SPLIT_GROUPS
 from data_shards.sources.nifti_io import read_nifti
+from data_shards.sources.registry import SourceError, register_source
 
 _FILE = re.compile(r"(patient\d{3})_4d\.nii(?:\.gz)?")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")

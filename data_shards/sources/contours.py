@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data_shards.record import BACKGROUND, IGNORE, LV, MYO
-from data_shards.sources import SourceError
+from data_shards.sources.registry import SourceError
 
 _CONTOUR = re.compile(r"IM-\d+-(\d+)-([io])contour-manual\.txt")
 _SUNNYBROOK_GROUP = re.compile(r"SC-(HF-I|HF-NI|HYP|N)-\d+")  # case name -> diagnosis

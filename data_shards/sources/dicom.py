@@ -30,7 +30,6 @@ from pydicom.dataset import Dataset
 
 from data_shards.privacy import anonymous_id, default_salt
 from data_shards.record import Subject
-from data_shards.sources import SourceError, register_source
 from data_shards.sources.contours import (
     contour_folder,
     contour_labels,
@@ -50,6 +49,7 @@ from data_shards.sources.dicom_frames import (
     text,
 )
 from data_shards.sources.dicom_series import Grid, arrange, choose_frames
+from data_shards.sources.registry import SourceError, register_source
 
 
 @register_source("dicom")

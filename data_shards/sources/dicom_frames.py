@@ -27,7 +27,7 @@ from pydicom import uid as uids
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 
-from data_shards.sources import SourceError
+from data_shards.sources.registry import SourceError
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory: an index, not an image

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from data_shards.orientation import APEX  # base to apex: left, anterior, inferior (LPS)
-from data_shards.sources import SourceError
 from data_shards.sources.dicom_frames import CLOCK_KEYS, ORDER_KEYS, TRIGGER_KEYS, Frame
+from data_shards.sources.registry import SourceError
 
 POSITION_TOL_MM = 0.05  # images closer than this along the slice normal share a slice
 ORIENTATION_TOL = 1e-3  # larger differences in direction cosines mean another plane

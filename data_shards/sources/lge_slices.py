@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from data_shards.record import BACKGROUND, IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, Subject
-from data_shards.sources import SourceError, named_regex, register_source
+from data_shards.sources.registry import SourceError, named_regex, register_source
 from data_shards.split import SPLITS
 
 PATTERN = r"(?P<case>Case_(?P<group>[NP])\d+)_slice(?P<slice>\d+)"

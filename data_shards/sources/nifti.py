@@ -32,8 +32,8 @@ import numpy as np
 
 from cmrfm_io.modalities import MODALITIES
 from data_shards.record import BACKGROUND, IGNORE, INFARCT, LABEL_NAMES, LV, MVO, MYO, RV, Subject
-from data_shards.sources import SourceError, named_regex, register_source
 from data_shards.sources.nifti_io import TO_LPS, NiftiVolume, frames_equal, read_nifti
+from data_shards.sources.registry import SourceError, named_regex, register_source
 
 # Source label -> ours, by dataset. "cmrfm" (the default) means already in our convention.
 LABEL_PRESETS: dict[str, dict[int, int]] = {

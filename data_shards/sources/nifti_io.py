@@ -16,7 +16,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from data_shards.sources import SourceError
+from data_shards.sources.registry import SourceError
 
 MAX_DIM = 4096  # longest plausible axis (pixels, slices or frames) of a cardiac MRI
 MAX_VOXELS = 2**31  # beyond this a "volume" is a damaged header, not an acquisition

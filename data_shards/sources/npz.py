@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from data_shards.record import IGNORE, LABEL_NAMES, Subject
-from data_shards.sources import SourceError, register_source
+from data_shards.sources.registry import SourceError, register_source
 
 # Guards against a wrong or hostile file taking the machine's memory; real cine is far smaller
 # (e.g. 20 slices x 50 frames x 512 x 512 = 2.6e8 voxels is already an extreme study).

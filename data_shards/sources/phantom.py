@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_shards.record import Subject
-from data_shards.sources import register_source
+from data_shards.sources.registry import register_source
 
 
 @register_source("phantom")
