@@ -228,6 +228,17 @@ def refuse_legacy_prefix(prefix: str, source: Path) -> None:
         )
 
 
+def has_legacy_keys(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint dict's state dict has the removed MAEPretrainer's ``mae.*`` keys."""
+    return any(k.startswith(LEGACY_PREFIX) for k in checkpoint.get("state_dict") or {})
+
+
+def refuse_legacy_keys(checkpoint: Mapping[str, Any]) -> None:
+    """Raise for a checkpoint dict whose state dict still has MAEPretrainer's ``mae.*`` keys."""
+    if has_legacy_keys(checkpoint):
+        raise ValueError(f"a MAEPretrainer checkpoint ({LEGACY_PREFIX}* keys): {MIGRATE_HINT}")
+
+
 def weights_from_state_dict(
     state: Mapping[str, torch.Tensor],
     source: Path,

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from cmrfm_io.files import write_atomic
-from foundation.checkpoint import LEGACY_PREFIX, MIGRATE_HINT, read_checkpoint
+from foundation.checkpoint import LEGACY_PREFIX, has_legacy_keys, read_checkpoint
+from pretext.system import PretrainSystem
 
 LEGACY_CLASS = "pretext.system.MAEPretrainer"
 SYSTEM_CLASS = "pretext.system.PretrainSystem"
@@ -46,20 +47,14 @@ def is_legacy(checkpoint: Mapping[str, Any]) -> bool:
     return (
         hparams.get("_class_path") == LEGACY_CLASS
         or any(k in hparams for k in BACKBONE_ARGS + OBJECTIVE_ARGS)
-        or _has_legacy_keys(checkpoint)
+        or has_legacy_keys(checkpoint)
     )
-
-
-def _has_legacy_keys(checkpoint: Mapping[str, Any]) -> bool:
-    return any(k.startswith(LEGACY_PREFIX) for k in checkpoint.get("state_dict") or {})
 
 
 def migrate_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """MAEPretrainer's flat hyper-parameters as PretrainSystem records them: backbone_kwargs and
     objective "mae" with objective_kwargs; PretrainSystem's other arguments at their defaults
     (what MAEPretrainer passed), LightningCLI's "_"-entries kept, ``_class_path`` renamed."""
-    from pretext.system import PretrainSystem  # pretext.system imports this module
-
     flat = dict(hparams)
     nested = {
         "backbone_kwargs": {k: flat.pop(k) for k in BACKBONE_ARGS if k in flat},
@@ -121,12 +116,6 @@ def migrate_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False
     torch.save(checkpoint, buffer)
     write_atomic(dst, buffer.getvalue())
     return dst
-
-
-def refuse_legacy(checkpoint: Mapping[str, Any]) -> None:
-    """Raise for a checkpoint whose state dict still has MAEPretrainer's ``mae.*`` keys."""
-    if _has_legacy_keys(checkpoint):
-        raise ValueError(f"a MAEPretrainer checkpoint ({LEGACY_PREFIX}* keys): {MIGRATE_HINT}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,11 +19,11 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
+from foundation.checkpoint import refuse_legacy_keys
 from foundation.flops import flop_counter, peak_tflops
 from foundation.optim import no_weight_decay_names, param_groups, warmup_cosine
 from foundation.registry import create_backbone
 from pretext import create_objective
-from pretext.migrate import refuse_legacy
 
 IMAGE_KEY = "train/reconstruction"
 
@@ -297,7 +297,7 @@ class PretrainSystem(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        refuse_legacy(checkpoint)  # MAEPretrainer's keys: pretext.migrate rewrites the file once
+        refuse_legacy_keys(checkpoint)  # mae.* keys: pretext.migrate rewrites the file once
         state = checkpoint.get("pretrain_state")
         if state is not None:  # resuming: continue the run's seed sequence and streak
             self.micro_batches = int(state["micro_batches"])
