@@ -399,7 +399,10 @@ def _fewshot_lines(rows: Sequence[Mapping[str, Any]], metric: str = "dice_mean")
         std = float(r["std"]) if r.get("std") not in (None, "") else float("nan")
         return f"{float(r['mean']):.3f}" + ("" if std != std else f" ± {std:.3f}")
 
-    lines = [f"{metric} (mean ± std over seeds) by labelled training subjects N:", ""]
+    where = next(
+        (f" on {r['dataset']} ({r.get('split') or '?'})" for r in chosen if r.get("dataset")), ""
+    )
+    lines = [f"{metric}{where} (mean ± std over seeds) by labelled training subjects N:", ""]
     lines += ["| method | " + " | ".join(f"N = {n}" for n in labels) + " |",
               "|---|" + "---|" * len(labels)]  # fmt: skip
     lines += ["| " + m + " | " + " | ".join(show(m, n) for n in labels) + " |" for m in methods]

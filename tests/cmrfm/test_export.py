@@ -514,6 +514,7 @@ def test_the_card_shows_the_probe_curve_and_the_few_shot_table(lightning_run, tm
     assert entry["metrics"][0]["type"] == "dice" and entry["metrics"][0]["value"] == 0.5
     assert "N=1" in entry["metrics"][0]["name"]
     assert "| step | 0 | 1000 |" in card and "| probe Dice | 0.254 | 0.373 |" in card
+    assert "dice_mean on acdc (test) (mean ± std over seeds)" in card
     assert "| method | N = 1 | N = all |" in card
     assert (
         "| pretrained | 0.500 ± 0.100 | – |" in card and "| unet | 0.400 ± 0.200 | 0.880 |" in card
