@@ -28,14 +28,11 @@ from cmrfm.card_facts import (
     training_facts,
 )
 from cmrfm_io.files import write_atomic
+from foundation.architecture import backbone_kind
 from foundation.card import dataset_names, with_fewshot
-from foundation.checkpoint import (
-    CONFIG_NAME,
-    backbone_kind,
-    recorded_backbone,
-    weights_from_state_dict,
-)
+from foundation.checkpoint import recorded_backbone, weights_from_state_dict
 from foundation.hub import CARD_NAME, PROBE_PLOT, check_hub_folder, from_pretrained, save_pretrained
+from foundation.names import CONFIG_NAME
 from foundation.registry import BACKBONES, Backbone, create_backbone
 from foundation.training_checkpoint import TrainingCheckpoint, read_training_checkpoint
 from foundation.vit import CardiacViT

@@ -3,7 +3,7 @@
 A dense backbone (foundation.unet.CardiacUNet) already has its decoder. Built with ``features``
 equal to the number of classes it is MONAI's baseline U-Net itself, layer for layer (same
 initialisation under the same seed, same cost per step); started from pretrained weights, every
-tensor but that top layer is loaded (foundation.checkpoint.load_backbone_weights), as in
+tensor but that top layer is loaded (foundation.weights.load_backbone_weights), as in
 benchmarks/RESULTS.md, "Few labels on a CPU".
 """
 

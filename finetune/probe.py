@@ -330,8 +330,10 @@ def probe_checkpoints(
     settings): one row per checkpoint at its global step, and with ``random_init`` a step-0 row
     for the same backbone freshly initialised (seeded by the probe's seed). Rows are sorted by
     step and written to ``out/probe.csv`` and ``out/probe.png`` after each one."""
-    from foundation.checkpoint import backbone_kind, read_backbone_weights, recorded_backbone
+    from foundation.architecture import backbone_kind
+    from foundation.checkpoint import recorded_backbone
     from foundation.registry import create_backbone
+    from foundation.weights import read_backbone_weights
 
     rows: list[dict[str, float]] = []
     first: tuple[str, dict[str, Any], str | None] | None = None

@@ -1,7 +1,7 @@
 """Hub folders for the backbone: save_pretrained / from_pretrained with safetensors weights,
 config.json (architecture, preprocessing, the weights' sha256) and a model card, laid out as
 huggingface_hub's PyTorchModelHubMixin and timm's save_for_hf do. Reading and checking a folder's
-weights is foundation.checkpoint's job, the one loader."""
+weights is foundation.hub_files' job, loading them foundation.weights', the one loader."""
 
 from __future__ import annotations
 
@@ -15,18 +15,12 @@ from typing import Any
 
 from cmrfm_io.files import sha256_file, usual_permissions
 from foundation.card import LICENCE_NAME, card_text, write_licence
-from foundation.checkpoint import (
-    CONFIG_NAME,
-    FORMAT,
-    FORMAT_VERSION,
-    SHA256_KEY,
-    WEIGHTS_NAME,
-    load_backbone_weights,
-    read_hub_weights,
-)
+from foundation.hub_files import read_hub_weights
+from foundation.names import CONFIG_NAME, FORMAT, FORMAT_VERSION, SHA256_KEY, WEIGHTS_NAME
 from foundation.registry import BACKBONES, Backbone, create_backbone
 from foundation.unet import CardiacUNet
 from foundation.vit import AXES, MODALITIES, CardiacViT
+from foundation.weights import load_backbone_weights
 
 CARD_NAME = "README.md"
 HUB_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)  # a folder without one of these is refused
@@ -170,7 +164,7 @@ def from_pretrained(
     **overrides: Any,
 ) -> CardiacViT:
     """The backbone saved by save_pretrained, built from its config.json and loaded by the one
-    loader (foundation.checkpoint.load_backbone_weights: config.json checked against the
+    loader (foundation.weights.load_backbone_weights: config.json checked against the
     weights, sha256 verified, strict, nothing unpickled), in eval mode on device;
     ``model.hub_config`` holds its config.json. overrides: non-architecture constructor
     arguments (drop_path_rate, compile)."""

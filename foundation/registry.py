@@ -10,15 +10,11 @@ from typing import Any
 
 import torch
 
-from foundation.checkpoint import (
-    ARCH_ARGS,
-    BackboneWeights,
-    load_backbone_weights,
-    read_backbone_weights,
-)
+from foundation.architecture import ARCH_ARGS, BackboneWeights
 from foundation.released import resolve_pretrained
 from foundation.unet import CardiacUNet
 from foundation.vit import CardiacViT
+from foundation.weights import load_backbone_weights, read_backbone_weights
 
 Backbone = CardiacViT | CardiacUNet
 BACKBONES: dict[str, Callable[..., Backbone]] = {}
@@ -46,10 +42,10 @@ def create_backbone(
 
     pretrained: a Lightning checkpoint (pretraining or fine-tuning; DeepSpeed folders go through
     `cmrfm export` first), a hub folder (config.json + model.safetensors, sha256-verified), or
-    weights already read (foundation.checkpoint.BackboneWeights), or a released model's name
+    weights already read (foundation.architecture.BackboneWeights), or a released model's name
     (foundation.released, e.g. "cmr-unet-small-cine"); None or "none" = random init. Weights
     trained for other architecture arguments are refused naming both, and loading is strict
-    (foundation.checkpoint.load_backbone_weights).
+    (foundation.weights.load_backbone_weights).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; registered: {sorted(BACKBONES)}")

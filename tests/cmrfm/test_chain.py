@@ -13,7 +13,8 @@ from helpers import DATA
 from cmrfm.demo import make_plan, run_demo
 from cmrfm.shipped import model_path
 from data_shards.writer import read_manifest, verify_manifest
-from foundation.checkpoint import backbone_state_dict, read_checkpoint
+from foundation.checkpoint import read_checkpoint
+from foundation.weights import backbone_state_dict
 
 SHARED_ACDC = DATA / "acdc" / "training"
 

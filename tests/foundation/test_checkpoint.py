@@ -1,5 +1,5 @@
-"""foundation.checkpoint: backbone weights load from Lightning checkpoints strictly and safely,
-and errors name the file."""
+"""foundation.checkpoint, through the one loader (foundation.weights): backbone weights load from
+Lightning checkpoints strictly and safely, and errors name the file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from foundation import create_backbone
-from foundation.checkpoint import load_backbone_weights, read_checkpoint
+from foundation.checkpoint import read_checkpoint
+from foundation.weights import load_backbone_weights
 from pretext.migrate import migrate_checkpoint
 
 UNPICKLED: list[str] = []

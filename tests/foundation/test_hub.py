@@ -13,8 +13,8 @@ from huggingface_hub import ModelCard
 
 from foundation import CardiacViT, create_backbone, from_pretrained, save_pretrained
 from foundation.card import DATASETS, LICENCE_NAME, SYNTHETIC, detect_datasets
-from foundation.checkpoint import SHA256_KEY
 from foundation.hub import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, check_hub_folder
+from foundation.names import SHA256_KEY
 
 PREPROCESS = {
     "spacing": 1.5,

@@ -17,14 +17,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from foundation import CardiacViT, create_backbone, from_pretrained, save_pretrained
-from foundation.checkpoint import (
-    SHA256_KEY,
-    BackboneWeights,
-    find_backbone_prefix,
-    load_backbone_weights,
-    read_backbone_weights,
-)
+from foundation.architecture import BackboneWeights
+from foundation.checkpoint import find_backbone_prefix
 from foundation.hub import CONFIG_NAME, WEIGHTS_NAME
+from foundation.names import SHA256_KEY
+from foundation.weights import load_backbone_weights, read_backbone_weights
 
 ARGS = {"patch_size": 8, "tubelet": 2}  # what every source here was trained with
 PREPROCESS = {"spacing": 1.5, "size": 32, "frames": 4, "percentiles": (0.5, 99.5),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finetune.unet import UNet2DSegmenter
-from foundation.checkpoint import inferred_architecture
+from foundation.architecture import inferred_architecture
 from foundation.hub import from_pretrained, save_pretrained
 from foundation.registry import create_backbone
 from foundation.unet import CardiacUNet
@@ -61,7 +61,7 @@ def test_a_size_the_strides_do_not_divide_is_refused() -> None:
         CardiacUNet(**SMALL)(torch.rand(1, 1, 1, 30, 32))
 
 
-# --- weights in and out: the one loader (foundation.checkpoint) --------------------------------
+# --- weights in and out: the one loader (foundation.weights) -----------------------------------
 
 
 def _trained(**kwargs) -> CardiacUNet:

@@ -11,8 +11,8 @@ import torch
 
 import foundation.vit as vit_module
 from foundation import BACKBONES, CardiacViT, create_backbone, register_backbone
-from foundation.checkpoint import load_backbone_weights
 from foundation.vit import AXES, MODALITIES, axis_index, modality_index, sincos_3d
+from foundation.weights import load_backbone_weights
 
 TINY_INPUT = (1, 1, 2, 32, 32)  # (B, C, T, H, W): a 1x2x2 token grid at tubelet 2, patch 16
 NAMES = sorted(n for n in BACKBONES if n.startswith("cmr_vit"))  # the ViT contract

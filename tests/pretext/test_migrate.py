@@ -18,7 +18,8 @@ import torch
 
 from cmrfm import CONFIGS
 from cmrfm.train import run_training
-from foundation.checkpoint import backbone_state_dict, read_checkpoint, restore
+from foundation.checkpoint import read_checkpoint, restore
+from foundation.weights import backbone_state_dict
 from pretext.mae import MAE
 from pretext.migrate import is_legacy, main, migrate, migrate_checkpoint
 from pretext.system import PretrainSystem
