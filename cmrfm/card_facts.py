@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cmrfm_io.files import sha256_file
-from foundation.card import detect_datasets
+from foundation.datasets import detect_datasets
 from foundation.training_checkpoint import TrainingCheckpoint
 from foundation.vit import MODALITIES
 

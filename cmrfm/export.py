@@ -29,8 +29,9 @@ from cmrfm.card_facts import (
 )
 from cmrfm_io.files import write_atomic
 from foundation.architecture import backbone_kind
-from foundation.card import dataset_names, with_fewshot
+from foundation.card import with_fewshot
 from foundation.checkpoint import recorded_backbone, weights_from_state_dict
+from foundation.datasets import dataset_names
 from foundation.hub import CARD_NAME, PROBE_PLOT, check_hub_folder, from_pretrained, save_pretrained
 from foundation.names import CONFIG_NAME
 from foundation.registry import BACKBONES, Backbone, create_backbone

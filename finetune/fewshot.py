@@ -175,7 +175,7 @@ class FewShotBenchmark:
     ) -> Path:
         """The run's model as a fine-tuned package in out/models/RUN (largest N, seed 0 only)."""
         from finetune.package import save_finetuned
-        from foundation.card import detect_datasets
+        from foundation.datasets import detect_datasets
 
         manifest = json.loads((Path(self.cfg.shards) / "manifest.json").read_text())
         training = {"method": run.method, "labels": run.n, "seed": run.seed} | {

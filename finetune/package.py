@@ -16,14 +16,8 @@ from torch import nn
 from cmrfm_io.files import sha256_file, usual_permissions
 from data_shards.preprocess import PreprocessConfig
 from data_shards.record import LABEL_NAMES
-from foundation.card import (
-    SYNTHETIC,
-    dataset_lines,
-    dataset_names,
-    licence,
-    metrics_lines,
-    write_licence,
-)
+from foundation.card import metrics_lines
+from foundation.datasets import SYNTHETIC, dataset_lines, dataset_names, licence, write_licence
 from foundation.names import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
 from foundation.released import resolve_pretrained
 

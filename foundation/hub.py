@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from cmrfm_io.files import sha256_file, usual_permissions
-from foundation.card import LICENCE_NAME, card_text, write_licence
+from foundation.card import card_text
+from foundation.datasets import LICENCE_NAME, write_licence
 from foundation.hub_files import read_hub_weights
 from foundation.names import CONFIG_NAME, FORMAT, FORMAT_VERSION, SHA256_KEY, WEIGHTS_NAME
 from foundation.registry import BACKBONES, Backbone, create_backbone

@@ -23,7 +23,7 @@ from cmrfm.export import export, extract_backbone, publish
 from cmrfm.strategies import DeepSpeed  # Lightning's, made to run on CPU too
 from data_shards.writer import write_manifest
 from foundation import CardiacViT, create_backbone, from_pretrained
-from foundation.card import DATASETS, LICENCE_NAME
+from foundation.datasets import DATASETS, LICENCE_NAME
 from foundation.hub import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, check_hub_folder
 from foundation.training_checkpoint import TrainingCheckpoint
 from foundation.vit import CONTEXT_EMBEDDINGS

@@ -24,7 +24,7 @@ from finetune.package import (
     save_finetuned,
 )
 from finetune.system import SegFinetuner
-from foundation.card import LICENCE_NAME
+from foundation.datasets import LICENCE_NAME
 
 PREPROCESS = {"spacing": 1.5, "size": 32, "percentiles": [0.5, 99.5], "orientation": "canonical",
               "crop": "centre"}  # fmt: skip

@@ -12,7 +12,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from foundation import CardiacViT, create_backbone, from_pretrained, save_pretrained
-from foundation.card import DATASETS, LICENCE_NAME, SYNTHETIC, detect_datasets
+from foundation.datasets import DATASETS, LICENCE_NAME, SYNTHETIC
 from foundation.hub import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, check_hub_folder
 from foundation.names import SHA256_KEY
 
@@ -267,26 +267,6 @@ def test_synthetic_only_weights_keep_the_project_licence(tmp_path) -> None:
     meta = ModelCard((tmp_path / CARD_NAME).read_text()).data.to_dict()
     assert meta["license"] == "apache-2.0" and "license_link" not in meta
     assert not (tmp_path / LICENCE_NAME).exists()  # the earlier save's licence note is gone
-
-
-@pytest.mark.parametrize(
-    ("manifest", "expected"),
-    [
-        ({"source": "acdc", "root": "../shared/data/acdc/training", "samples": []}, ["ACDC"]),
-        ({"source": "dicom", "root": "/data/sunnybrook/dicoms", "samples": []}, ["Sunnybrook"]),
-        ({"source": "nifti", "root": "/x", "source_options": {"label_map": "mnms2"}}, ["M&Ms-2"]),
-        ({"source": "lge-slices", "root": "/data/EMIDEC", "samples": []}, ["EMIDEC"]),
-        (
-            {"source": "npz", "root": "/x/npz", "samples": [{"key": "npz-cinemyops_case1002"},
-                                                             {"key": "npz-acdc_slice_cine"}]},
-            ["ACDC", "CineMyoPS"],
-        ),
-        ({"source": "phantom", "root": None, "samples": [{"key": "phantom-0001"}]}, [SYNTHETIC]),
-        ({"source": "dicom", "root": "/data/site7", "samples": [{"key": "dicom-6a54"}]}, []),
-    ],
-)  # fmt: skip
-def test_detect_datasets_from_a_manifest(manifest, expected) -> None:
-    assert detect_datasets(manifest) == expected
 
 
 def test_check_hub_folder_lists_only_hub_files(saved) -> None:
