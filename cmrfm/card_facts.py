@@ -7,15 +7,19 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from cmrfm_io.files import sha256_file
+from data_shards.preprocess import PreprocessConfig
 from foundation.datasets import detect_datasets
 from foundation.training_checkpoint import TrainingCheckpoint
 from foundation.vit import MODALITIES
 
 MANIFEST = "manifest.json"
+# The settings a manifest records and every training manifest must share: PreprocessConfig's.
+PREPROCESS_FIELDS = tuple(f.name for f in fields(PreprocessConfig))
 
 
 def shard_manifests(datamodule_hparams: Mapping[str, Any]) -> tuple[list[Path], list[str]]:
@@ -67,8 +71,9 @@ def data_and_preprocess(
     """(card data, config preprocess) from the shard manifests the model was trained on, of
     which it read ``splits`` (None: all)."""
     summaries = [manifest_summary(p, splits) for p in manifests]
-    shared = ("spacing", "size", "percentiles", "orientation", "crop")
-    settings = {json.dumps({k: s["preprocess"].get(k) for k in shared}) for s in summaries}
+    settings = {
+        json.dumps({k: s["preprocess"].get(k) for k in PREPROCESS_FIELDS}) for s in summaries
+    }
     if len(settings) > 1:
         raise ValueError(
             f"the manifests {[str(p) for p in manifests]} were preprocessed differently "
