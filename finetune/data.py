@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -115,15 +116,39 @@ class LabelledClips(Dataset):
 
 class _DrawnSubjectsData(L.LightningDataModule):
     """What the few-shot datamodules share: N labelled subjects of the shards' train split, drawn
-    once by seed (:func:`draw_labelled`), and epochs of items drawn from them with replacement."""
+    once by seed (:func:`draw_labelled`), and epochs of items drawn from them with replacement.
 
-    shards: str
-    labels: int
-    seed: int
-    batch_size: int
-    epoch_length: int
-    num_workers: int
-    subjects: list[dict]
+    Args:
+        shards: shard folder (with manifest.json), brace pattern or URL.
+        labels: number of labelled subjects N to fine-tune on.
+        seed: which N subjects (the draw is stratified by diagnosis group).
+        frames: frames per clip, a multiple of the backbone's tubelet (a subject's slice clips
+            run from ED to ES: :func:`stack_frames`).
+        batch_size: items (clips or subjects) per batch.
+        epoch_length: items (clips or subjects) per epoch.
+        augment: random spatial and intensity augmentation of the training items.
+        num_workers: DataLoader worker processes (0 = in the main process).
+    """
+
+    def __init__(
+        self,
+        shards: str,
+        labels: int = 4,
+        seed: int = 0,
+        frames: int = 2,
+        batch_size: int = 8,
+        epoch_length: int = 256,
+        augment: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        # Lightning collects a subclass's arguments too (its __init__ frame); checkpoints keep
+        # them all, and evaluation reads frames (and max_slices) from there.
+        self.save_hyperparameters()
+        self.shards, self.labels, self.seed, self.frames = shards, labels, seed, frames
+        self.batch_size, self.epoch_length = batch_size, epoch_length
+        self.augment, self.num_workers = augment, num_workers
+        self.subjects: list[dict] = []
 
     def setup(self, stage: str | None = None) -> None:
         if not self.subjects:
@@ -140,31 +165,8 @@ class _DrawnSubjectsData(L.LightningDataModule):
 class FewShotSegData(_DrawnSubjectsData):
     """N labelled subjects from the shards' train split, drawn by seed; clips sampled with replacement.
 
-    Args:
-        shards: shard folder (with manifest.json), brace pattern or URL.
-        labels: number of labelled subjects N to fine-tune on.
-        seed: which N subjects (the draw is stratified by diagnosis group).
-        frames: frames per clip (a multiple of the backbone's tubelet).
-        epoch_length: clips per epoch.
+    Arguments: as :class:`_DrawnSubjectsData`; its items are clips.
     """
-
-    def __init__(
-        self,
-        shards: str,
-        labels: int = 4,
-        seed: int = 0,
-        frames: int = 2,
-        batch_size: int = 8,
-        epoch_length: int = 256,
-        augment: bool = True,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()  # stored in checkpoints, so evaluation knows `frames`
-        self.shards, self.labels, self.seed, self.frames = shards, labels, seed, frames
-        self.batch_size, self.epoch_length = batch_size, epoch_length
-        self.augment, self.num_workers = augment, num_workers
-        self.subjects = []
 
     def train_dataloader(self) -> DataLoader:
         return self.sampled(LabelledClips(self.subjects, self.frames, self.augment))
@@ -317,30 +319,18 @@ class FewShotSubjectData(_DrawnSubjectsData):
     subjects sampled with replacement for EF regression or diagnosis.
 
     Args:
-        shards, labels, seed, epoch_length, num_workers: as in :class:`FewShotSegData`
-            (epoch_length counts subjects).
-        frames: frames per slice clip, from ED to ES (:func:`stack_frames`).
+        shards: shard folder (with manifest.json), brace pattern or URL.
+        batch_size: subjects per batch.
         max_slices: slices per subject (padded, or evenly subsampled when there are more).
+        kwargs: labels, seed, frames, epoch_length, augment and num_workers, as in
+            :class:`_DrawnSubjectsData`.
     """
 
     def __init__(
-        self,
-        shards: str,
-        labels: int = 4,
-        seed: int = 0,
-        frames: int = 2,
-        batch_size: int = 4,
-        epoch_length: int = 256,
-        augment: bool = True,
-        max_slices: int = 16,
-        num_workers: int = 0,
+        self, shards: str, *, batch_size: int = 4, max_slices: int = 16, **kwargs: Any
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()  # stored in checkpoints: evaluation needs frames, max_slices
-        self.shards, self.labels, self.seed, self.frames = shards, labels, seed, frames
-        self.batch_size, self.epoch_length, self.augment = batch_size, epoch_length, augment
-        self.max_slices, self.num_workers = max_slices, num_workers
-        self.subjects = []
+        super().__init__(shards, batch_size=batch_size, **kwargs)
+        self.max_slices = max_slices
 
     def train_dataloader(self) -> DataLoader:
         dataset = LabelledSubjects(self.subjects, self.frames, self.max_slices, None, self.augment)

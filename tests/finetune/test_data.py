@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from data_shards.record import IGNORE
-from finetune.data import LabelledClips, clip_windows, draw_labelled, take_window
+from finetune.data import (
+    FewShotSegData,
+    FewShotSubjectData,
+    LabelledClips,
+    clip_windows,
+    draw_labelled,
+    take_window,
+)
 
 # --- few-shot draw -----------------------------------------------------------------------------
 
@@ -146,3 +153,38 @@ def test_augmented_clips_keep_label_values_and_unlabelled_frames() -> None:
         assert clip[known & (label > 0)].mean() > clip[known & (label == 0)].mean() + 0.3
         changed += not torch.equal(label, plain[i]["label"])
     assert changed > 0
+
+
+# --- datamodules -------------------------------------------------------------------------------
+
+BASE_ARGS = {"shards": "s", "labels": 3, "seed": 5, "frames": 4, "batch_size": 2,
+             "epoch_length": 7, "augment": False, "num_workers": 1}  # fmt: skip
+
+
+@pytest.mark.parametrize(("cls", "own"), [(FewShotSegData, {}),
+                                          (FewShotSubjectData, {"max_slices": 9})])  # fmt: skip
+def test_datamodules_keep_every_argument_in_hparams_and_attributes(cls: type, own: dict) -> None:
+    """Checkpoints store hparams and evaluation reads frames and max_slices from them, so the
+    arguments a subclass forwards to the shared constructor must all be recorded."""
+    args = {**BASE_ARGS, **own}
+    data = cls(**args)
+    assert dict(data.hparams) == args
+    assert {name: getattr(data, name) for name in args} == args
+
+
+def test_subject_data_defaults_differ_from_segmentation_where_declared() -> None:
+    seg, subject = dict(FewShotSegData("s").hparams), dict(FewShotSubjectData("s").hparams)
+    assert subject == {**seg, "batch_size": 4, "max_slices": 16}
+    assert seg["batch_size"] == 8
+    assert (FewShotSegData("s").batch_size, FewShotSubjectData("s").batch_size) == (8, 4)
+
+
+@pytest.mark.parametrize("cls", [FewShotSegData, FewShotSubjectData])
+def test_lightningcli_parser_offers_every_argument_with_its_default(cls: type) -> None:
+    """jsonargparse follows FewShotSubjectData's **kwargs into the shared constructor."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "data")
+    defaults = parser.get_defaults().data.as_dict()
+    assert defaults == {**dict(cls("s").hparams), "shards": None}  # shards is required
