@@ -21,30 +21,26 @@ class MAEContrastive(MAE):
     (per mask-ratio group of a mixed-modality batch, as in :class:`MAE`).
 
     Args:
-        encoder, mask_ratio, decoder_dim, decoder_depth, decoder_heads, norm_pix_loss,
-            mask_type: as :class:`~pretext.mae.MAE` (same parameter names, so MAE weights load).
+        encoder: the backbone, as :class:`~pretext.mae.MAE`'s.
         proj_hidden, proj_dim, temperature: as :class:`~pretext.contrastive.Contrastive`.
         w_mae, w_con: weights of the two losses in the total.
+        mae_kwargs: the other arguments of :class:`~pretext.mae.MAE` (mask_ratio, decoder_dim,
+            decoder_depth, decoder_heads, norm_pix_loss, mask_type), under its names so that MAE
+            weights load.
     """
 
     def __init__(
         self,
         encoder: CardiacViT,
-        mask_ratio: float | dict[str, float] = 0.9,
-        decoder_dim: int = 128,
-        decoder_depth: int = 2,
-        decoder_heads: int = 4,
-        norm_pix_loss: bool = True,
-        mask_type: str = "tube",
+        *,
         proj_hidden: int = 2048,
         proj_dim: int = 128,
         temperature: float = 0.1,
         w_mae: float = 1.0,
         w_con: float = 1.0,
+        **mae_kwargs: Any,
     ) -> None:
-        super().__init__(
-            encoder, mask_ratio, decoder_dim, decoder_depth, decoder_heads, norm_pix_loss, mask_type
-        )
+        super().__init__(encoder, **mae_kwargs)
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0")
         if w_mae < 0 or w_con < 0 or w_mae + w_con == 0:

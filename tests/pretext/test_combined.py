@@ -26,7 +26,7 @@ def encoder():
 
 
 def make_combined(mask_type: str = "tube", w_mae: float = 0.7, w_con: float = 0.3):
-    return MAEContrastive(encoder(), RATIOS, **SMALL, mask_type=mask_type, **HEAD,
+    return MAEContrastive(encoder(), mask_ratio=RATIOS, **SMALL, mask_type=mask_type, **HEAD,
                           w_mae=w_mae, w_con=w_con).eval()  # fmt: skip
 
 
@@ -128,6 +128,18 @@ def test_mae_weights_load_into_the_combined_objective() -> None:
     result = combined.load_state_dict(mae_state, strict=False)
     assert result.unexpected_keys == []
     assert result.missing_keys and all(k.startswith("head.") for k in result.missing_keys)
+
+
+def test_mae_arguments_reach_the_mae_part_and_a_wrong_one_is_refused() -> None:
+    model = make_combined("random")
+    assert (model.mask_ratio, model.mask_type, model.norm_pix_loss) == (RATIOS, "random", True)
+    assert (model.decoder_dim, len(model.decoder_blocks)) == (32, 1)
+    assert model.decoder_blocks[0].attn.num_heads == 2
+    assert (model.temperature, model.head.net[-1].out_features) == (0.2, 16)
+    with pytest.raises(TypeError, match="mask_rato"):
+        MAEContrastive(encoder(), mask_rato=0.5)
+    with pytest.raises(TypeError):  # MAE's arguments by name only: nothing binds by position
+        MAEContrastive(encoder(), 0.5)  # type: ignore[misc]
 
 
 # --- the registry ------------------------------------------------------------------------------
