@@ -51,41 +51,33 @@ def _draw_mask(
     return mask, order[:, n_masked:].sort(dim=1).values
 
 
-def tube_mask(
+def token_mask(
     batch: int,
     grid: tuple[int, int, int],
     ratio: float,
     generator: torch.Generator | None = None,
     device: torch.device | None = None,
+    mask_type: str = "tube",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random spatial mask per sample, repeated over every time step.
+    """A random mask per sample over the (t, h, w) token grid, L = t*h*w in t-major order.
 
-    Returns mask (B, L) bool, True = masked, and keep (B, L_keep) sorted indices of visible tokens,
-    with L = t*h*w in t-major order and round(ratio*h*w) masked positions per time step (at most
-    h*w - 1, so every time step keeps a visible patch).
+    "tube": one spatial mask repeated over every time step, round(ratio*h*w) positions masked
+    per step (at most h*w - 1, so every time step keeps a visible patch). "random": round(ratio*L)
+    of the L space-time tokens, drawn regardless of time (at most L - 1).
+
+    Returns mask (B, L) bool, True = masked, and keep (B, L_keep) sorted indices of visible tokens.
     """
     t, h, w = grid
+    if mask_type == "random":
+        return _draw_mask(batch, t * h * w, ratio, generator, device)
+    if mask_type != "tube":
+        raise ValueError(f"mask_type={mask_type!r} must be one of {MASK_TYPES}")
     n_space = h * w
     space_mask, space_keep = _draw_mask(batch, n_space, ratio, generator, device)
     mask = space_mask.repeat(1, t)  # (B, t*h*w): same spatial pattern at every t
     steps = torch.arange(t, device=space_keep.device)[:, None] * n_space  # (t, 1)
     keep = (steps[None] + space_keep[:, None]).flatten(1)  # (B, t*(h*w - n_masked)), ascending
     return mask, keep
-
-
-def random_mask(
-    batch: int,
-    grid: tuple[int, int, int],
-    ratio: float,
-    generator: torch.Generator | None = None,
-    device: torch.device | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random space-time mask: each of the L = t*h*w tokens drawn independently of time.
-
-    Every sample masks exactly round(ratio*L) tokens (at most L - 1). Returns mask (B, L) bool,
-    True = masked, and keep (B, L_keep) sorted indices of visible tokens.
-    """
-    return _draw_mask(batch, grid[0] * grid[1] * grid[2], ratio, generator, device)
 
 
 def patchify(x: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
@@ -190,9 +182,9 @@ class MAE(nn.Module):
 
         ratio defaults to the cine (or only) ratio.
         """
-        make = tube_mask if self.mask_type == "tube" else random_mask
         ratio = self.ratio_of(None) if ratio is None else ratio
-        return make(x.shape[0], self.encoder.grid(x.shape), ratio, generator, x.device)
+        grid = self.encoder.grid(x.shape)
+        return token_mask(x.shape[0], grid, ratio, generator, x.device, self.mask_type)
 
     def forward_encoder(
         self, x: torch.Tensor, keep: torch.Tensor, modality: torch.Tensor | None = None

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from foundation import create_backbone
-from pretext.mae import MAE, masked_patch_loss, patchify, random_mask, tube_mask, unpatchify
+from pretext.mae import MAE, masked_patch_loss, patchify, token_mask, unpatchify
 
 
 def make_mae(
@@ -46,7 +46,7 @@ def gen(seed: int) -> torch.Generator:
 def test_tube_mask_counts_tubes_and_keep(grid, ratio) -> None:
     t, h, w = grid
     batch = 6
-    mask, keep = tube_mask(batch, grid, ratio, gen(0))
+    mask, keep = token_mask(batch, grid, ratio, gen(0))
     n_masked = round(ratio * h * w)
     assert mask.shape == (batch, t * h * w) and mask.dtype == torch.bool
     per_step = mask.view(batch, t, h * w)  # t-major token order
@@ -58,13 +58,13 @@ def test_tube_mask_counts_tubes_and_keep(grid, ratio) -> None:
 
 
 def test_tube_mask_keeps_a_visible_patch_per_step_near_ratio_one() -> None:
-    mask, keep = tube_mask(4, (2, 4, 5), 0.99, gen(0))
+    mask, keep = token_mask(4, (2, 4, 5), 0.99, gen(0))
     assert (mask.view(4, 2, 20).sum(-1) == 19).all()
     assert keep.shape == (4, 2)
 
 
 def test_tube_mask_rows_differ_and_positions_are_uniform() -> None:
-    mask, _ = tube_mask(2000, (1, 4, 4), 0.5, gen(0))
+    mask, _ = token_mask(2000, (1, 4, 4), 0.5, gen(0))
     assert len({tuple(row.tolist()) for row in mask[:8]}) > 1
     frequency = mask.float().mean(dim=0)  # each position is masked about half the time
     assert (frequency - 0.5).abs().max() < 0.06
@@ -73,15 +73,20 @@ def test_tube_mask_rows_differ_and_positions_are_uniform() -> None:
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
 def test_tube_mask_ratio_out_of_range_raises(ratio) -> None:
     with pytest.raises(ValueError, match="ratio"):
-        tube_mask(2, (2, 4, 4), ratio)
+        token_mask(2, (2, 4, 4), ratio)
 
 
 def test_tube_mask_generator_makes_it_deterministic() -> None:
-    first, keep1 = tube_mask(4, (2, 4, 4), 0.5, gen(7))
-    again, keep2 = tube_mask(4, (2, 4, 4), 0.5, gen(7))
-    other, _ = tube_mask(4, (2, 4, 4), 0.5, gen(8))
+    first, keep1 = token_mask(4, (2, 4, 4), 0.5, gen(7))
+    again, keep2 = token_mask(4, (2, 4, 4), 0.5, gen(7))
+    other, _ = token_mask(4, (2, 4, 4), 0.5, gen(8))
     assert torch.equal(first, again) and torch.equal(keep1, keep2)
     assert not torch.equal(first, other)
+
+
+def test_token_mask_names_an_unknown_mask_type() -> None:
+    with pytest.raises(ValueError, match="mask_type='tubes'"):
+        token_mask(2, (2, 4, 4), 0.5, mask_type="tubes")
 
 
 # --- random space-time masking -----------------------------------------------------------------
@@ -91,7 +96,7 @@ def test_tube_mask_generator_makes_it_deterministic() -> None:
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9, 0.999])
 def test_random_mask_counts_and_keep(grid, ratio) -> None:
     n_tokens = grid[0] * grid[1] * grid[2]
-    mask, keep = random_mask(6, grid, ratio, gen(0))
+    mask, keep = token_mask(6, grid, ratio, gen(0), mask_type="random")
     n_masked = min(round(ratio * n_tokens), n_tokens - 1)  # one token always stays visible
     assert mask.shape == (6, n_tokens) and mask.dtype == torch.bool
     assert (mask.sum(dim=1) == n_masked).all()
@@ -101,7 +106,7 @@ def test_random_mask_counts_and_keep(grid, ratio) -> None:
 
 
 def test_random_mask_differs_across_time_and_covers_every_token_uniformly() -> None:
-    mask, _ = random_mask(2000, (2, 4, 4), 0.5, gen(0))
+    mask, _ = token_mask(2000, (2, 4, 4), 0.5, gen(0), mask_type="random")
     per_step = mask.view(2000, 2, 16)
     assert (per_step[:, 0] != per_step[:, 1]).any(dim=1).float().mean() > 0.9  # not tubes
     frequency = mask.float().mean(dim=0)  # every (t, h, w) token masked about half the time
