@@ -27,6 +27,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -176,14 +177,10 @@ def _measure_all(
             "plain": sum(np.load(f, mmap_mode="r").shape[0] for f in files),
         }
         for i, n_workers in enumerate(workers):
-            # A fresh augmentation per loader: each seeds its own copy per worker.
+            loading = ClipLoading(frames, batch, n_workers, augment, seed, output)
             loaders = {
-                "shards": shard_loader(
-                    shards, frames, batch, n_workers, augmentation(augment), seed, output
-                ),
-                "plain": plain_loader(
-                    files, frames, batch, n_workers, augmentation(augment), seed, output
-                ),
+                "shards": shard_loader(shards, loading),
+                "plain": plain_loader(files, loading),
             }
             with console.status(f"{n_workers} workers: {seconds:g} s per loader"):
                 run: dict[str, Any] = {"workers": n_workers}
@@ -309,37 +306,41 @@ def augmentation(enabled: bool) -> Augment | None:
     return clip_augment() if enabled else None
 
 
-def shard_loader(
-    shards: Path,
-    frames: int,
-    batch: int,
-    workers: int,
-    augment: Augment | None,
-    seed: int,
-    output: str = "float",
-) -> DataLoader:
+@dataclass(frozen=True)
+class ClipLoading:
+    """What both loaders share: clip length, batch, workers, augmentation, seed and output.
+
+    augment: the pretraining augmentation in the loader, a fresh one per loader (each seeds its
+    own copy per worker); output: "float" or "uint8" clips (raw, so no augmentation then).
+    """
+
+    frames: int
+    batch: int
+    workers: int
+    augment: bool
+    seed: int = 0
+    output: str = "float"
+
+    def loader(self, dataset: IterableDataset) -> DataLoader:
+        """dataset in a DataLoader with this batch and these workers."""
+        return DataLoader(dataset, batch_size=self.batch, num_workers=self.workers)
+
+
+def shard_loader(shards: Path, loading: ClipLoading) -> DataLoader:
     """The pretraining pipeline as ``ClipDataModule`` builds it, without an epoch bound."""
     dataset = pretrain_dataset(
         shards,
-        frames=frames,
+        frames=loading.frames,
         splits=SPLITS,
         resampled=True,
-        seed=seed,
-        augment=augment,
-        output=output,
+        seed=loading.seed,
+        augment=augmentation(loading.augment),
+        output=loading.output,
     )
-    return DataLoader(dataset, batch_size=batch, num_workers=workers)
+    return loading.loader(dataset)
 
 
-def plain_loader(
-    files: Sequence[Path],
-    frames: int,
-    batch: int,
-    workers: int,
-    augment: Augment | None,
-    seed: int,
-    output: str = "float",
-) -> DataLoader:
-    """:class:`NpyClips` in a DataLoader with the same batch and workers."""
-    dataset = NpyClips(files, frames, seed, augment, output)
-    return DataLoader(dataset, batch_size=batch, num_workers=workers)
+def plain_loader(files: Sequence[Path], loading: ClipLoading) -> DataLoader:
+    """:class:`NpyClips` of ``files`` in the same kind of DataLoader."""
+    augment = augmentation(loading.augment)
+    return loading.loader(NpyClips(files, loading.frames, loading.seed, augment, loading.output))

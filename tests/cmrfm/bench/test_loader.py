@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from cmrfm.bench.loader import (
     SPLITS,
-    augmentation,
+    ClipLoading,
     bench_loader,
     export_npy,
     plain_loader,
@@ -113,10 +113,8 @@ def test_both_loaders_cut_cyclic_windows_of_the_same_slices(
     The uint8 loaders of device-side augmentation ship the raw windows themselves."""
     images = {s["key"]: s["image"] for s in load_subjects(shards, splits=list(SPLITS))}
     files = export_npy(shards, tmp_path)
-    loaders = {
-        "shards": shard_loader(shards, FRAMES, 8, 0, augmentation(augment), 0, output),
-        "plain": plain_loader(files, FRAMES, 8, 0, augmentation(augment), 0, output),
-    }
+    loading = ClipLoading(FRAMES, batch=8, workers=0, augment=augment, seed=0, output=output)
+    loaders = {"shards": shard_loader(shards, loading), "plain": plain_loader(files, loading)}
     for name, loader in loaders.items():
         batch = next(iter(loader))
         assert batch["clip"].dtype == (torch.uint8 if output == "uint8" else torch.float32)
@@ -130,6 +128,17 @@ def test_both_loaders_cut_cyclic_windows_of_the_same_slices(
             windows = [volume[cyclic_window(t, FRAMES, len(volume))] for t in range(len(volume))]
             raw.append(any(np.array_equal(uint8, w) for w in windows))
         assert all(raw) if not augment else not all(raw), name
+
+
+def test_each_loader_gets_a_fresh_augmentation(tmp_path: Path) -> None:
+    """Sharing one would share its random state between the loaders' workers."""
+    files = [tmp_path / "a.npy"]
+    np.save(files[0], np.zeros((1, 4, 8, 8), np.uint8))
+    loading = ClipLoading(FRAMES, batch=2, workers=0, augment=True)
+    first, second = (plain_loader(files, loading).dataset for _ in range(2))
+    assert first.augment is not None and first.augment is not second.augment
+    off = ClipLoading(FRAMES, batch=2, workers=0, augment=False, output="uint8")
+    assert plain_loader(files, off).dataset.augment is None
 
 
 @pytest.mark.parametrize("augment_on", [None, "loader"])
