@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import yaml
+
+from cmrfm_io.constructor import constructor_arguments
 
 # LightningCLI's top level (run=False); the command line also takes these three.
 SECTIONS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler")
@@ -31,7 +32,8 @@ def check_config_keys(path: Path) -> None:
     """Every top-level key of the YAML must be a LightningCLI section, every ``trainer`` key an
     argument of the Trainer, and every ``init_args`` key of ``model`` and ``data`` an argument
     of its ``class_path``; the first that is not raises ConfigError naming it and the nearest
-    accepted key. Classes that take ``**kwargs`` accept anything."""
+    accepted key. A class's arguments include those its ``**kwargs`` forward to its parent's
+    constructor (:func:`~cmrfm_io.constructor.constructor_arguments`), as LightningCLI's."""
     config = _read(path)
     classes: dict[str, type | None] = {"trainer": L.Trainer}
     for section, class_path in _class_paths(config).items():
@@ -79,10 +81,7 @@ def unknown_key(
         if key[1] != "init_args" or len(key) < 3:
             return None
         at = 2
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    names = [n for n in params if n != "self"]
+    names = constructor_arguments(cls)
     if key[at] in names:
         return None
     where, owner = ".".join(key[: at + 1]), f"{cls.__module__}.{cls.__qualname__}"

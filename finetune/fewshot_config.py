@@ -137,14 +137,13 @@ class FewShotConfig:
         them (SegFinetuner, SubjectFinetuner: ``model`` serves both when ef/cls reuse the
         segmentation runs); a typo is named with the nearest argument."""
         import difflib
-        import inspect
 
+        from cmrfm_io.constructor import constructor_arguments
         from finetune.system import SegFinetuner, SubjectFinetuner
 
         def arguments(*systems: type) -> list[str]:
             return list(dict.fromkeys(n for system in systems
-                                      for n in inspect.signature(system.__init__).parameters
-                                      if n != "self"))  # fmt: skip
+                                      for n in constructor_arguments(system)))  # fmt: skip
 
         every = {m for methods in METHODS.values() for m in methods}  # other tasks' are fine
         unknown_methods = sorted(set(self.method_args) - every)

@@ -5,7 +5,6 @@ the fine-tuned counterpart of foundation.hub's backbone folders."""
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from cmrfm_io.constructor import constructor_arguments
 from cmrfm_io.files import sha256_file, usual_permissions
 from data_shards.preprocess import PreprocessConfig
 from data_shards.record import LABEL_NAMES
@@ -197,10 +197,8 @@ def load_finetuned(folder: Path | str, device: str = "cpu") -> tuple[nn.Module, 
     config = read_package_config(folder)
     cls = _import_class(config["model"]["class_path"], folder / CONFIG_NAME)
     args = dict(config["model"].get("init_args") or {})
-    accepted = inspect.signature(cls).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    unknown = sorted(set(args) - set(accepted))
-    if unknown and not takes_any:
+    unknown = sorted(set(args) - set(constructor_arguments(cls)))
+    if unknown:
         raise ValueError(
             f"{folder / CONFIG_NAME}: {cls.__name__} takes no argument(s) {unknown}; the folder "
             "was written by another cmrfm version"

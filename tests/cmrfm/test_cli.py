@@ -258,6 +258,33 @@ def test_a_config_typo_is_named_with_the_nearest_argument(
     assert f"{where}.{typo} is not an argument" in err and f"did you mean {nearest!r}" in err
 
 
+@pytest.mark.parametrize(
+    ("config", "section", "typo", "nearest"),
+    [("finetune_ef_acdc.yaml", "data", "max_slice", "max_slices"),
+     ("finetune_cls_acdc.yaml", "data", "epoch_lenght", "epoch_length"),
+     ("finetune_cls_acdc.yaml", "model", "backbon", "backbone"),
+     ("finetune_seg_phantom.yaml", "model", "warmup_step", "warmup_steps")],
+)  # fmt: skip
+def test_a_typo_in_an_argument_a_subclass_forwards_is_named_in_one_line(
+    config: str, section: str, typo: str, nearest: str, tmp_path: Path, capsys
+) -> None:
+    """The few-shot datamodules and the fine-tuners pass most of their arguments on by
+    ``**kwargs`` to a shared constructor; those are checked as the subclass's own."""
+    import yaml
+
+    values = yaml.safe_load((CONFIGS / config).read_text())
+    values[section]["init_args"][typo] = 1
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--config", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err
+    assert f"{section}.init_args.{typo} is not an argument" in err
+    assert f"did you mean {nearest!r}" in err
+
+
 def test_a_config_section_typo_is_named_with_the_nearest_section(tmp_path: Path, capsys) -> None:
     text = (CONFIGS / "finetune_seg_phantom.yaml").read_text()
     path = tmp_path / "typo.yaml"

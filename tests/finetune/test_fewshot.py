@@ -296,6 +296,19 @@ def test_a_typo_in_the_model_arguments_is_named_with_the_nearest(changes, named)
     assert named in str(info.value)
 
 
+@pytest.mark.parametrize("task", ["seg", "ef"])
+def test_model_arguments_the_finetuners_forward_to_their_base_are_accepted(task: str) -> None:
+    """backbone, lr, ... reach the shared fine-tuning constructor by **kwargs."""
+    model = {"backbone": "cmr_vit_test", "patch_size": 8, "lr": 1e-3, "layer_decay": 0.9}
+    method_args = {"scratch": {"backbone_lr_scale": 0.5, "warmup_steps": 5}}
+    methods = ["scratch"]
+    FewShotConfig(task=task, methods=methods, model=model, method_args=method_args)
+    with pytest.raises(ValueError) as info:
+        FewShotConfig(task=task, methods=methods, model={"patch_sise": 8})
+    named = "model.patch_sise is not a fine-tuning argument; did you mean 'patch_size'"
+    assert named in str(info.value)
+
+
 def test_command_line_flags_reach_the_config(tmp_path: Path, monkeypatch) -> None:
     # `cmrfm fewshot` flags override the YAML; radiomics can read another method's masks.
     import finetune.fewshot

@@ -87,6 +87,12 @@ def test_bad_folders_are_refused_by_name(tmp_path: Path) -> None:
     save_finetuned(tiny_model(), tmp_path / "pkg", preprocess=PREPROCESS, frames=2)
     config = json.loads((tmp_path / "pkg" / CONFIG_NAME).read_text())
 
+    typo = json.loads(json.dumps(config))
+    typo["model"]["init_args"]["feature_sise"] = 8  # named, not a TypeError of the constructor
+    (tmp_path / "pkg" / CONFIG_NAME).write_text(json.dumps(typo))
+    with pytest.raises(ValueError, match=r"SegFinetuner takes no argument\(s\) \['feature_sise'\]"):
+        load_finetuned(tmp_path / "pkg")
+
     config["model"]["init_args"]["num_classes"] = 6  # weights of a 4-class head
     (tmp_path / "pkg" / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(ValueError, match=f"{WEIGHTS_NAME}: weights do not fit"):
