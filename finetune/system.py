@@ -87,9 +87,61 @@ def dense_backbone(
 
 
 class _Finetuner(L.LightningModule):
-    """Shared optimiser (head at lr, backbone by layer-wise decay) and frozen-module modes."""
+    """What the fine-tuning systems share: a backbone (ViT: built by :func:`build_backbone`),
+    the protocol that picks what of it trains, an AdamW optimiser with the head at lr and the
+    backbone by layer-wise decay, and frozen modules kept in eval mode.
+
+    Args:
+        backbone: a registered backbone's name (`foundation.registry`).
+        patch_size: the backbone's patch size in pixels.
+        tubelet: the backbone's frames per token.
+        pretrained: a pretraining checkpoint (Lightning .ckpt), a hub folder (`cmrfm export`) or
+            a released model's name (e.g. "cmr-unet-small-cine") to start from; None or "none" =
+            from scratch.
+        protocol: "linear", "partial" (last_k blocks + final norm), "full" or "lora" (adapters of
+            rank lora_rank, alpha 2 x rank, on the attention layers).
+        last_k: blocks that "partial" trains.
+        layer_decay: each backbone layer's lr is this times the lr of the layer above it.
+        lora_rank: the rank of "lora"'s adapters.
+        lr: learning rate of the head; the backbone's top layer gets lr * backbone_lr_scale,
+            each layer below layer_decay times less (`finetune.protocols.layer_decay_groups`).
+        backbone_lr_scale: the backbone's top layer's lr over the head's.
+        weight_decay: AdamW's, on weight matrices only (`foundation.optim.decays`).
+        warmup_steps: linear warm-up steps before the cosine decay.
+    """
 
     model: nn.Module
+
+    def __init__(
+        self,
+        backbone: str = "cmr_vit_tiny",
+        patch_size: int = 16,
+        tubelet: int = 2,
+        pretrained: str | None = None,
+        protocol: str = "full",
+        last_k: int = 2,
+        layer_decay: float = 0.75,
+        lora_rank: int = 8,
+        lr: float = 1e-3,
+        backbone_lr_scale: float = 0.3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 20,
+    ) -> None:
+        super().__init__()
+        # Lightning collects the subclass's arguments too (its __init__ frame): checkpoints
+        # keep them all, and a system is rebuilt from them.
+        self.save_hyperparameters()
+        check_protocol(protocol)
+
+    def vit_backbone(
+        self, protocol: str, backbone_kwargs: dict[str, Any] | None = None
+    ) -> CardiacViT:
+        """:func:`build_backbone` with this system's backbone arguments and ``protocol``."""
+        hp = self.hparams
+        return build_backbone(
+            hp.backbone, hp.patch_size, hp.tubelet, hp.pretrained, protocol, hp.last_k,
+            hp.lora_rank, backbone_kwargs,
+        )  # fmt: skip
 
     def train(self, mode: bool = True) -> _Finetuner:
         # Frozen parts (linear probe backbone, partial's frozen blocks) never see dropout or
@@ -133,14 +185,8 @@ class SegFinetuner(_Finetuner):
     Frames holding any IGNORE pixel (no or partial ground truth) are left out of the loss.
 
     Args:
-        backbone, patch_size, tubelet: registered backbone and its tubelet size.
-        pretrained: a pretraining checkpoint (Lightning .ckpt), a hub folder (`cmrfm export`) or
-            a released model's name (e.g. "cmr-unet-small-cine") to start from; None or "none" =
-            from scratch.
         num_classes: output classes including background (cine: 4).
         feature_size: decoder width at full resolution.
-        lr: learning rate of the decoder; the backbone's top layer gets lr * backbone_lr_scale,
-            each layer below layer_decay times less (`finetune.protocols.layer_decay_groups`).
         freeze_backbone: the same as protocol="linear" (kept for older configs and checkpoints).
         arch: "unetr" (backbone + UNETR decoder), "light" (backbone + the light decoder of
             `finetune.light_decoder`, a cheaper step: `cmrfm bench seg`), "unet" (MONAI 2D
@@ -149,34 +195,23 @@ class SegFinetuner(_Finetuner):
             layer outputs the classes: the baseline U-Net, pretrained but for that layer,
             `finetune.dense`; patch_size and tubelet are ignored, protocols "full" and "linear",
             the latter training the top layer only).
-        protocol: "linear", "partial" (last_k blocks + final norm), "full" or "lora" (adapters of
-            rank lora_rank, alpha 2 x rank, on the attention layers).
         backbone_kwargs: further constructor arguments of the backbone (a U-Net's channels, a
             ViT's depth); pretrained weights must have been trained with the same.
+        kwargs: the backbone and training arguments of :class:`_Finetuner` (backbone,
+            pretrained, protocol, lr, ...).
     """
 
     def __init__(
         self,
-        backbone: str = "cmr_vit_tiny",
-        patch_size: int = 16,
-        tubelet: int = 2,
-        pretrained: str | None = None,
         num_classes: int = 4,
         feature_size: int = 16,
-        lr: float = 1e-3,
-        backbone_lr_scale: float = 0.3,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 20,
         freeze_backbone: bool = False,
         arch: str = "unetr",
-        protocol: str = "full",
-        last_k: int = 2,
-        layer_decay: float = 0.75,
-        lora_rank: int = 8,
         backbone_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
+        pretrained, protocol = self.hparams.pretrained, self.hparams.protocol
         self.protocol = _resolve_protocol(protocol, freeze_backbone)
         if arch == "unet":
             if pretrained not in (None, "", NO_WEIGHTS):
@@ -189,14 +224,11 @@ class SegFinetuner(_Finetuner):
             self.model: nn.Module = UNet2DSegmenter(num_classes)
         elif arch == "dense":
             encoder = dense_backbone(
-                backbone, pretrained, self.protocol, num_classes, backbone_kwargs
+                self.hparams.backbone, pretrained, self.protocol, num_classes, backbone_kwargs
             )
             self.model = DenseSegmenter(encoder)
         elif arch in ("unetr", "light"):
-            encoder = build_backbone(
-                backbone, patch_size, tubelet, pretrained, self.protocol, last_k, lora_rank,
-                backbone_kwargs,
-            )  # fmt: skip
+            encoder = self.vit_backbone(self.protocol, backbone_kwargs)
             decoder = LightSegmenter if arch == "light" else UNETRSegmenter
             self.model = decoder(encoder, num_classes, feature_size)
         else:
@@ -221,36 +253,29 @@ class SubjectFinetuner(_Finetuner):
 
     forward(stack, mask) -> (B, 2) (LVEF, RVEF) in percent for task "ef", (B, num_classes)
     logits for "cls". EF loss: smooth L1 on EF / 100 over the known targets; cls loss:
-    cross-entropy with label_smoothing over subjects with a known group. Other arguments as in
-    :class:`SegFinetuner`; hidden and dropout size the pooling and the MLP head.
+    cross-entropy with label_smoothing over subjects with a known group.
+
+    Args:
+        task: "ef" (LVEF and RVEF regression) or "cls" (diagnosis group).
+        num_classes: diagnosis groups of "cls" (ACDC's five).
+        hidden: width of the attention pooling over slices and of the MLP head.
+        dropout: of the MLP head.
+        label_smoothing: of the "cls" cross-entropy.
+        kwargs: the backbone and training arguments of :class:`_Finetuner` (backbone,
+            pretrained, protocol, lr, ...).
     """
 
     def __init__(
         self,
-        backbone: str = "cmr_vit_tiny",
-        patch_size: int = 16,
-        tubelet: int = 2,
-        pretrained: str | None = None,
         task: str = "ef",
         num_classes: int = len(ACDC_GROUPS),
-        protocol: str = "full",
-        last_k: int = 2,
-        layer_decay: float = 0.75,
-        lora_rank: int = 8,
-        lr: float = 1e-3,
-        backbone_lr_scale: float = 0.3,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 20,
         hidden: int = 128,
         dropout: float = 0.1,
         label_smoothing: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        check_protocol(protocol)
-        encoder = build_backbone(
-            backbone, patch_size, tubelet, pretrained, protocol, last_k, lora_rank
-        )
+        super().__init__(**kwargs)
+        encoder = self.vit_backbone(self.hparams.protocol)
         outputs = 2 if task == "ef" else num_classes
         self.model = SubjectModel(encoder, task, outputs, hidden, dropout)
         self.task = task
@@ -281,7 +306,6 @@ class SubjectFinetuner(_Finetuner):
 
 
 def _resolve_protocol(protocol: str, freeze_backbone: bool) -> str:
-    check_protocol(protocol)
     if freeze_backbone and protocol not in ("full", "linear"):
         raise ValueError(
             f"freeze_backbone=True means protocol 'linear' but protocol={protocol!r} was given: "

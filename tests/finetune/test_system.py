@@ -1,4 +1,6 @@
-"""finetune.system: the frame loss counts labelled frames only."""
+"""finetune.system: the frame loss counts labelled frames only; the fine-tuners record every
+argument, their own and those they forward to the shared constructor, where checkpoints and
+LightningCLI find them."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
+from cmrfm_io.constructor import constructor_arguments
 from data_shards.record import IGNORE
-from finetune.system import frame_loss
+from finetune.system import SegFinetuner, SubjectFinetuner, frame_loss
+from foundation.checkpoint import read_checkpoint, restore
 
 
 @pytest.fixture
@@ -51,3 +55,56 @@ def test_frame_loss_with_no_labelled_frame_is_zero_with_grad(loss_fn) -> None:
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert logits.grad is not None and (logits.grad == 0).all()
+
+
+# --- the systems' arguments --------------------------------------------------------------------
+
+# Every argument of the shared constructor away from its default.
+SHARED = {"backbone": "cmr_vit_test", "patch_size": 8, "tubelet": 1, "pretrained": None,
+          "protocol": "partial", "last_k": 1, "layer_decay": 0.5, "lora_rank": 4, "lr": 2e-3,
+          "backbone_lr_scale": 0.5, "weight_decay": 0.02, "warmup_steps": 3}  # fmt: skip
+OWN = {
+    SegFinetuner: {"num_classes": 3, "feature_size": 8, "freeze_backbone": False,
+                   "arch": "light", "backbone_kwargs": {"depth": 2}},
+    SubjectFinetuner: {"task": "cls", "num_classes": 3, "hidden": 16, "dropout": 0.2,
+                       "label_smoothing": 0.1},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", [SegFinetuner, SubjectFinetuner])
+def test_finetuners_record_every_argument_in_hparams_and_checkpoints(cls: type, tmp_path) -> None:
+    """A checkpoint rebuilds its system from hparams alone (evaluate, export, resume), so the
+    arguments a fine-tuner forwards to the shared constructor must be recorded with its own."""
+    import lightning as L
+
+    args = {**SHARED, **OWN[cls]}
+    assert set(args) == set(constructor_arguments(cls))
+    system = cls(**args)
+    assert dict(system.hparams) == args
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    trainer.strategy.connect(system)
+    trainer.save_checkpoint(tmp_path / "system.ckpt")
+    assert read_checkpoint(tmp_path / "system.ckpt")["hyper_parameters"] == args
+    rebuilt, _ = restore(cls, tmp_path / "system.ckpt")  # strict: the same network
+    assert dict(rebuilt.hparams) == args
+
+
+@pytest.mark.parametrize("cls", [SegFinetuner, SubjectFinetuner])
+def test_lightningcli_parser_offers_every_argument_with_its_default(cls: type) -> None:
+    """jsonargparse follows the fine-tuners' **kwargs into the shared constructor, with its
+    defaults and help."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "model")
+    assert parser.get_defaults().model.as_dict() == dict(cls().hparams)
+    help_text = " ".join(parser.format_help().split())
+    assert "times the lr of the layer above it" in help_text  # layer_decay's, from the base's
+
+
+def test_a_protocol_is_checked_before_anything_is_built() -> None:
+    for cls in (SegFinetuner, SubjectFinetuner):
+        with pytest.raises(ValueError, match="unknown protocol 'ful'"):
+            cls(protocol="ful")
