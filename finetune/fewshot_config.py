@@ -55,7 +55,8 @@ HEADLINES = {
 }
 # Settings a re-run must share with the results already in its folder.
 SAME_RUN_KEYS = (
-    "task", "shards", "train_split", "eval_split", "budget_s", "steps", "frames", "model"
+    "task", "shards", "train_split", "eval_split", "budget_s", "steps", "frames", "model",
+    "method_args",
 )  # fmt: skip
 
 

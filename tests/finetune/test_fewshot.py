@@ -4,6 +4,7 @@ evaluation is disjoint, results resume and rescore (summaries: tests/finetune/te
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,15 @@ def test_a_folder_of_another_benchmark_is_refused(shards: Path, tmp_path: Path):
     (tmp_path / "config.json").write_text(json.dumps({"task": "seg", "budget_s": 99.0}))
     with pytest.raises(FileExistsError, match="budget_s"):
         FewShotBenchmark(_config(shards, tmp_path, methods=["unet"])).run()
+
+
+def test_a_folder_of_another_method_recipe_is_refused(shards: Path, tmp_path: Path):
+    """A method's own arguments are part of its runs: other ones would silently reuse results."""
+    config = _config(shards, tmp_path, methods=["unet"])
+    saved = json.loads(json.dumps(asdict(config)))
+    (tmp_path / "config.json").write_text(json.dumps(saved | {"method_args": {"unet": {"lr": 1}}}))
+    with pytest.raises(FileExistsError, match="method_args"):
+        FewShotBenchmark(config).run()
 
 
 def _with_groups(bench: FewShotBenchmark) -> FewShotBenchmark:
