@@ -91,7 +91,7 @@ def _fewshot(args: argparse.Namespace) -> None:
     print(f"results: {cfg.out_dir / 'summary.md'}")
 
 
-def _merge_fewshot(folders: list[Path], out: str | None) -> None:
+def _merge_fewshot(folders: list[str], out: str | None) -> None:
     from finetune.fewshot_merge import merge_benchmarks
 
     if out is None:
@@ -195,11 +195,11 @@ def add_fewshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--merge",
         nargs="+",
-        type=Path,
         default=None,
-        metavar="DIR",
+        metavar="DIR[:METHOD,...]",
         help="no training: one report in --out over these benchmark folders of one task and data "
-        "(e.g. N <= 10 at one step budget, N = all at a longer one)",
+        "(e.g. N <= 10 at one step budget, N = all at a longer one); DIR:unet takes only that "
+        "folder's unet runs",
     )
     p.set_defaults(func=_fewshot)
 

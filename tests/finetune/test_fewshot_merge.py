@@ -11,7 +11,7 @@ import pytest
 
 from cmrfm.cli import main
 from finetune.fewshot_merge import merge_benchmarks
-from finetune.results import write_jsonl
+from finetune.results import read_jsonl, write_jsonl
 
 SETUP = {"task": "seg", "shards": "runs/real/acdc", "train_split": "train", "eval_split": "test"}
 
@@ -82,3 +82,26 @@ def test_the_command_line_merges_and_names_what_is_wrong(tmp_path: Path, capsys)
         main(["fewshot", "--merge", str(few), str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and "nowhere: not a few-shot" in err
+
+
+def test_a_folder_can_give_only_some_methods(tmp_path: Path, capsys) -> None:
+    """One method re-run with its own recipe replaces that method's rows of the first benchmark."""
+    first = _folder(tmp_path, "first", ["1", "2"], steps=1000)
+    rerun = _folder(tmp_path, "unet_lr", ["1", "2"], steps=1000, method_args={"unet": {"lr": 4}})
+    out = tmp_path / "merged"
+    rows = merge_benchmarks(out, [f"{first}:pretrained", f"{rerun}:unet"])
+    assert {r["method"] for r in rows} == {"pretrained", "unet"}
+    runs = read_jsonl(out / "results.jsonl")
+    assert len(runs) == 8 and len({r["run"] for r in runs}) == 8
+    assert len(read_jsonl(out / "subjects.jsonl")) == 8 * 3  # only the kept runs' subjects
+    merged_from = json.loads((out / "config.json").read_text())["merged_from"]
+    assert merged_from[str(rerun)]["methods_kept"] == ["unet"]
+    assert merged_from[str(rerun)]["method_args"] == {"unet": {"lr": 4}}
+    with pytest.raises(
+        ValueError, match=r"first: no runs of scratch \(it holds pretrained, unet\)"
+    ):
+        merge_benchmarks(tmp_path / "m", [f"{first}:scratch", rerun])
+    with pytest.raises(SystemExit) as info:
+        main(["fewshot", "--merge", str(first), f"{rerun}:unet", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "run unet_n1_s0 is in both" in err
