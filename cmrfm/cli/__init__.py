@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from cmrfm import CONFIGS, __version__
 from cmrfm.cli.bench import add_bench
+from cmrfm.cli.chatter import quiet_third_party
 from cmrfm.cli.data import add_inspect, add_shard
 from cmrfm.cli.errors import USER_ERRORS, UsageError, fail
 from cmrfm.cli.hub import add_export, add_publish
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_third_party()
     if argv and argv[0] in TRAINING:
         from cmrfm.config_keys import ConfigError
         from cmrfm.train import ResumeError, run_training
