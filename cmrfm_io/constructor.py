@@ -4,16 +4,17 @@ which ``inspect.signature`` does not show."""
 
 from __future__ import annotations
 
-# jsonargparse's resolver is what LightningCLI builds its parsers with (jsonargparse has no public
-# name for it); calling it keeps our key checks in agreement with the parser by construction.
-from jsonargparse._parameter_resolvers import get_signature_parameters
+from jsonargparse import ArgumentParser
 
 
 def constructor_arguments(cls: type) -> list[str]:
     """Names of the arguments ``cls(...)`` takes, in signature order: the constructor's own, then
     those it forwards by ``**kwargs`` to its parent's (recursively, less any it passes itself).
 
-    ``**kwargs`` that go anywhere else are not followed, and add no name: LightningCLI refuses
-    unknown keys for such a class too."""
-    names = (param.name for param in get_signature_parameters(cls, logger=False))
-    return list(dict.fromkeys(names))
+    Read from the parser jsonargparse builds for ``cls`` (its public API; LightningCLI builds the
+    same), so our key checks agree with LightningCLI's. ``**kwargs`` that go anywhere else add no
+    name: LightningCLI refuses unknown keys for such a class too."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "init", fail_untyped=False, sub_configs=True)
+    dests = (action.dest for action in parser._actions if action.dest.startswith("init."))
+    return list(dict.fromkeys(dest.split(".")[1] for dest in dests))
