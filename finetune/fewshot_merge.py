@@ -32,7 +32,7 @@ def _config(folder: Path) -> dict:
 
 
 def _runs_of(folder: Path, methods: list[str] | None) -> list[dict]:
-    """The finished runs of ``folder`` (of ``methods`` only, when given); refuses none."""
+    """The finished runs of ``folder`` (of ``methods`` only, when given); refuses an empty one."""
     rows = read_jsonl(folder / "results.jsonl")
     if not rows:
         raise ValueError(f"{folder}: no finished runs (results.jsonl is missing or empty)")
