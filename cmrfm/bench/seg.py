@@ -92,6 +92,7 @@ def bench_seg(
     warmup: int = 2,
     threads: int = 1,
     seed: int = 0,
+    device: str | None = None,
     out: Path | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -108,6 +109,8 @@ def bench_seg(
         warmup: untimed steps per contender before the first round.
         threads: torch threads (default 1: one core, as the other benches).
         seed: model initialisation (the same for every contender) and the batch.
+        device: "cpu" or "cuda"; None: CUDA when available, else the CPU. On a GPU a step is
+            timed from a device sync to the next, so its queued kernels count.
         out: a JSON file for the results (not written when None).
         console: where the table goes (default: a new stdout console).
 
@@ -125,6 +128,11 @@ def bench_seg(
     if not patches or min(patches) < 1:
         raise ValueError(f"patches must be a non-empty list of sizes >= 1, got {list(patches)}")
     parsed = {name: variant_args(name) for name in dict.fromkeys(variants or DEFAULT_VARIANTS)}
+    where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if where.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device here (torch {torch.__version__})")
     config: dict[str, Any] = {
         "backbone": backbone,
         "patches": list(patches),
@@ -137,14 +145,14 @@ def bench_seg(
         "warmup": warmup,
         "seed": seed,
         "goal": GOAL,
-        "device": "cpu",
+        "device": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "load_average_before": load_average(),
     }
     with torch_threads(threads):
         config["threads"] = torch.get_num_threads()
-        clip, label = make_batch(batch, frames, size, num_classes, seed)
+        clip, label = (t.to(where) for t in make_batch(batch, frames, size, num_classes, seed))
         plan = [(BASELINE, None, {"arch": "unet"})]
         dense = {name: args for name, args in parsed.items() if args["arch"] == "dense"}
         plan += [(name, None, args) for name, args in dense.items()]  # no patch size
@@ -156,7 +164,7 @@ def bench_seg(
                 torch.manual_seed(seed)  # the same initialisation for every contender
                 model_args = {"backbone": backbone, "patch_size": patch or 16,
                               "tubelet": tubelet, "num_classes": num_classes}  # fmt: skip
-                contenders.append(Contender(name, patch, args, model_args))
+                contenders.append(Contender(name, patch, args, model_args, where))
         with console.status(f"{len(contenders)} contenders x {rounds} rounds x {steps} steps"):
             measure(contenders, clip, label, steps, rounds, warmup)
     config["load_average_after"] = load_average()
@@ -180,14 +188,21 @@ class Contender:
 
     Segmenters are built by SegFinetuner (``model_args`` plus the variant's ``args``); "none" is
     the backbone as SegFinetuner builds it, its loss the mean square of the last block's tokens.
+    The model lives on ``device``, where the batch must be.
     """
 
     def __init__(
-        self, name: str, patch: int | None, args: dict[str, Any], model_args: dict[str, Any]
+        self,
+        name: str,
+        patch: int | None,
+        args: dict[str, Any],
+        model_args: dict[str, Any],
+        device: torch.device | None = None,
     ) -> None:
         from finetune.system import SegFinetuner, build_backbone, frame_loss
 
         self.name, self.patch, self.args = name, patch, args
+        self.device = device = device or torch.device("cpu")
         self.seconds: list[float] = []
         self.cpu_seconds: list[float] = []
         if args["arch"] == "none":
@@ -200,7 +215,7 @@ class Contender:
                 last_k=args.get("last_k", 2),
                 lora_rank=8,
             )
-            encoder.train()
+            encoder.to(device).train()
             self.module: torch.nn.Module = encoder
             trainable = [p for p in encoder.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable)
@@ -210,7 +225,7 @@ class Contender:
                 (tokens,) = encoder.forward_intermediates(clip, taps, norm=True)  # (B, L, D)
                 return tokens.square().mean()
         else:
-            system = SegFinetuner(**{**model_args, **args})
+            system = SegFinetuner(**{**model_args, **args}).to(device)
             self.module = system.model
             optimizer = system.configure_optimizers()["optimizer"]
 
@@ -229,11 +244,17 @@ class Contender:
     def run(self, clip: torch.Tensor, label: torch.Tensor, steps: int, timed: bool = True) -> None:
         """``steps`` steps; each one's wall and CPU seconds kept when ``timed``."""
         for _ in range(steps):
+            self._synchronize()  # queued work of the step before stays out
             start, cpu_start = time.perf_counter(), time.process_time()
             self.step(clip, label)
+            self._synchronize()
             if timed:
                 self.seconds.append(time.perf_counter() - start)
                 self.cpu_seconds.append(time.process_time() - cpu_start)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def params(self) -> tuple[int, int]:
         """(all, trainable) parameter counts."""

@@ -66,7 +66,8 @@ BENCHES = {
             "steps": "timed steps per contender and round",
             "rounds": "rounds, order alternated",
             "warmup": "untimed steps per contender first",
-            "threads": "torch threads",
+            "threads": "torch threads (on a CPU)",
+            "device": "cpu or cuda (default: CUDA when available)",
         },
     ),
     "runtime": Bench(

@@ -234,6 +234,20 @@ def test_version_is_the_package_version(capsys) -> None:
     assert capsys.readouterr().out.strip() == f"cmrfm {importlib.metadata.version('cmrfm')}"
 
 
+def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import cmrfm
+
+    root = str(Path(cmrfm.__file__).parent.parent)  # a checkout on PYTHONPATH, no install needed
+    env = {**os.environ, "PYTHONPATH": root}
+    done = subprocess.run([sys.executable, "-m", "cmrfm", "--version"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"cmrfm {cmrfm.__version__}"
+
+
 @pytest.mark.parametrize(
     ("config", "section", "typo", "nearest"),
     [("pretrain_mae_phantom.yaml", "model", "warmup_step", "warmup_steps"),

@@ -19,7 +19,7 @@ from cmrfm.bench.seg import BASELINE, bench_seg, measure, variant_args
 from cmrfm.cli import main
 
 TINY: dict[str, Any] = {"backbone": "cmr_vit_test", "frames": 2, "size": 32, "batch": 2,
-                        "steps": 1, "rounds": 2, "warmup": 1}  # fmt: skip
+                        "steps": 1, "rounds": 2, "warmup": 1, "device": "cpu"}  # fmt: skip
 
 
 def _quiet() -> Console:
@@ -138,11 +138,18 @@ def test_rounds_alternate_the_order_after_an_untimed_warm_up() -> None:
         ({"steps": 0}, "steps"),
         ({"patches": []}, "patches"),
         ({"variants": ["light-fs"]}, "light-fs"),
+        ({"device": "mps"}, "device must be cpu or cuda"),
     ],
 )
 def test_bad_options_are_refused_by_name(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         bench_seg(**{**TINY, **kwargs}, console=_quiet())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'cuda': no CUDA device here"):
+        bench_seg(**{**TINY, "device": "cuda"}, console=_quiet())
 
 
 def test_command_line_writes_the_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
