@@ -19,7 +19,7 @@ from finetune.protocols import apply_protocol, check_protocol, eval_frozen, laye
 from finetune.subject import ACDC_GROUPS, SubjectModel
 from finetune.unet import UNet2DSegmenter
 from finetune.unetr import UNETRSegmenter
-from foundation.optim import param_groups, warmup_cosine
+from foundation.optim import param_groups, warmup_cosine, warmup_cosine_factor
 from foundation.registry import create_backbone
 from foundation.released import NO_WEIGHTS
 from foundation.unet import CardiacUNet
@@ -82,8 +82,28 @@ def dense_backbone(
     kwargs = {**(backbone_kwargs or {}), "features": num_classes}
     backbone = create_backbone(name, pretrained=pretrained or None, **kwargs)
     backbone.requires_grad_(protocol == "full")
-    backbone.top_layer().requires_grad_(True)
+    for p in linear_trains(backbone):
+        p.requires_grad_(True)
     return backbone
+
+
+def linear_trains(backbone: nn.Module) -> list[nn.Parameter]:
+    """The backbone's parameters that protocol "linear" trains: a dense backbone's top layer (it
+    outputs the classes, :func:`dense_backbone`), none of a ViT's (`apply_protocol`)."""
+    return list(backbone.top_layer().parameters()) if isinstance(backbone, CardiacUNet) else []
+
+
+def check_head_first(steps: int, protocol: str) -> int:
+    """head_first_steps, or a ValueError: an int >= 0, and 0 with protocol "linear"."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"head_first_steps={steps!r} must be an int >= 0 (0 = off)")
+    if steps and protocol == "linear":
+        raise ValueError(
+            f"head_first_steps={steps} means nothing with protocol 'linear' (freeze_backbone=True "
+            "is 'linear' too): it trains the head alone throughout; set head_first_steps to 0 "
+            "or another protocol"
+        )
+    return steps
 
 
 class _Finetuner(L.LightningModule):
@@ -108,6 +128,7 @@ class _Finetuner(L.LightningModule):
         backbone_lr_scale: the backbone's top layer's lr over the head's.
         weight_decay: AdamW's, on weight matrices only (`foundation.optim.decays`).
         warmup_steps: linear warm-up steps before the cosine decay.
+        head_first_steps: first steps train what "linear" would (LP-FT); the rest warm up after.
     """
 
     model: nn.Module
@@ -126,12 +147,14 @@ class _Finetuner(L.LightningModule):
         backbone_lr_scale: float = 0.3,
         weight_decay: float = 0.01,
         warmup_steps: int = 20,
+        head_first_steps: int = 0,
     ) -> None:
         super().__init__()
         # Lightning collects the subclass's arguments too (its __init__ frame): checkpoints
         # keep them all, and a system is rebuilt from them.
         self.save_hyperparameters()
         check_protocol(protocol)
+        check_head_first(head_first_steps, protocol)
 
     def vit_backbone(
         self, protocol: str, backbone_kwargs: dict[str, Any] | None = None
@@ -155,7 +178,24 @@ class _Finetuner(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         eval_frozen(self.model)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """What protocol "linear" trains: the model's parameters outside its backbone (all of a
+        model without one, arch "unet") and those :func:`linear_trains` picks in it."""
+        backbone = getattr(self.model, "backbone", None)
+        if backbone is None:
+            return list(self.model.parameters())
+        in_backbone = {id(p) for p in backbone.parameters()}
+        head = [p for p in self.model.parameters() if id(p) not in in_backbone]
+        return head + linear_trains(backbone)
+
     def configure_optimizers(self) -> dict:
+        """AdamW and its per-step schedule (warm-up, then cosine decay over the run's steps).
+
+        With head_first_steps K > 0 each group is split into :meth:`head_parameters` (marked
+        "head_first": True, on the run's schedule) and the rest, whose lr is 0 for steps < K
+        (AdamW then moves them not at all: decoupled decay is lr * weight_decay) and which then
+        warm up and decay over the steps left, as if their run began at step K.
+        """
         hp = self.hparams
         backbone = getattr(self.model, "backbone", None)
         in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
@@ -173,10 +213,48 @@ class _Finetuner(L.LightningModule):
                 hp.weight_decay,
                 matcher=backbone.group_matcher(),
             )
+        first = hp.head_first_steps
+        if first:
+            groups = split_head_first(groups, self.head_parameters())
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1000
-        schedule = warmup_cosine(optimizer, hp.warmup_steps, total)
+        if first:
+            schedule = head_first_schedule(optimizer, first, hp.warmup_steps, total)
+        else:
+            schedule = warmup_cosine(optimizer, hp.warmup_steps, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def split_head_first(groups: list[dict], head: list[nn.Parameter]) -> list[dict]:
+    """Each group in two with its settings: its parameters in head ("head_first": True), then
+    the others ("head_first": False); either may be empty."""
+    ids = {id(p) for p in head}
+    return [
+        {**g, "params": [p for p in g["params"] if (id(p) in ids) is part], "head_first": part}
+        for g in groups
+        for part in (True, False)
+    ]
+
+
+def head_first_schedule(
+    optimizer: torch.optim.Optimizer, first: int, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Groups marked "head_first" on warmup_cosine over total_steps; the others at lr 0 for the
+    first ``first`` steps, then on warmup_cosine over the total_steps - first left."""
+    if first >= total_steps:
+        warnings.warn(
+            f"head_first_steps={first} >= the run's {total_steps} optimiser steps: only the "
+            "head trains",
+            stacklevel=2,
+        )
+    run = warmup_cosine_factor(warmup_steps, total_steps)
+    rest = warmup_cosine_factor(warmup_steps, total_steps - first)
+
+    def held(step: int) -> float:
+        return rest(step - first) if step >= first else 0.0
+
+    factors = [run if g["head_first"] else held for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 class SegFinetuner(_Finetuner):
@@ -213,6 +291,7 @@ class SegFinetuner(_Finetuner):
         super().__init__(**kwargs)
         pretrained, protocol = self.hparams.pretrained, self.hparams.protocol
         self.protocol = _resolve_protocol(protocol, freeze_backbone)
+        check_head_first(self.hparams.head_first_steps, self.protocol)
         if arch == "unet":
             if pretrained not in (None, "", NO_WEIGHTS):
                 raise ValueError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import torch
 from torch import nn
@@ -57,6 +57,14 @@ def warmup_cosine(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.01
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup to each group's lr, then cosine decay to min_ratio of it (stepped per step)."""
+    factor = warmup_cosine_factor(warmup_steps, total_steps, min_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_cosine_factor(
+    warmup_steps: int, total_steps: int, min_ratio: float = 0.01
+) -> Callable[[int], float]:
+    """:func:`warmup_cosine`'s multiplier of the lr at each step (0-based), for LambdaLR."""
     total_steps = max(total_steps, warmup_steps + 1)
 
     def factor(step: int) -> float:
@@ -65,4 +73,4 @@ def warmup_cosine(
         progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
