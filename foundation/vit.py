@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from foundation.names import AXES, MODALITIES
@@ -87,6 +88,19 @@ def _fits(n: int, step: int) -> str:
     if below == n:
         return str(n)
     return f"{above}" if below == 0 else f"{below} or {above}"
+
+
+def tubelet_tokens(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """(B, C, T, H, W) -> tokens (B, L, D), t-major: what ``conv(x).flatten(2).transpose(1, 2)``
+    gives when the kernel is the stride, as one matmul over the unfolded tubelets. The same
+    numbers, but a GEMM: cuDNN's 3-D convolution cost ViT-B MAE ~3.6 ms a step on an H200, and
+    the CPU's is ~4x slower than this (benchmarks/RESULTS.md)."""
+    b, c, t, h, w = x.shape
+    kt, kh, kw = conv.kernel_size
+    grid = (t // kt, h // kh, w // kw)
+    tubelets = x.reshape(b, c, grid[0], kt, grid[1], kh, grid[2], kw)
+    tubelets = tubelets.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, math.prod(grid), -1)
+    return F.linear(tubelets, conv.weight.reshape(conv.out_channels, -1), conv.bias)
 
 
 class CardiacViT(nn.Module):
@@ -206,7 +220,7 @@ class CardiacViT(nn.Module):
     def embed(self, x: torch.Tensor, modality: Index = None, axis: Index = None) -> torch.Tensor:
         """(B, C, T, H, W) -> tokens with positions, modality and axis (B, L, D), L = t*h*w."""
         grid = self.grid(x.shape)
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, L, D)
+        tokens = tubelet_tokens(x, self.patch_embed)  # (B, L, D)
         context = self.context_embed(x.shape[0], modality, axis).to(tokens.dtype)
         return tokens + self.pos_embed(grid, tokens) + context
 

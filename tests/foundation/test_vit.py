@@ -11,7 +11,14 @@ import torch
 
 import foundation.vit as vit_module
 from foundation import BACKBONES, CardiacViT, create_backbone, register_backbone
-from foundation.vit import AXES, MODALITIES, axis_index, modality_index, sincos_3d
+from foundation.vit import (
+    AXES,
+    MODALITIES,
+    axis_index,
+    modality_index,
+    sincos_3d,
+    tubelet_tokens,
+)
 from foundation.weights import load_backbone_weights
 
 TINY_INPUT = (1, 1, 2, 32, 32)  # (B, C, T, H, W): a 1x2x2 token grid at tubelet 2, patch 16
@@ -588,3 +595,26 @@ def test_position_tables_made_while_tracing_do_not_leak_into_later_calls() -> No
     assert real.numpy().shape == (18, 32)  # a fake tensor would refuse .numpy()
     real.zero_()  # a caller's change never reaches the next caller
     assert sincos_3d(32, (2, 3, 3)).abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("channels", "tubelet", "patch", "shape"),
+    [(1, 2, 16, (2, 4, 32, 48)), (1, 1, 8, (3, 2, 16, 16)), (2, 2, 4, (1, 6, 12, 8))],
+)
+def test_tubelet_tokens_are_the_strided_convolution(channels, tubelet, patch, shape) -> None:
+    # The embedding is one matmul over unfolded tubelets: the same tokens, in the same t-major
+    # order, and the same gradients as the Conv3d it replaces (same weights, same state dict).
+    batch, t, h, w = shape
+    torch.manual_seed(0)
+    kernel = (tubelet, patch, patch)
+    conv = torch.nn.Conv3d(channels, 24, kernel_size=kernel, stride=kernel).double()
+    x = torch.randn(batch, channels, t, h, w, dtype=torch.float64, requires_grad=True)
+    reference = conv(x).flatten(2).transpose(1, 2)
+    tokens = tubelet_tokens(x, conv)
+    assert tokens.shape == (batch, (t // tubelet) * (h // patch) * (w // patch), 24)
+    torch.testing.assert_close(tokens, reference)
+    grad = torch.randn_like(tokens)
+    expected = torch.autograd.grad(reference, (x, conv.weight, conv.bias), grad)
+    got = torch.autograd.grad(tubelet_tokens(x, conv), (x, conv.weight, conv.bias), grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
