@@ -18,8 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from cmrfm.bench.pretrain_cases import Setup
 from cmrfm.bench.pretrain_options import PRESETS
-from cmrfm.bench.pretrain_runs import build_model, make_batch
-from foundation.optim import no_weight_decay_names, param_groups
+from cmrfm.bench.pretrain_runs import bare_step, make_batch
 
 
 def main(out: Path) -> None:
@@ -41,16 +40,7 @@ def main(out: Path) -> None:
 
 def profile_mask(setup: Setup, batch: dict, mask: float) -> list[str]:
     """Time ``setup.steps`` steps unprofiled, then profile as many; the tables as text."""
-    model = build_model(setup, mask).to(batch["clip"].device).train()
-    groups = param_groups(model.named_parameters(), 0.05, 1.5e-4, no_weight_decay_names(model))
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], fused=True)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    step = bare_step(setup, mask, batch)
 
     for _ in range(setup.warmup):
         step()

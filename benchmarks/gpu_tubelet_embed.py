@@ -2,7 +2,7 @@
 matmul over unfolded tubelets (``tubelet_tokens``) against the strided Conv3d it replaced, in one
 process on one model: the two take turns every round (A B, B A, ...), so both see the same
 weights, optimizer and device state. `cmrfm bench pretrain --preset h100`'s bare loop (ViT-B,
-16 x 128 x 128, patch 16, tubelet 2, batch 64, bf16 autocast, fused AdamW) at 90 % and 0 % masking.
+16 x 128 x 128, patch 16, tubelet 2, batch 64, bf16 autocast, fused AdamW: ``bare_step``) at 90 % and 0 % masking.
 
     PYTHONPATH=. python3 benchmarks/gpu_tubelet_embed.py [ROUNDS] [STEPS]
 """
@@ -17,8 +17,7 @@ import torch
 import foundation.vit as vit
 from cmrfm.bench.pretrain_cases import Setup
 from cmrfm.bench.pretrain_options import PRESETS
-from cmrfm.bench.pretrain_runs import build_model, make_batch
-from foundation.optim import no_weight_decay_names, param_groups
+from cmrfm.bench.pretrain_runs import bare_step, make_batch
 
 MATMUL = vit.tubelet_tokens
 
@@ -51,17 +50,7 @@ def main(rounds: int, steps: int) -> None:
 
 def compare(setup: Setup, batch: dict, mask: float, rounds: int) -> dict[str, list[float]]:
     """ms per step of each arm per round, on one model and optimizer, the order alternated."""
-    model = build_model(setup, mask).cuda().train()
-    groups = param_groups(model.named_parameters(), 0.05, 1.5e-4, no_weight_decay_names(model))
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], fused=True)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = bare_step(setup, mask, batch)
     ms: dict[str, list[float]] = {arm: [] for arm in ARMS}
     for embed in ARMS.values():  # warm-up, each arm
         vit.tubelet_tokens = embed

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -187,25 +187,38 @@ class SameBatchData(L.LightningDataModule):
         return SameBatch(self.batch, self.n)
 
 
-def run_bare(setup: Setup, case: Case, batch: dict[str, Any]) -> dict[str, Any]:
-    """Forward, backward, AdamW step, zero_grad: ``warmup`` steps, then ``steps`` timed."""
+def bare_step(
+    setup: Setup, mask: float, batch: dict[str, Any], compile: bool = False
+) -> Callable[[], None]:
+    """The bare loop's training step on ``batch`` as a closure over a fresh model and optimizer
+    (as the system builds them: AdamW over its parameter groups, fused on a GPU): forward under
+    the setup's precision, backward, AdamW step, zero_grad."""
     device = batch["clip"].device
-    model = build_model(setup, case.mask, case.compile).to(device).train()
+    model = build_model(setup, mask, compile).to(device).train()
     groups = param_groups(model.named_parameters(), 0.05, 1.5e-4, no_weight_decay_names(model))
-    # As the system's optimizer: fused on a GPU.
     fused = True if device.type == "cuda" else None
     optimizer = torch.optim.AdamW(
         [g for g in groups if g["params"]], betas=(0.9, 0.95), fused=fused
     )
-    clock = Clock(device)
-    for step in range(setup.warmup + setup.steps):
-        if step == setup.warmup:
-            clock.start()
+
+    def step() -> None:
         with _autocast(setup.precision, device):
             loss = model(batch)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def run_bare(setup: Setup, case: Case, batch: dict[str, Any]) -> dict[str, Any]:
+    """Forward, backward, AdamW step, zero_grad: ``warmup`` steps, then ``steps`` timed."""
+    step = bare_step(setup, case.mask, batch, case.compile)
+    clock = Clock(batch["clip"].device)
+    for i in range(setup.warmup + setup.steps):
+        if i == setup.warmup:
+            clock.start()
+        step()
     seconds, cpu_seconds = clock.stop()
     return {"steps": setup.steps, "seconds": seconds, "cpu_seconds": cpu_seconds}
 
