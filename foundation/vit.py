@@ -42,6 +42,16 @@ def axis_index(names: Sequence[str]) -> torch.Tensor:
     return _names_to_index(names, AXES, "axis")
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A CPU tensor (positions, modality rows) on ``device``. To a GPU through pinned memory and
+    without blocking: a copy from pageable memory synchronises the stream, which made the host
+    wait three times a step in a profile of ViT-B MAE on an H200 (benchmarks/RESULTS.md)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     """Sin-cos embedding of 1D positions (N,) -> (N, dim); dim must be even."""
     omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
@@ -192,7 +202,7 @@ class CardiacViT(nn.Module):
 
     def pos_embed(self, grid: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
         """Positions for a token grid -> (1, t*h*w, D) on like's device and dtype."""
-        return sincos_3d(self.embed_dim, grid).to(like.device, like.dtype)[None]
+        return to_device(sincos_3d(self.embed_dim, grid), like.device).to(like.dtype)[None]
 
     def context_embed(self, batch: int, modality: Index = None, axis: Index = None) -> torch.Tensor:
         """Modality + axis rows for each clip -> (B or 1, 1, D); None means cine / time (row 0).
@@ -214,7 +224,7 @@ class CardiacViT(nn.Module):
                     f"{what} must be a LongTensor of shape ({batch},), got {index.dtype} "
                     f"{tuple(index.shape)}"
                 )
-            rows.append(table[index.to(table.device)])  # (B, D)
+            rows.append(table[to_device(index, table.device)])  # (B, D)
         return (rows[0] + rows[1])[:, None]
 
     def embed(self, x: torch.Tensor, modality: Index = None, axis: Index = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from foundation.vit import CardiacViT, modality_index
+from foundation.vit import CardiacViT, modality_index, to_device
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,7 @@ class ProjectionHead(nn.Module):
 def modality_tensor(names: Sequence[str] | None, device: torch.device) -> torch.Tensor | None:
     """Modality names of a batch -> LongTensor (B,) on device; None stays None (the encoder's
     default, cine)."""
-    return None if names is None else modality_index(list(names)).to(device)
+    return None if names is None else to_device(modality_index(list(names)), device)
 
 
 def second_modality(batch: Mapping[str, Any]) -> Sequence[str] | None:

@@ -17,7 +17,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from foundation.vit import MODALITIES, CardiacViT, modality_index, sincos_3d
+from foundation.vit import MODALITIES, CardiacViT, modality_index, sincos_3d, to_device
 
 MASK_TYPES = ("tube", "random")
 
@@ -35,7 +35,7 @@ def _noise(
     if generator is None:
         return torch.rand(batch, n, device=device)
     noise = torch.rand(batch, n, generator=generator, device=generator.device)
-    return noise if device is None else noise.to(device)
+    return noise if device is None else to_device(noise, device)
 
 
 def _draw_mask(
@@ -201,7 +201,7 @@ class MAE(nn.Module):
         # vis.dtype: under autocast the latents are bf16 while the mask token stays float32.
         full = self.mask_token.to(vis.dtype).expand(b, n_tokens, -1).clone()  # (B, L, Dd)
         full.scatter_(1, keep[..., None].expand(-1, -1, vis.shape[-1]), vis)
-        full = full + sincos_3d(self.decoder_dim, grid).to(full.device, full.dtype)[None]
+        full = full + to_device(sincos_3d(self.decoder_dim, grid), full.device).to(full.dtype)[None]
         for block in self.decoder_blocks:
             full = block(full)
         return self.decoder_pred(self.decoder_norm(full))  # (B, L, P)
@@ -227,7 +227,7 @@ class MAE(nn.Module):
         names = [None] * b if modality is None else list(modality)
         if len(names) != b:
             raise ValueError(f"batch has {b} clips but {len(names)} modality names")
-        index = None if modality is None else modality_index(names).to(x.device)  # (B,)
+        index = None if modality is None else to_device(modality_index(names), x.device)  # (B,)
         ratios = [self.ratio_of(name) for name in names]
         groups = {ratio: [i for i, r in enumerate(ratios) if r == ratio] for ratio in ratios}
         outputs = []
