@@ -109,6 +109,27 @@ class CardiacUNet(nn.Module):
         """x (B, C_in, T, H, W) -> features (B, F, T, H, W)."""
         return self.forward_features(x)
 
+    def encoder_modules(self) -> list[nn.Module]:
+        """The encoder half: each level's down block, full resolution first, down to (not
+        including) the bottom block; what a loss on the deepest encoder level (tap "input")
+        trains. The bottom block and the up path are the decoder half."""
+        from monai.networks.layers import SkipConnection
+
+        blocks, level = [], self.unet.model
+        while isinstance(level, nn.Sequential) and isinstance(level[1], SkipConnection):
+            blocks.append(level[0])  # MONAI nests each level as (down, skip(deeper), up)
+            level = level[1].submodule
+        return blocks
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters of :meth:`encoder_modules`."""
+        return [p for block in self.encoder_modules() for p in block.parameters()]
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter: the bottom block, the up path, the top layer."""
+        encoder = {id(p) for p in self.encoder_parameters()}
+        return [p for p in self.parameters() if id(p) not in encoder]
+
     def top_layer(self) -> nn.Module:
         """The last up-sampling layer, which outputs the features (a segmenter's classes)."""
         return self.unet.model[2]

@@ -43,7 +43,8 @@ class PretrainSystem(L.LightningModule):
     Args:
         backbone: registered backbone name (``foundation.BACKBONES``).
         backbone_kwargs: its arguments (patch_size, tubelet, drop_path_rate, compile, ...).
-        objective: registered objective name ("mae", "contrastive", "mae_contrastive").
+        objective: registered objective name ("mae", "contrastive", "mae_contrastive",
+            "positional", "local").
         objective_kwargs: its arguments (mask_ratio, mask_type, decoder_dim, w_mae, ...).
         lr: peak AdamW learning rate, multiplied by global batch / 256 when scale_lr (global
             batch = batch_size x world size x gradient accumulation).
@@ -61,6 +62,10 @@ class PretrainSystem(L.LightningModule):
         peak_tflops: the device's peak (TFLOP/s) for MFU; None = a known CUDA card's dense bf16
             peak (``foundation.flops.PEAK_TFLOPS``), and no MFU on CPU.
         grad_checkpointing: recompute the backbone's blocks in backward (less memory).
+        pretrained: weights the backbone starts from (``create_backbone``'s ``pretrained``: a
+            checkpoint, a hub folder or a released model's name, e.g. "cmr-unet-small-cine", to
+            pretrain its decoder with objective "local"); None = random init. Not through
+            ``backbone_kwargs``: those are the architecture `cmrfm export` rebuilds.
 
     Randomness (masks, drop path) is seeded per micro-batch from (the seed_everything seed,
     micro-batch index, rank), so a resumed run draws what an uninterrupted one would.
@@ -83,6 +88,7 @@ class PretrainSystem(L.LightningModule):
         images: int = 4,
         peak_tflops: float | None = None,
         grad_checkpointing: bool = False,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -92,7 +98,7 @@ class PretrainSystem(L.LightningModule):
             raise ValueError(
                 f"log_images_every_n_steps must be >= 0, got {log_images_every_n_steps}"
             )
-        encoder = create_backbone(backbone, **(backbone_kwargs or {}))
+        encoder = create_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
         encoder.set_grad_checkpointing(grad_checkpointing)
         self.objective = create_objective(objective, encoder, **(objective_kwargs or {}))
         self.lr, self.scale_lr, self.weight_decay = lr, scale_lr, weight_decay

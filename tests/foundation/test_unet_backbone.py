@@ -156,3 +156,21 @@ def test_the_input_tap_is_the_deepest_encoder_level() -> None:
     assert deep_in.shape == (2, 3, 8, 8, 6)  # C_{-2} = 8 channels on the bottleneck's grid
     with pytest.raises(ValueError, match="tap='middle'"):
         net.forward_features(x, bottleneck=True, tap="middle")
+
+
+@pytest.mark.parametrize("num_res_units", [0, 1])
+def test_encoder_and_decoder_halves_split_every_parameter_once(num_res_units: int) -> None:
+    """The encoder half is exactly what a loss on the deepest encoder level (tap "input", the
+    positional objective's) reaches; the decoder half is the rest: the bottom block, the up
+    path and the top layer."""
+    net = CardiacUNet(**{**SMALL, "num_res_units": num_res_units})
+    encoder = [id(p) for p in net.encoder_parameters()]
+    decoder = [id(p) for p in net.decoder_parameters()]
+    assert sorted(encoder + decoder) == sorted(id(p) for p in net.parameters())  # each once
+    assert encoder and decoder
+    assert {id(p) for p in net.top_layer().parameters()} <= set(decoder)
+    assert len(net.encoder_modules()) == len(SMALL["strides"])  # one down block per level
+    _, deep = net.forward_features(torch.rand(2, 1, 1, 16, 16), bottleneck=True, tap="input")
+    deep.square().sum().backward()
+    reached = {id(p) for p in net.parameters() if p.grad is not None}
+    assert reached == set(encoder)
