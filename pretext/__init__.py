@@ -12,6 +12,7 @@ from torch import nn
 
 from pretext.combined import MAEContrastive
 from pretext.contrastive import Contrastive
+from pretext.local import LocalContrastive
 from pretext.mae import MAE
 from pretext.positional import PositionalContrastive
 
@@ -20,12 +21,14 @@ OBJECTIVES: dict[str, type[nn.Module]] = {
     "contrastive": Contrastive,
     "mae_contrastive": MAEContrastive,
     "positional": PositionalContrastive,  # for a dense backbone (cmr_unet_*)
+    "local": LocalContrastive,  # its decoder, after "positional" (pretrained=...)
 }
 
 __all__ = [
     "MAE",
     "OBJECTIVES",
     "Contrastive",
+    "LocalContrastive",
     "MAEContrastive",
     "PositionalContrastive",
     "create_objective",

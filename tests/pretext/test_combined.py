@@ -152,9 +152,9 @@ OPTIONS = {
 
 
 def test_registry_names() -> None:
-    # "positional" takes a dense backbone: its protocol is in test_positional.py
-    assert set(OBJECTIVES) == {"mae", "contrastive", "mae_contrastive", "positional"}
-    assert set(OPTIONS) == set(OBJECTIVES) - {"positional"}
+    # "positional" and "local" take a dense backbone: test_positional.py, test_local.py
+    assert set(OBJECTIVES) == {"mae", "contrastive", "mae_contrastive", "positional", "local"}
+    assert set(OPTIONS) == set(OBJECTIVES) - {"positional", "local"}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
