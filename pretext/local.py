@@ -68,6 +68,8 @@ class LocalContrastive(nn.Module):
             and shared by both views; its intensity part (``intensity_prob``, gamma,
             intensity_scale, ``noise_prob``, noise_std) is drawn per view.
         train_encoder: train the encoder half too (Chaitanya et al. kept it fixed).
+        mask_ratio: share of the grid cells hidden (set to 0) in each view, drawn per view: 0
+            (Chaitanya et al.) leaves each region matchable by its own pixels.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class LocalContrastive(nn.Module):
         proj_dim: int = 32,
         augment: dict | None = None,
         train_encoder: bool = False,
+        mask_ratio: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(encoder, CardiacUNet):
@@ -97,6 +100,9 @@ class LocalContrastive(nn.Module):
             )
         if hidden < 1 or proj_dim < 1:
             raise ValueError(f"hidden={hidden} and proj_dim={proj_dim} must be >= 1")
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={mask_ratio} must be in [0, 1)")
+        self.mask_ratio = mask_ratio
         self.encoder, self.temperature = encoder, temperature
         self.regions, self.regions_per_image = regions, regions_per_image
         self.train_encoder = train_encoder
@@ -128,7 +134,19 @@ class LocalContrastive(nn.Module):
         """images (N, 1, H, W) -> (spatially augmented images, view 1, view 2), each
         (N, 1, H, W): one affine for both views, then an intensity augmentation per view."""
         placed = self.spatial(images, generator)
-        return placed, self.intensity(placed, generator), self.intensity(placed, generator)
+        views = [self.hide(self.intensity(placed, generator), generator) for _ in range(2)]
+        return placed, views[0], views[1]
+
+    def hide(self, view: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """view (N, 1, H, W) with ``mask_ratio`` of its grid cells set to zero, drawn per image
+        and per view: a hidden region's features must then come from its context, not its own
+        pixels, which an intensity change alone leaves matchable by pattern."""
+        if not self.mask_ratio:
+            return view
+        n, r = view.shape[0], self.regions
+        hidden = torch.rand(n, 1, r, r, generator=generator) < self.mask_ratio
+        keep = F.interpolate((~hidden).float(), size=view.shape[-2:], mode="nearest")
+        return view * keep.to(view.device, view.dtype)
 
     def sample_regions(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """images (N, 1, H, W) -> (N, regions_per_image) distinct region indices per image (row

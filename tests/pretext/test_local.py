@@ -147,6 +147,20 @@ def test_the_encoder_stays_frozen_unless_asked(train_encoder: bool) -> None:
 # --- arguments and the registry ----------------------------------------------------------------
 
 
+def test_mask_ratio_hides_whole_cells_drawn_per_view() -> None:
+    """With mask_ratio, about that share of each view's grid cells is zero, the rest untouched,
+    and the two views hide different cells."""
+    model = objective(augment=OFF, mask_ratio=0.5)
+    images = torch.full((8, 1, 32, 32), 0.5)
+    _, view1, view2 = model.views(images, torch.Generator().manual_seed(0))
+    for view in (view1, view2):
+        cells = F.avg_pool2d(view, 4)  # (8, 1, 8, 8): one value per 4-px grid cell
+        assert torch.equal((cells == 0) | (cells == 0.5), torch.ones_like(cells, dtype=torch.bool))
+        assert 0.4 < (cells == 0).float().mean() < 0.6
+    assert not torch.equal(view1 == 0, view2 == 0)
+    assert torch.equal(objective(augment=OFF).views(images, torch.Generator())[1], images)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "problem"),
     [
@@ -156,6 +170,7 @@ def test_the_encoder_stays_frozen_unless_asked(train_encoder: bool) -> None:
         ({"regions": 4, "regions_per_image": 17}, "regions_per_image"),
         ({"proj_dim": 0}, "proj_dim"),
         ({"augment": {"rotat": 10}}, "rotat"),
+        ({"mask_ratio": 1.0}, "mask_ratio"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs: dict, problem: str) -> None:
