@@ -5,9 +5,12 @@
 #   3. `cmrfm bench seg` on the GPU: the ViT segmenters' step against MONAI's U-Net
 #   4. `cmrfm bench pretrain --preset h100 --compile` (DDP): the compiled MFU, in the time left
 #   5. `cmrfm bench loader --augment-on loader`: 16 workers augmenting, if time is left
-# It runs under the host's own python3 (its torch, Lightning, timm); what that image lacks
-# (MONAI, webdataset, DeepSpeed and their needs) comes as wheels in .whl, as the device README
-# says. Each step has a time limit and writes its JSON as soon as it ends; the whole script ends
+# It runs under the host's own python3 (its torch, Lightning, timm); what that image lacks comes
+# as wheels in .whl (ignored), made on a machine with an index, for the host's Python (3.12 here):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#     -d .whl monai webdataset braceexpand nibabel pydicom pydantic pydantic-core annotated-types \
+#     typing-inspection hjson && pip wheel --no-deps deepspeed -w .whl
+# Each step has a time limit and writes its JSON as soon as it ends; the whole script ends
 # by DEADLINE seconds. Results and the log go to $OUT (default runs/gpu_bench).
 #
 #   bash benchmarks/gpu_bench.sh [DEADLINE]       # default 500 s
