@@ -100,17 +100,34 @@ def _fits(n: int, step: int) -> str:
     return f"{above}" if below == 0 else f"{below} or {above}"
 
 
+def patchify(x: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, L, tubelet*patch*patch*C) in the backbone's t-major token order."""
+    b, c, t, h, w = x.shape
+    x = x.reshape(b, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, t, h, w, tubelet, p, p, C)
+    return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), -1)
+
+
+def unpatchify(
+    tokens: torch.Tensor, grid: tuple[int, int, int], tubelet: int, patch: int, chans: int = 1
+) -> torch.Tensor:
+    """Inverse of patchify: (B, L, tubelet*p*p*C) -> (B, C, T, H, W)."""
+    t, h, w = grid
+    b = tokens.shape[0]
+    x = tokens.reshape(b, t, h, w, tubelet, patch, patch, chans)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, t, tubelet, h, p, w, p)
+    return x.reshape(b, chans, t * tubelet, h * patch, w * patch)
+
+
 def tubelet_tokens(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     """(B, C, T, H, W) -> tokens (B, L, D), t-major: what ``conv(x).flatten(2).transpose(1, 2)``
-    gives when the kernel is the stride, as one matmul over the unfolded tubelets. The same
+    gives when the kernel is the stride, as one matmul over :func:`patchify`'s tubelets. The same
     numbers, but a GEMM: cuDNN's 3-D convolution cost ViT-B MAE ~3.6 ms a step on an H200, and
     the CPU's is ~4x slower than this (benchmarks/RESULTS.md)."""
-    b, c, t, h, w = x.shape
-    kt, kh, kw = conv.kernel_size
-    grid = (t // kt, h // kh, w // kw)
-    tubelets = x.reshape(b, c, grid[0], kt, grid[1], kh, grid[2], kw)
-    tubelets = tubelets.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, math.prod(grid), -1)
-    return F.linear(tubelets, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    tubelet, patch, _ = conv.kernel_size
+    # (D, C, tubelet, p, p) -> (D, tubelet*p*p*C), patchify's order within a tubelet
+    weight = conv.weight.permute(0, 2, 3, 4, 1).reshape(conv.out_channels, -1)
+    return F.linear(patchify(x, tubelet, patch), weight, conv.bias)
 
 
 class CardiacViT(nn.Module):

@@ -17,7 +17,15 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from foundation.vit import MODALITIES, CardiacViT, modality_index, sincos_3d, to_device
+from foundation.vit import (
+    MODALITIES,
+    CardiacViT,
+    modality_index,
+    patchify,
+    sincos_3d,
+    to_device,
+    unpatchify,
+)
 
 MASK_TYPES = ("tube", "random")
 
@@ -78,25 +86,6 @@ def token_mask(
     steps = torch.arange(t, device=space_keep.device)[:, None] * n_space  # (t, 1)
     keep = (steps[None] + space_keep[:, None]).flatten(1)  # (B, t*(h*w - n_masked)), ascending
     return mask, keep
-
-
-def patchify(x: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
-    """(B, C, T, H, W) -> (B, L, tubelet*patch*patch*C) in the backbone's t-major token order."""
-    b, c, t, h, w = x.shape
-    x = x.reshape(b, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
-    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, t, h, w, tubelet, p, p, C)
-    return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), -1)
-
-
-def unpatchify(
-    tokens: torch.Tensor, grid: tuple[int, int, int], tubelet: int, patch: int, chans: int = 1
-) -> torch.Tensor:
-    """Inverse of patchify: (B, L, tubelet*p*p*C) -> (B, C, T, H, W)."""
-    t, h, w = grid
-    b = tokens.shape[0]
-    x = tokens.reshape(b, t, h, w, tubelet, patch, patch, chans)
-    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, t, tubelet, h, p, w, p)
-    return x.reshape(b, chans, t * tubelet, h * patch, w * patch)
 
 
 def masked_patch_loss(

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from foundation import create_backbone
+from foundation.vit import patchify, unpatchify
 from pretext import OBJECTIVES, MAEContrastive, create_objective
 from pretext.contrastive import info_nce
-from pretext.mae import MAE, masked_patch_loss, patchify, unpatchify
+from pretext.mae import MAE, masked_patch_loss
 
 RATIOS = {"cine": 0.75, "lge": 0.5}
 SMALL = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from foundation import create_backbone
-from pretext.mae import MAE, masked_patch_loss, patchify, token_mask, unpatchify
+from foundation.vit import patchify, unpatchify
+from pretext.mae import MAE, masked_patch_loss, token_mask
 
 
 def make_mae(
