@@ -9,7 +9,6 @@ device idles is launch- or CPU-bound). Written for one call of a lent GPU host:
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from cmrfm.bench.pretrain_cases import Setup
 from cmrfm.bench.pretrain_options import PRESETS
-from cmrfm.bench.pretrain_runs import bare_step, make_batch
+from cmrfm.bench.pretrain_runs import Clock, bare_step, make_batch
 
 
 def main(out: Path) -> None:
@@ -44,12 +43,11 @@ def profile_mask(setup: Setup, batch: dict, mask: float) -> list[str]:
 
     for _ in range(setup.warmup):
         step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
+    clock = Clock(batch["clip"].device)
+    clock.start()
     for _ in range(setup.steps):
         step()
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - start) / setup.steps
+    wall = clock.stop()[0] / setup.steps
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(setup.steps):
             step()

@@ -17,7 +17,7 @@ import torch
 import foundation.vit as vit
 from cmrfm.bench.pretrain_cases import Setup
 from cmrfm.bench.pretrain_options import PRESETS
-from cmrfm.bench.pretrain_runs import bare_step, make_batch
+from cmrfm.bench.pretrain_runs import Clock, bare_step, make_batch
 
 MATMUL = vit.tubelet_tokens
 
@@ -50,7 +50,7 @@ def main(rounds: int, steps: int) -> None:
 
 def compare(setup: Setup, batch: dict, mask: float, rounds: int) -> dict[str, list[float]]:
     """ms per step of each arm per round, on one model and optimizer, the order alternated."""
-    step = bare_step(setup, mask, batch)
+    step, clock = bare_step(setup, mask, batch), Clock(batch["clip"].device)
     ms: dict[str, list[float]] = {arm: [] for arm in ARMS}
     for embed in ARMS.values():  # warm-up, each arm
         vit.tubelet_tokens = embed
@@ -59,14 +59,11 @@ def compare(setup: Setup, batch: dict, mask: float, rounds: int) -> dict[str, li
     for r in range(rounds):
         for arm in list(ARMS) if r % 2 == 0 else list(ARMS)[::-1]:
             vit.tubelet_tokens = ARMS[arm]
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(True)
-            torch.cuda.synchronize()
-            start.record()
+            clock.start()
             for _ in range(setup.steps):
                 step()
-            end.record()
-            torch.cuda.synchronize()
-            ms[arm].append(start.elapsed_time(end) / setup.steps)
+            seconds, _ = clock.stop()
+            ms[arm].append(seconds * 1e3 / setup.steps)
     vit.tubelet_tokens = MATMUL
     return ms
 
