@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from cmrfm.bench.machine import synchronize
 from data_shards.augment import BatchClipAugment, to_unit
 
 
@@ -135,12 +136,12 @@ def measure_device_augment(
     for device in devices:
         on_device = clips.to(device)
         transform(on_device)  # warm-up: allocations, kernels, lazy initialisation
-        _synchronize(device)
+        synchronize(device)
         count, start, cpu_start = 0, time.perf_counter(), time.process_time()
         while True:
             transform(on_device)
             count += batch
-            _synchronize(device)
+            synchronize(device)
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
                 break
@@ -154,8 +155,3 @@ def measure_device_augment(
             "cpu_ms_per_clip": 1e3 * cpu / count,
         }
     return out
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -1,4 +1,5 @@
-"""The machine a benchmark runs on: torch threads for the run, and the load around it."""
+"""The machine a benchmark runs on: torch threads for the run, the load around it, and waiting
+for a GPU's queued work."""
 
 from __future__ import annotations
 
@@ -37,3 +38,9 @@ def torch_threads(threads: int | None, omp_env: bool = False) -> Iterator[None]:
                 os.environ.pop("OMP_NUM_THREADS", None)
             else:
                 os.environ["OMP_NUM_THREADS"] = env
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a CUDA device (a timer's edge); nothing on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -33,7 +33,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from cmrfm.bench.machine import load_average, torch_threads
+from cmrfm.bench.machine import load_average, synchronize, torch_threads
 from cmrfm.bench.results import machine_caption, ratio_cell, show_and_write
 
 BASELINE = "unet"
@@ -244,17 +244,13 @@ class Contender:
     def run(self, clip: torch.Tensor, label: torch.Tensor, steps: int, timed: bool = True) -> None:
         """``steps`` steps; each one's wall and CPU seconds kept when ``timed``."""
         for _ in range(steps):
-            self._synchronize()  # queued work of the step before stays out
+            synchronize(self.device)  # queued work of the step before stays out
             start, cpu_start = time.perf_counter(), time.process_time()
             self.step(clip, label)
-            self._synchronize()
+            synchronize(self.device)
             if timed:
                 self.seconds.append(time.perf_counter() - start)
                 self.cpu_seconds.append(time.process_time() - cpu_start)
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def params(self) -> tuple[int, int]:
         """(all, trainable) parameter counts."""
