@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from foundation.device import to_device
 from foundation.names import AXES, MODALITIES
 
 CONTEXT_EMBEDDINGS = ("modality_embed", "axis_embed")  # learned (len, D) tables added to tokens
@@ -40,16 +41,6 @@ def modality_index(names: Sequence[str]) -> torch.Tensor:
 def axis_index(names: Sequence[str]) -> torch.Tensor:
     """Axis names (B) ("time" or "depth") -> LongTensor (B,) of rows in AXES."""
     return _names_to_index(names, AXES, "axis")
-
-
-def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """A CPU tensor (positions, modality rows) on ``device``. To a GPU through pinned memory and
-    without blocking: a copy from pageable memory synchronises the stream, which made the host
-    wait three times a step in a profile of ViT-B MAE on an H200 (benchmarks/RESULTS.md)."""
-    device = torch.device(device)
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:

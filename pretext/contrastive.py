@@ -17,7 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from foundation.vit import CardiacViT, modality_index, to_device
+from foundation.device import to_device
+from foundation.vit import CardiacViT, modality_index
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_shards.augment import AugmentConfig, BatchClipAugment
+from foundation.device import to_device
 from foundation.unet import CardiacUNet
 
 EMPTY = 0.01  # a region of mean intensity below this is background: sampled only when short
@@ -146,14 +147,15 @@ class LocalContrastive(nn.Module):
         n, r = view.shape[0], self.regions
         hidden = torch.rand(n, 1, r, r, generator=generator) < self.mask_ratio
         keep = F.interpolate((~hidden).float(), size=view.shape[-2:], mode="nearest")
-        return view * keep.to(view.device, view.dtype)
+        return view * to_device(keep, view.device).to(view.dtype)
 
     def sample_regions(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """images (N, 1, H, W) -> (N, regions_per_image) distinct region indices per image (row
         major): regions with content (mean intensity above ``EMPTY``) first, in random order;
         background ones only where an image has too few (both views of it would be zeros)."""
         content = F.adaptive_avg_pool2d(images, self.regions).flatten(1) > EMPTY  # (N, R*R)
-        priority = torch.rand(content.shape, generator=generator).to(content.device) + content
+        priority = to_device(torch.rand(content.shape, generator=generator), content.device)
+        priority = priority + content
         return priority.topk(self.regions_per_image, dim=1).indices
 
     def embed(self, views: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,13 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from foundation.device import to_device
 from foundation.vit import (
     MODALITIES,
     CardiacViT,
     modality_index,
     patchify,
     sincos_3d,
-    to_device,
     unpatchify,
 )
 

@@ -618,16 +618,3 @@ def test_tubelet_tokens_are_the_strided_convolution(channels, tubelet, patch, sh
     got = torch.autograd.grad(tubelet_tokens(x, conv), (x, conv.weight, conv.bias), grad)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
-
-
-def test_to_device_keeps_values_and_dtype() -> None:
-    t = torch.arange(6, dtype=torch.long)
-    moved = vit_module.to_device(t, "cpu")
-    assert moved.dtype == torch.long and torch.equal(moved, t)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_to_device_copies_to_a_gpu_without_blocking_the_stream() -> None:
-    t = torch.randn(512, 64)
-    moved = vit_module.to_device(t, "cuda")
-    assert moved.device.type == "cuda" and torch.equal(moved.cpu(), t)
