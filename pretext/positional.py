@@ -67,6 +67,9 @@ class PositionalContrastive(nn.Module):
         augment: options of the views' augmentation (``data_shards.augment.AugmentConfig``).
         tap: the map contrasted: the bottom block's "output" (the bottleneck) or its "input"
             (the deepest encoder level; the bottom block then stays as initialised).
+        instance_weight: weight of an instance term added to the part loss: SimCLR's NT-Xent
+            (the other view of the same image is the one positive), which position alone
+            cannot solve. 0 leaves it out.
     """
 
     def __init__(
@@ -79,14 +82,17 @@ class PositionalContrastive(nn.Module):
         pool: int = 2,
         augment: dict | None = None,
         tap: str = "output",
+        instance_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0")
+        if instance_weight < 0:
+            raise ValueError(f"instance_weight={instance_weight} must be >= 0")
         if tap not in encoder.tap_dims:
             raise ValueError(f"tap={tap!r}: choose {' or '.join(map(repr, encoder.tap_dims))}")
         self.encoder, self.parts, self.temperature, self.pool = encoder, parts, temperature, pool
-        self.tap = tap
+        self.tap, self.instance_weight = tap, instance_weight
         self.head = nn.Sequential(
             nn.Linear(encoder.tap_dims[tap] * pool * pool, hidden),
             nn.ReLU(inplace=True),
@@ -110,4 +116,10 @@ class PositionalContrastive(nn.Module):
         z = self.embed(views)  # (2*B*T, D)
         labels = part.repeat_interleave(t).repeat(2)  # (2*B*T,), as z
         loss, positives = supervised_contrastive(z, labels, self.temperature)
-        return {"loss": loss, "positives": positives.detach()}
+        out = {"loss": loss, "positives": positives.detach()}
+        if self.instance_weight > 0:
+            image = torch.arange(z.shape[0] // 2, device=z.device).repeat(2)  # view i ~ view i+BT
+            instance, _ = supervised_contrastive(z, image, self.temperature)
+            out |= {"loss": loss + self.instance_weight * instance, "part_loss": loss.detach()}
+            out["instance_loss"] = instance.detach()
+        return out

@@ -123,3 +123,24 @@ def test_the_input_tap_trains_the_encoder_and_leaves_the_bottom_block_alone() ->
         assert bottom and all(
             (g is not None and g.abs().sum() > 0) == bottom_learns for g in grads
         ), tap
+
+
+def test_the_instance_term_pairs_each_image_with_its_own_other_view() -> None:
+    """instance_weight w adds w x NT-Xent over the same embeddings, whose one positive per
+    anchor is the other view of the same frame (view i with view i + B*T)."""
+    objective = PositionalContrastive(CardiacUNet(**SMALL), hidden=16, proj_dim=8)
+    objective.instance_weight = 0.5
+    batch = parted_batch(b=4, t=2)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out = objective(batch)
+        torch.manual_seed(3)
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        views = torch.cat([objective.augment(batch["clip"], generator) for _ in range(2)])
+        z = objective.embed(views)  # (2 * 4 * 2, 8)
+    image = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7] * 2)
+    torch.testing.assert_close(out["instance_loss"], reference_supcon(z, image, 0.1))
+    torch.testing.assert_close(out["loss"], out["part_loss"] + 0.5 * out["instance_loss"])
+    assert "instance_loss" not in PositionalContrastive(CardiacUNet(**SMALL))(batch)
+    with pytest.raises(ValueError, match="instance_weight"):
+        PositionalContrastive(CardiacUNet(**SMALL), instance_weight=-1.0)
