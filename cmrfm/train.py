@@ -76,13 +76,13 @@ def _logs_follow_out(argv: Sequence[str]) -> list[str]:
     command line that sets ``--trainer.logger...`` itself is left as it is."""
     argv = list(argv)
     _, out = pop_flag(argv, "--out")
-    configs = flag_values(argv, ("--config",))
-    if out is None or not configs or not Path(configs[-1]).is_file():
+    configs = [Path(c) for c in flag_values(argv, ("--config",)) if Path(c).is_file()]
+    if out is None or any(a.startswith("--trainer.logger") for a in argv):  # the user's choice
         return argv
-    if any(a.startswith("--trainer.logger") for a in argv):  # the user chose the logger here
-        return argv
-    trainer = (yaml.safe_load(Path(configs[-1]).read_text()) or {}).get("trainer") or {}
-    logger = trainer.get("logger")
+    loggers = [((yaml.safe_load(c.read_text()) or {}).get("trainer") or {}).get("logger")
+               for c in configs]  # fmt: skip
+    named = [lg for lg in loggers if lg is not None]
+    logger = named[-1] if named else None  # the last config that names one wins, as in the merge
     if not (isinstance(logger, dict) and "class_path" in logger):
         return argv
     # after --out and after the config (which must name the logger's class first)

@@ -107,3 +107,17 @@ def test_out_holds_the_checkpoints_and_the_logs(shards: Path, tmp_path: Path, mo
     assert last.parent == out
     assert list(out.glob("logs/version_*/hparams.yaml"))  # the CSV logger's folder
     assert not any(elsewhere.iterdir())  # nothing written under the working directory
+
+
+def test_out_moves_the_logger_that_a_later_override_config_leaves_alone(tmp_path: Path) -> None:
+    """--config BASE --config OVERRIDE --out DIR: BASE names the logger, OVERRIDE only changes
+    the batch size; the logs still follow --out (the merge keeps BASE's logger)."""
+    from cmrfm.train import _logs_follow_out
+
+    base, override = tmp_path / "base.yaml", tmp_path / "override.yaml"
+    base.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n")
+    override.write_text("data:\n  init_args:\n    batch_size: 4\n")
+    argv = ["--config", str(base), "--config", str(override), "--out", "DIR"]
+    assert _logs_follow_out(argv)[-2:] == ["--trainer.logger.init_args.save_dir", "DIR"]
+    override.write_text("trainer:\n  logger: false\n")  # the override turns logging off
+    assert _logs_follow_out(argv) == argv
