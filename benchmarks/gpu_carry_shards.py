@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import lzma
 import tarfile
 import tempfile
 from pathlib import Path
@@ -38,7 +37,10 @@ def thin_frames(folder: Path, out: Path, stride: int) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     shapes = {}
     for shard in manifest["shards"]:
-        with tarfile.open(folder / shard["name"]) as src, tarfile.open(out / shard["name"], "w") as dst:
+        with (
+            tarfile.open(folder / shard["name"]) as src,
+            tarfile.open(out / shard["name"], "w") as dst,
+        ):
             for member in src.getmembers():
                 data = src.extractfile(member).read()
                 key, _, kind = member.name.partition(".")
@@ -49,8 +51,10 @@ def thin_frames(folder: Path, out: Path, stride: int) -> None:
                     np.save(buffer, np.ascontiguousarray(image))
                     data = buffer.getvalue()
                 elif kind == "label.npy":
-                    raise ValueError(f"{folder / shard['name']}: {member.name}: labelled frames "
-                                     "would lose their ED/ES indices; thin only unlabelled cine")
+                    raise ValueError(
+                        f"{folder / shard['name']}: {member.name}: labelled frames "
+                        "would lose their ED/ES indices; thin only unlabelled cine"
+                    )
                 elif kind == "meta.json":
                     meta = json.loads(data)
                     meta["n_frames"] = -(-meta["n_frames"] // stride)
@@ -58,7 +62,10 @@ def thin_frames(folder: Path, out: Path, stride: int) -> None:
                     meta["thinned"] = f"every {stride}th frame, for a GPU call's size limit"
                     data = json.dumps(meta).encode()
                 _member(dst, member.name, data)
-        shard["sha256"], shard["bytes"] = sha256_file(out / shard["name"]), (out / shard["name"]).stat().st_size
+        shard["sha256"], shard["bytes"] = (
+            sha256_file(out / shard["name"]),
+            (out / shard["name"]).stat().st_size,
+        )
     for sample in manifest["samples"]:
         sample["shape"] = shapes.get(sample["key"], sample["shape"])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
