@@ -13,7 +13,10 @@ from cmrfm.shipped import config_path
 
 # Training subcommands -> (default config in configs/, what they do).
 TRAINING = {
-    "pretrain": ("pretrain_mae_phantom.yaml", "MAE pretraining"),
+    "pretrain": (
+        "pretrain_mae_phantom.yaml",
+        "self-supervised pretraining (MAE, contrastive or positional, by config)",
+    ),
     "finetune": ("finetune_seg_phantom.yaml", "few-shot segmentation fine-tuning"),
 }
 
