@@ -33,7 +33,6 @@ from foundation.card import with_fewshot
 from foundation.checkpoint import recorded_backbone, weights_from_state_dict
 from foundation.datasets import dataset_names
 from foundation.hub import CARD_NAME, PROBE_PLOT, check_hub_folder, from_pretrained, save_pretrained
-from foundation.names import CONFIG_NAME
 from foundation.registry import BACKBONES, Backbone, create_backbone
 from foundation.training_checkpoint import TrainingCheckpoint, read_training_checkpoint
 from foundation.vit import CardiacViT
@@ -248,11 +247,11 @@ def export(
 
 def add_fewshot(folder: Path, fewshot: Path) -> Path:
     """A hub folder's card gets a few-shot summary.csv (its table and the Hub model-index), the
-    weights and config.json untouched: a release is benchmarked after it is committed."""
+    weights and config.json untouched: a release is benchmarked after it is committed. The
+    folder must pass :func:`~foundation.hub.check_hub_folder` first (its weights load)."""
     folder = Path(folder)
+    check_hub_folder(folder)
     card = folder / CARD_NAME
-    if not (folder / CONFIG_NAME).is_file() or not card.is_file():
-        raise ValueError(f"{folder}: not a hub folder (needs {CONFIG_NAME} and {CARD_NAME})")
     rows = read_fewshot_rows(fewshot)
     try:
         text = with_fewshot(card.read_text(), rows or [])

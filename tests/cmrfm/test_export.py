@@ -537,12 +537,19 @@ def test_a_released_folder_gains_its_few_shot_table_as_export_would_have_written
     assert (released / WEIGHTS_NAME).read_bytes() == weights
     from_pretrained(released)  # config.json's sha256 still verifies
 
+    card = (released / CARD_NAME).read_text()
+    (released / WEIGHTS_NAME).write_bytes(weights[: len(weights) // 2])  # a broken release
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(released), "--fewshot", str(fewshot)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and WEIGHTS_NAME in err
+    assert (released / CARD_NAME).read_text() == card  # no table over weights that do not load
     (released / CARD_NAME).unlink()
     with pytest.raises(SystemExit) as info:
         main(["export", str(released), "--fewshot", str(fewshot)])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
-    assert f"{released}: not a hub folder (needs config.json and README.md)" in err
+    assert f"{released}: missing README.md" in err
 
 
 def test_a_file_that_is_no_fewshot_summary_is_named(lightning_run, tmp_path) -> None:
