@@ -32,6 +32,10 @@ ALIASES = {
 }
 
 
+class ShortcutError(Exception):
+    """A shortcut flag (``--shards``, ``--out``, ``--resume``, ...) given without its value."""
+
+
 def expand_aliases(argv: Sequence[str], aliases: dict[str, list[str]]) -> list[str]:
     """Rewrite `--labels 4` / `--labels=4` into the LightningCLI keys it stands for."""
     out: list[str] = []
@@ -41,7 +45,7 @@ def expand_aliases(argv: Sequence[str], aliases: dict[str, list[str]]) -> list[s
         if flag in aliases:
             value = value if eq else next(it, None)
             if value is None:
-                raise SystemExit(f"cmrfm: {flag} needs a value")
+                raise ShortcutError(f"{flag} needs a value")
             if flag == "--pretrained" and value == NO_WEIGHTS:
                 value = "null"  # `--pretrained none`: from scratch, whatever the config names
             for key in aliases[flag]:
@@ -60,7 +64,7 @@ def pop_flag(argv: Sequence[str], flag: str) -> tuple[list[str], str | None]:
         if name == flag:
             value = given if eq else next(it, None)
             if value is None:
-                raise SystemExit(f"cmrfm: {flag} needs a value")
+                raise ShortcutError(f"{flag} needs a value")
         else:
             rest.append(arg)
     return rest, value

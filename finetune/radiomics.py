@@ -20,8 +20,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from data_shards.record import LV, MYO, RV
+from finetune.metrics import MYOCARDIAL_DENSITY
 
-MYO_DENSITY = 1.05  # g/ml, as in finetune.metrics' LV mass
 GLCM_LEVELS = 32  # grey levels of the myocardium after min-max quantisation
 GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 GLCM_PROPS = ("contrast", "homogeneity", "energy", "correlation", "dissimilarity")
@@ -88,7 +88,7 @@ def volume_features(
         out[f"{name}_edv"], out[f"{name}_esv"] = edv, esv
         out[f"{name}_sv"] = edv - esv
         out[f"{name}_ef"] = 100.0 * _ratio(edv - esv, edv)
-    out["lv_mass"] = _volume_ml(lab_ed == MYO, voxel_ml) * MYO_DENSITY
+    out["lv_mass"] = _volume_ml(lab_ed == MYO, voxel_ml) * MYOCARDIAL_DENSITY
     out["myo_esv"] = _volume_ml(lab_es == MYO, voxel_ml)
     out["rv_lv_edv_ratio"] = _ratio(out["rv_edv"], out["lv_edv"])
     out["rv_lv_esv_ratio"] = _ratio(out["rv_esv"], out["lv_esv"])

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     quiet_third_party()
     if argv and argv[0] in TRAINING:
         from cmrfm.config_keys import ConfigError
-        from cmrfm.train import ResumeError, run_training
+        from cmrfm.train import ResumeError, ShortcutError, run_training
 
         rest = argv[1:]
         if "--help" in rest or "-h" in rest:  # ours first, at once; then Lightning's (slow)
@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (
             ConfigError,
             ResumeError,
+            ShortcutError,
             *USER_ERRORS,
         ) as error:  # no checkpoint to resume, no shard folder:
             # the user's to fix, one line (CMRFM_DEBUG=1 shows the traceback)

@@ -41,7 +41,9 @@ def test_pretrained_none_is_null_whatever_the_config_names() -> None:
 
 
 def test_shortcut_without_value_is_an_error() -> None:
-    with pytest.raises(SystemExit, match="--labels needs a value"):
+    from cmrfm.train import ShortcutError
+
+    with pytest.raises(ShortcutError, match="--labels needs a value"):
         expand_aliases(["--labels"], ALIASES)
 
 
@@ -214,6 +216,9 @@ def test_an_unwritable_out_is_one_line_naming_it(
         ["probe", "no_such.ckpt", "--shards", "x", "--out", "o"],
         ["bench", "seg", "--variants", "nonsense"],
         ["publish", "no_such_folder", "--repo-id", "owner/name"],
+        ["export", "no_such.ckpt", "out"],
+        ["pretrain", "--shards"],  # a shortcut without its value
+        ["finetune", "--max-steps", "3", "--out"],
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv: list[str], capsys, monkeypatch, tmp_path) -> None:
