@@ -148,10 +148,16 @@ class FewShotBenchmark:
         return args
 
     def _seg(self, run: Run, drawn: list[dict]) -> tuple[dict, list[dict]]:
-        preds, info = self._train_segmenter(run, drawn)
-        return self._score_seg(preds) | info, self._subject_rows
+        preds, info, system = self._train_segmenter(run, drawn)
+        summary = self._score_seg(preds)
+        if self._keeps_model(run):  # its card reports the scores it was just given
+            self._save_model(system, run, drawn, info, summary)
+        return summary | info, self._subject_rows
 
-    def _train_segmenter(self, run: Run, drawn: list[dict]) -> tuple[dict[str, np.ndarray], dict]:
+    def _train_segmenter(
+        self, run: Run, drawn: list[dict]
+    ) -> tuple[dict[str, np.ndarray], dict, L.LightningModule]:
+        """(label maps of the evaluation subjects, training figures, the trained system)."""
         from finetune.evaluate import predict_study
         from finetune.system import SegFinetuner
 
@@ -166,14 +172,22 @@ class FewShotBenchmark:
         preds = {s["key"]: predict_study(system, s["image"], self.cfg.frames) for s in self.eval}
         info["predict_s"] = time.perf_counter() - start
         save_predictions(self.out / "predictions" / f"{run.name}.npz", preds)
-        if run.seed == 0 and run.n == max(r.n for r in self.runs()):
-            self._save_model(system, run, drawn, info)  # what `cmrfm predict --model` takes
-        return preds, info
+        return preds, info, system
+
+    def _keeps_model(self, run: Run) -> bool:
+        """Whether run's model is saved as a package: seed 0 at the largest N only."""
+        return run.seed == 0 and run.n == max(r.n for r in self.runs())
 
     def _save_model(
-        self, system: L.LightningModule, run: Run, drawn: list[dict], info: dict
+        self,
+        system: L.LightningModule,
+        run: Run,
+        drawn: list[dict],
+        info: dict,
+        scores: dict | None = None,
     ) -> Path:
-        """The run's model as a fine-tuned package in out/models/RUN (largest N, seed 0 only)."""
+        """The run's model as a fine-tuned package in out/models/RUN, what `cmrfm predict
+        --model` takes; its card reports ``scores`` (on the evaluation split) when given."""
         from finetune.package import save_finetuned
         from foundation.datasets import detect_datasets
 
@@ -189,8 +203,13 @@ class FewShotBenchmark:
             preprocess=manifest["preprocess"],
             frames=self.cfg.frames,
             training=training,
+            metrics=None if scores is None else {**scores, "scored_on": self._scored_on()},
             datasets=detect_datasets(manifest) or [manifest.get("source", "unknown")],
         )
+
+    def _scored_on(self) -> str:
+        """Where the scores come from: "7 val subjects of runs/real/acdc"."""
+        return f"{len(self.eval)} {self.cfg.eval_split} subjects of {self.cfg.shards}"
 
     def _score_seg(self, preds: dict[str, np.ndarray]) -> dict:
         from finetune.evaluate import evaluate_predictions
@@ -211,7 +230,9 @@ class FewShotBenchmark:
             self.console.print(f"[yellow]{path} missing: training {seg_run.name} here")
         task, self.cfg.task = self.cfg.task, "seg"
         try:
-            preds, _ = self._train_segmenter(seg_run, drawn)
+            preds, info, system = self._train_segmenter(seg_run, drawn)
+            if self._keeps_model(seg_run):
+                self._save_model(system, seg_run, drawn, info)
         finally:
             self.cfg.task = task
         return preds

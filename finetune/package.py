@@ -188,6 +188,17 @@ def read_package_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def _card_arguments(class_path: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """args as the class's ``card_arguments`` shows them (all, for a class without one)."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return dict(args)
+    shown = getattr(cls, "card_arguments", None)
+    return shown(dict(args)) if callable(shown) else dict(args)
+
+
 def load_finetuned(folder: Path | str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode, config.json) of a package; weights loaded strictly from safetensors
     (nothing unpickled); errors name the folder and what does not fit."""
@@ -279,6 +290,7 @@ def card_text(
 ) -> str:
     """README.md of a fine-tuned package: use, inputs, model, data, metrics, licences, limits."""
     args = config["model"]["init_args"]
+    shown = _card_arguments(config["model"]["class_path"], args)
     task, frames = config["task"], config["frames"]
     seen = ", ".join(datasets) if datasets else "unidentified data"
     arch = args.get("arch", "unetr")
@@ -314,7 +326,16 @@ def card_text(
         "",
         "## Model (config.json `model.init_args`)",
         "",
-        *_table(args, ("argument", "value")),
+        *_table(shown, ("argument", "value")),
+        *(
+            []
+            if shown == args
+            else [
+                "",
+                f"Not shown: {', '.join(sorted(set(args) - set(shown)))}"
+                f" ({arch} does not use them).",
+            ]
+        ),
         "",
         "## Training",
         "",

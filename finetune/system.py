@@ -257,6 +257,19 @@ def head_first_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
+# Constructor arguments of SegFinetuner that an arch never reads: "unet" is MONAI's U-Net from
+# scratch (no backbone, one lr); "dense" a U-Net backbone (protocols full and linear, no layers
+# to decay, no patches).
+_VIT_ONLY = frozenset(
+    {"patch_size", "tubelet", "last_k", "layer_decay", "lora_rank", "feature_size"}
+)
+UNUSED_BY_ARCH = {
+    "unet": _VIT_ONLY | {"backbone", "backbone_kwargs", "pretrained", "protocol",
+                         "freeze_backbone", "backbone_lr_scale"},
+    "dense": _VIT_ONLY,
+}  # fmt: skip
+
+
 class SegFinetuner(_Finetuner):
     """Per-frame segmentation; batches are dicts with "clip" (B, 1, T, H, W), "label" (B, T, H, W).
 
@@ -314,6 +327,13 @@ class SegFinetuner(_Finetuner):
             raise ValueError(f"unknown arch {arch!r}; choose one of {list(ARCHS)}")
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
         self.train()
+
+    @staticmethod
+    def card_arguments(init_args: dict[str, Any]) -> dict[str, Any]:
+        """The arguments that describe this model, for its card: those its ``arch`` does not
+        read (a U-Net's patch_size, lora_rank, ...) left out; config.json keeps them all."""
+        unused = UNUSED_BY_ARCH.get(init_args.get("arch", "unetr"), frozenset())
+        return {k: v for k, v in init_args.items() if k not in unused}
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         return self.model(clip)  # (B, K, T, H, W)

@@ -334,7 +334,8 @@ def metrics_lines(metrics: Mapping[str, Any]) -> list[str]:
             lines.append(f"| {index} | " + " | ".join(cells) + " |")
         lines.append("")
     if rest:
-        lines += _table(rest.items(), ("metric", "value"))
+        cells = [(k, _number(v) if isinstance(v, float) else v) for k, v in rest.items()]
+        lines += _table(cells, ("metric", "value"))
     return lines
 
 

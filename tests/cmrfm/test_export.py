@@ -212,7 +212,7 @@ def test_cli_export_with_card_metrics(lightning_run, tmp_path, capsys) -> None:
     main(
         ["export", str(lightning_run[0]), str(tmp_path / "hub2"), "--card-metrics", '{"auc": 0.9}']
     )
-    assert "| auc | 0.9 |" in (tmp_path / "hub2" / CARD_NAME).read_text()
+    assert "| auc | 0.900 |" in (tmp_path / "hub2" / CARD_NAME).read_text()
 
 
 def test_export_refuses_a_non_empty_folder(lightning_run, tmp_path) -> None:

@@ -144,6 +144,19 @@ def test_segmentation_benchmark_end_to_end_and_resume(shards: Path, hub: Path, t
     assert (tmp_path / "summary.md").read_text().count("| 2 |") >= 1
     assert (tmp_path / "dice_mean_vs_n.png").stat().st_size > 0
     assert len(list((tmp_path / "predictions").glob("*.npz"))) == 8
+    # seed 0 at the largest N is kept as a package whose card reports the scores it was given
+    # and only the arguments its network reads (a U-Net has no patches; the ViT has)
+    cards = {r["method"]: (r, (tmp_path / "models" / r["run"] / "README.md").read_text())
+             for r in results if r["n"] == 2 and r["seed"] == 0}  # fmt: skip
+    for row, card in cards.values():
+        assert (
+            f"| lv | {row['dice_lv_ed']:.3f} | {row['dice_lv_es']:.3f} | {row['dice_lv']:.3f} |"
+            in card
+        )
+        assert f"| dice_mean | {row['dice_mean']:.3f} |" in card
+        assert f"{len(bench.eval)} test subjects of {shards}" in card
+    assert "| patch_size |" not in cards["unet"][1] and "Not shown: " in cards["unet"][1]
+    assert "| patch_size | 8 |" in cards["pretrained"][1]
 
     # a re-run trains nothing; a run whose result line was lost is redone alone
     lines = (tmp_path / "results.jsonl").read_text().splitlines()

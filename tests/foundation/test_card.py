@@ -37,5 +37,7 @@ def test_an_evaluate_summary_reads_as_two_tables() -> None:
 
 def test_a_few_plain_values_stay_one_table() -> None:
     assert metrics_lines({"auc": 0.9, "note": "held-out"}) == [
-        "| metric | value |", "|---|---|", "| auc | 0.9 |", "| note | held-out |"
+        "| metric | value |", "|---|---|", "| auc | 0.900 |", "| note | held-out |"
     ]  # fmt: skip
+    assert metrics_lines({"dice_mean": 0.1661852104589343, "n": 7})[2:] == [
+        "| dice_mean | 0.166 |", "| n | 7 |"]  # floats to 3 decimals, counts as they are  # fmt: skip
