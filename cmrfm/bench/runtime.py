@@ -32,14 +32,15 @@ from rich.table import Table
 
 from cmrfm.bench.machine import load_average, torch_threads
 from cmrfm.bench.results import machine_caption, ratio_cell, show_and_write
+from data_shards.preprocess import PreprocessConfig
 from foundation.names import CONFIG_NAME, WEIGHTS_NAME
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 DEFAULT_ARCHS = ("unet", "light")
 # Packages built for the benchmark without --model: what runs/ fine-tunes on a CPU (ACDC at
-# 1.5 mm, 128 x 128, clips of 2 frames; the light decoder on cmr_vit_tiny, patch 16).
-BUILT_PREPROCESS = {"spacing": 1.5, "size": 128, "percentiles": [0.5, 99.5],
-                    "orientation": "canonical", "crop": "centre"}  # fmt: skip
+# 1.5 mm, 128 x 128: PreprocessConfig's defaults; clips of 2 frames; the light decoder on
+# cmr_vit_tiny, patch 16).
+BUILT_PREPROCESS = PreprocessConfig().to_dict()
 BUILT_FRAMES = 2
 VIT = {"backbone": "cmr_vit_tiny", "patch_size": 16, "tubelet": 2}
 BUILT_ARGS = {"unet": {}, "dense": {"backbone": "cmr_unet_small"}, "light": VIT, "unetr": VIT}
