@@ -32,6 +32,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cmrfm_io.files import sha256_file, write_json_atomic
+from cmrfm_io.progress_lines import logged
 from data_shards.preprocess import PreprocessConfig, preprocess
 from data_shards.privacy import default_salt, input_ref, scrub
 from data_shards.record import IGNORE, Subject
@@ -153,7 +154,13 @@ def _run(
         def subjects() -> Iterator[Subject]:
             seen: set[str] = set()
             written = skipped = 0
-            for position, item in enumerate(items, start=1):
+            # A log (not a terminal) sees no spinner: a line every 30 s instead.
+            inputs = (
+                items
+                if namer.console.is_terminal
+                else logged(items, 0, f"{source}: input", "inputs", console=namer.console)
+            )
+            for position, item in enumerate(inputs, start=1):
                 if isinstance(item, Subject) and item.subject in done and item.subject not in seen:
                     seen.add(item.subject)  # already in a kept shard: not even preprocessed
                     skipped += 1

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cmrfm_io.progress_lines import logged
 from data_shards.clips import cyclic_window
 from data_shards.record import IGNORE, INFARCT, LABEL_NAMES, RV
 from data_shards.stream import load_subjects, shard_urls
@@ -27,7 +28,6 @@ from finetune.metrics import (
     hd95_undefined,
     scar_extent,
 )
-from foundation.progress_lines import logged
 
 if TYPE_CHECKING:
     from finetune.system import SegFinetuner

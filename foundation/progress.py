@@ -1,6 +1,6 @@
 """Progress of Lightning training: plain log lines when the output is a file and not a terminal
 (a job under nohup or a scheduler), where a progress bar writes nothing readable, and a rich bar
-that suits an unbounded stream. The line itself is :func:`foundation.progress_lines.progress_line`."""
+that suits an unbounded stream. The line itself is :func:`cmrfm_io.progress_lines.progress_line`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 
-from foundation.progress_lines import progress_line
+from cmrfm_io.progress_lines import progress_line
 
 _now = time.monotonic  # the callback's clock (tests replace it)
 

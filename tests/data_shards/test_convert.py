@@ -279,3 +279,20 @@ def test_a_blank_frame_of_a_real_study_is_kept_listed_and_without_ground_truth(
     assert (one_blank["label"][1, 0] == IGNORE).all()  # not trained on, not scored
     assert (one_blank["label"][1, 1] == LV).any() and (one_blank["label"][0, 0] == LV).any()
     assert ((real["label"] == LV).sum(axis=(2, 3)) > 0).all()  # every frame keeps its truth
+
+
+def test_a_conversion_into_a_log_prints_progress_lines(
+    tmp_path: Path, blanks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output that is not a terminal sees no spinner: a line on the clock and a last one."""
+    from cmrfm_io import progress_lines
+
+    ticks = iter(range(0, 10_000, 40))  # each input takes 40 s: a line after every one
+    monkeypatch.setattr(progress_lines, "_now", lambda: float(next(ticks)))
+    log = io.StringIO()
+    convert(blanks, None, tmp_path, preprocess_config=CONFIG, console=Console(file=log, width=200))
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("blanks: input")]
+    inputs = len(list(blank_cases(None)))
+    assert [line.split(" | ")[0] for line in lines] == [
+        f"blanks: input {i}" for i in range(1, inputs + 1)
+    ]

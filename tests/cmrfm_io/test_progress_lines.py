@@ -8,8 +8,8 @@ import io
 import pytest
 from rich.console import Console
 
-from foundation import progress_lines
-from foundation.progress_lines import logged, progress_line
+from cmrfm_io import progress_lines
+from cmrfm_io.progress_lines import logged, progress_line
 
 
 def test_a_line_gives_step_share_rate_eta_and_metrics() -> None:
