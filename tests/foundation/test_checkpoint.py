@@ -3,10 +3,9 @@ Lightning checkpoints strictly and safely, and errors name the file."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers.backbones import save_pretraining_checkpoint
 
 from foundation import create_backbone
 from foundation.checkpoint import read_checkpoint
@@ -26,33 +25,6 @@ class Payload:
 
     def __reduce__(self):
         return (_record_unpickling, ())
-
-
-def save_pretraining_checkpoint(
-    path: Path, patch: int = 8, seed: int = 1, system: str = "objective.", **extra
-) -> dict:
-    """A pretraining checkpoint with its MAE under system (``mae.``: the removed MAEPretrainer's)."""
-    torch.manual_seed(seed)
-    backbone = create_backbone("cmr_vit_test", patch_size=patch, tubelet=2)
-    state = {f"{system}encoder.{k}": v for k, v in backbone.state_dict().items()}
-    state[f"{system}decoder_embed.weight"] = torch.zeros(4, 4)  # the rest of the MAE: no backbone
-    torch.save(
-        {"state_dict": state, "hyper_parameters": {"backbone": "cmr_vit_test"}, **extra}, path
-    )
-    return backbone.state_dict()
-
-
-def test_load_backbone_weights_restores_every_tensor(tmp_path) -> None:
-    path = tmp_path / "pretrain.ckpt"
-    saved = save_pretraining_checkpoint(path)
-    torch.manual_seed(2)
-    backbone = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)
-    assert not torch.equal(backbone.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
-    load_backbone_weights(backbone, path)
-    loaded = backbone.state_dict()
-    assert loaded.keys() == saved.keys()
-    for name, tensor in saved.items():
-        assert torch.equal(loaded[name], tensor), name
 
 
 def test_a_maepretrainer_checkpoint_is_refused_naming_the_migration(tmp_path) -> None:
@@ -86,28 +58,6 @@ def test_load_backbone_weights_from_a_finetuning_checkpoint(tmp_path) -> None:
     backbone = create_backbone("cmr_vit_test", patch_size=8, tubelet=2)
     load_backbone_weights(backbone, tmp_path / "seg.ckpt")
     assert torch.equal(backbone.patch_embed.weight, source.patch_embed.weight)
-
-
-def test_checkpoint_for_another_patch_size_names_the_file(tmp_path) -> None:
-    path = tmp_path / "patch16.ckpt"
-    save_pretraining_checkpoint(path, patch=16)
-    with pytest.raises(ValueError, match=r"patch16\.ckpt") as info:
-        load_backbone_weights(create_backbone("cmr_vit_test", patch_size=8, tubelet=2), path)
-    assert "patch_size" in str(info.value)
-
-
-def test_checkpoint_missing_a_backbone_tensor_is_an_error(tmp_path) -> None:
-    torch.manual_seed(1)
-    state = {
-        f"objective.encoder.{k}": v
-        for k, v in create_backbone("cmr_vit_test", patch_size=8).state_dict().items()
-    }
-    del state["objective.encoder.norm.weight"]
-    torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
-    with pytest.raises(ValueError, match=r"(?s)partial\.ckpt.*norm\.weight"):
-        load_backbone_weights(
-            create_backbone("cmr_vit_test", patch_size=8), tmp_path / "partial.ckpt"
-        )
 
 
 def test_checkpoint_without_backbone_keys_names_the_file(tmp_path) -> None:

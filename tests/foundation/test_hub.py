@@ -9,48 +9,13 @@ import json
 import huggingface_hub
 import pytest
 import torch
+from helpers.hub_folder import DATA, PREPROCESS, trained_backbone
 from huggingface_hub import ModelCard
 
 from foundation import CardiacViT, create_backbone, from_pretrained, save_pretrained
 from foundation.datasets import DATASETS, LICENCE_NAME, SYNTHETIC
 from foundation.hub import CARD_NAME, CONFIG_NAME, HUB_FILES, WEIGHTS_NAME, check_hub_folder
 from foundation.names import SHA256_KEY
-
-PREPROCESS = {
-    "spacing": 1.5,
-    "size": 32,
-    "frames": 4,
-    "percentiles": (0.5, 99.5),
-    "modalities": ["cine", "lge"],
-}
-DATA = {
-    "datasets": ["ACDC", "EMIDEC"],
-    "manifests": [
-        {"sha256": "a" * 64, "source": "acdc", "subjects": 100, "samples": 100, "modalities": ["cine"]},
-        {"sha256": "b" * 64, "source": "lge-slices", "subjects": 85, "samples": 85, "modalities": ["lge"]},
-    ],
-}  # fmt: skip
-TRAINING = {"objective": "mae_contrastive", "steps": 1234, "hyper_parameters": {"lr": 1e-3}}
-
-
-def trained_backbone(**kwargs) -> CardiacViT:
-    """A small backbone whose every weight, modality and axis rows included, is non-trivial."""
-    torch.manual_seed(0)
-    model = create_backbone("cmr_vit_test", patch_size=8, **kwargs)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
-@pytest.fixture
-def saved(tmp_path):
-    model = trained_backbone()
-    folder = save_pretrained(
-        model, tmp_path / "hub", preprocess=PREPROCESS, data=DATA, training=TRAINING,
-        metrics={"dice_mean": 0.81},
-    )  # fmt: skip
-    return model, folder
 
 
 def outputs(model: CardiacViT) -> torch.Tensor:
@@ -130,42 +95,6 @@ def test_loading_never_calls_torch_load(saved, monkeypatch) -> None:
 
     monkeypatch.setattr(torch, "load", refuse)
     torch.testing.assert_close(outputs(from_pretrained(folder)), outputs(model))
-
-
-def test_weights_that_do_not_fit_the_config_raise(saved) -> None:
-    _, folder = saved
-    config = json.loads((folder / CONFIG_NAME).read_text())
-    config["model_args"]["depth"] = 3  # one block fewer than the weights hold
-    (folder / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(
-        ValueError, match=r"model\.safetensors: .*depth 4, but config\.json says depth 3"
-    ):
-        from_pretrained(folder)
-
-
-def test_missing_weights_raise(saved) -> None:
-    _, folder = saved
-    (folder / WEIGHTS_NAME).unlink()
-    torch.save({}, folder / "pytorch_model.bin")  # a pickle is never a fallback
-    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
-        from_pretrained(folder)
-
-
-@pytest.mark.parametrize(
-    ("edit", "message"),
-    [
-        ({"format": "something-else"}, "format"),
-        ({"format_version": 99}, "newer"),
-        ({"modalities": ["lge", "cine"]}, "embedding rows"),
-        ({"architecture": "cmr_vit_gigantic"}, "not registered"),
-    ],
-)
-def test_configs_this_version_cannot_honour_raise(saved, edit, message) -> None:
-    _, folder = saved
-    config = {**json.loads((folder / CONFIG_NAME).read_text()), **edit}
-    (folder / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=message):
-        from_pretrained(folder)
 
 
 @pytest.mark.parametrize(
