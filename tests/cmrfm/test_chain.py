@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import DATA
 
-from cmrfm.demo import make_plan, run_demo
+from cmrfm.demo import run_demo
 from cmrfm.shipped import model_path
 from data_shards.writer import read_manifest, verify_manifest
 from foundation.checkpoint import read_checkpoint
@@ -109,13 +109,3 @@ def test_the_demo_saves_a_package_that_predict_segments_a_study_with(
     assert (
         volumes["shape_stwh"] == [3, 8, 48, 48] and (tmp_path / "pred" / "volumes.json").is_file()
     )
-
-
-def test_the_demo_plans_its_start() -> None:
-    # The phantom pretrains its own backbone; an ACDC folder starts from the release unless told.
-    assert make_plan(None, quick=True).pretrain_config is not None
-    acdc = make_plan(Path("acdc"), quick=False)
-    assert acdc.pretrain_config is None and acdc.pretrained == "cmr-unet-small-cine"
-    assert make_plan(Path("acdc"), quick=False, pretrained="none").pretrained == "none"
-    with pytest.raises(ValueError, match="--pretrained goes with --data"):
-        make_plan(None, quick=False, pretrained="none")

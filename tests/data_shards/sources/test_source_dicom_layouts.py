@@ -464,13 +464,6 @@ def test_a_root_of_series_folders_is_read_per_folder_with_a_warning(built):
     assert all(s.image.shape[0] == 1 for s in subjects)
 
 
-def test_predict_refuses_a_folder_of_two_studies(tmp_path):
-    write_stack(tmp_path / "both" / "a", PatientID="one")
-    write_stack(tmp_path / "both" / "b", PatientID="two")
-    with pytest.raises(ValueError, match="2 sub-folders do not make one study"):
-        predict_read_study(tmp_path / "both")
-
-
 def test_shard_converts_a_real_time_study(tmp_path):
     """The defect: every per-slice series was quarantined as a duplicate instance."""
     _realtime_study(tmp_path / "root" / "study")
