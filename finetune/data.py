@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from monai import transforms as mt
+from monai.data.utils import worker_init_fn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from data_shards.clips import cyclic_window
@@ -59,8 +60,10 @@ def take_window(array: np.ndarray, z: int, start: int, frames: int) -> np.ndarra
     return array[z, cyclic_window(start, frames, array.shape[1])]
 
 
-def augmentation() -> mt.Compose:
-    """Spatial (affine) and intensity augmentation on (T, H, W) clips, labels nearest.
+def augmentation(seed: int = 0) -> mt.Compose:
+    """Spatial (affine) and intensity augmentation on (T, H, W) clips, labels nearest; its draws
+    come from ``seed`` (MONAI's transforms otherwise share one generator seeded at import, so
+    the same run would augment differently each time).
 
     Rotations stay within +-30 degrees and there are no flips: short-axis views keep the RV on
     one side of the LV, and with few labels that prior is what tells the two blood pools apart.
@@ -81,20 +84,21 @@ def augmentation() -> mt.Compose:
             mt.RandScaleIntensityd("clip", prob=0.5, factors=0.15),
             mt.RandGaussianNoised("clip", prob=0.3, std=0.03),
         ]
-    )
+    ).set_random_state(seed=seed)
 
 
 class LabelledClips(Dataset):
-    """Clips (1, frames, H, W) float in [0, 1] with labels (frames, H, W) from labelled subjects."""
+    """Clips (1, frames, H, W) float in [0, 1] with labels (frames, H, W) from labelled subjects;
+    augmented (when ``augment``) with draws from ``seed``."""
 
-    def __init__(self, subjects: Sequence[dict], frames: int, augment: bool) -> None:
+    def __init__(self, subjects: Sequence[dict], frames: int, augment: bool, seed: int = 0) -> None:
         self.subjects, self.frames = list(subjects), frames
         self.index = [
             (i, z, start)
             for i, s in enumerate(self.subjects)
             for z, start in clip_windows(s["label"], frames)
         ]
-        self.transform = augmentation() if augment else None
+        self.transform = augmentation(seed) if augment else None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -169,7 +173,7 @@ class FewShotSegData(_DrawnSubjectsData):
     """
 
     def train_dataloader(self) -> DataLoader:
-        return self.sampled(LabelledClips(self.subjects, self.frames, self.augment))
+        return self.sampled(LabelledClips(self.subjects, self.frames, self.augment, self.seed))
 
 
 def sampled_loader(
@@ -187,6 +191,10 @@ def sampled_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         drop_last=True,
+        # each worker re-seeds the dataset's MONAI transforms from its own seed, which comes
+        # from this generator: workers augment differently, and alike on every run
+        worker_init_fn=worker_init_fn,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -240,7 +248,7 @@ def subject_stack(
     return stack, mask
 
 
-def subject_augmentation() -> mt.Compose:
+def subject_augmentation(seed: int = 0) -> mt.Compose:
     """One random affine + intensity change per subject, the same for all its slices and frames
     (slices are channels of one 2D image), so the stack stays a consistent heart.
 
@@ -260,7 +268,7 @@ def subject_augmentation() -> mt.Compose:
             mt.RandScaleIntensity(prob=0.5, factors=0.15),
             mt.RandGaussianNoise(prob=0.3, std=0.03),
         ]
-    )
+    ).set_random_state(seed=seed)  # as augmentation()
 
 
 class LabelledSubjects(Dataset):
@@ -277,6 +285,7 @@ class LabelledSubjects(Dataset):
         max_slices: int = 16,
         task: str | None = None,
         augment: bool = False,
+        seed: int = 0,
     ) -> None:
         from finetune.subject import subject_targets
 
@@ -291,7 +300,7 @@ class LabelledSubjects(Dataset):
                 f"none of the {len(self.subjects)} subjects has a {task} target: the loss is 0",
                 stacklevel=2,
             )
-        self.transform = subject_augmentation() if augment else None
+        self.transform = subject_augmentation(seed) if augment else None
 
     def __len__(self) -> int:
         return len(self.subjects)
@@ -333,5 +342,7 @@ class FewShotSubjectData(_DrawnSubjectsData):
         self.max_slices = max_slices
 
     def train_dataloader(self) -> DataLoader:
-        dataset = LabelledSubjects(self.subjects, self.frames, self.max_slices, None, self.augment)
+        dataset = LabelledSubjects(
+            self.subjects, self.frames, self.max_slices, None, self.augment, self.seed
+        )
         return self.sampled(dataset)

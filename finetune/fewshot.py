@@ -163,7 +163,7 @@ class FewShotBenchmark:
 
         L.seed_everything(run.seed, workers=True, verbose=False)
         system = SegFinetuner(**self._system_args(run))
-        dataset = LabelledClips(drawn, self.cfg.frames, augment=True)
+        dataset = LabelledClips(drawn, self.cfg.frames, augment=True, seed=run.seed)
         info = fit_for_budget(
             system, dataset, self.cfg.batch_size, self.cfg.budget_s, run.seed, self.cfg.steps
         )
@@ -322,7 +322,7 @@ class FewShotBenchmark:
         args = self._system_args(run) | {"task": self.cfg.task}
         system = SubjectFinetuner(**args)
         dataset = LabelledSubjects(
-            drawn, self.cfg.frames, self.cfg.max_slices, task=self.cfg.task, augment=True
+            drawn, self.cfg.frames, self.cfg.max_slices, self.cfg.task, augment=True, seed=run.seed
         )
         batch = min(self.cfg.batch_size, len(dataset))
         info = fit_for_budget(system, dataset, batch, self.cfg.budget_s, run.seed, self.cfg.steps)
