@@ -57,7 +57,7 @@ data:
 YAML
     EXTRA=(--config "$WORK/tiny.yaml")
 fi
-train_s=$((DEADLINE - SECONDS - 90))  # the exports and the packing after it
+train_s=$((DEADLINE - SECONDS - 150))  # the exports (about 20 s each) and the packing after it
 say "=== ${ARMS[*]} side by side, each for at most $train_s s of training"
 max_time=$(printf '00:00:%02d:%02d' $((train_s / 60)) $((train_s % 60)))
 pids=()
