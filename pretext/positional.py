@@ -120,6 +120,6 @@ class PositionalContrastive(nn.Module):
         if self.instance_weight > 0:
             image = torch.arange(z.shape[0] // 2, device=z.device).repeat(2)  # view i ~ view i+BT
             instance, _ = supervised_contrastive(z, image, self.temperature)
-            out |= {"loss": loss + self.instance_weight * instance, "part_loss": loss.detach()}
-            out["instance_loss"] = instance.detach()
+            total = loss + self.instance_weight * instance
+            out |= {"loss": total, "part_loss": loss.detach(), "instance_loss": instance.detach()}
         return out
