@@ -6,6 +6,7 @@
 #   b48            the recipe as it is, longer (the control)
 #   b256           batch 256
 #   b256_instance  batch 256 plus the instance term (pretext.positional instance_weight)
+#   b256_instance4 the same at instance_weight 4 (not in the default ARMS; ARMS="..." chooses)
 # Data: `python benchmarks/gpu_carry_shards.py` first (.gpu_data/shards.tar.xz, ignored; the
 # ACDC cine thinned to every 2nd frame to fit the call's 64 MiB); wheels for what the host lacks
 # in .gpu_data/whl (monai, webdataset, braceexpand, nibabel, pydicom (export reads the sources) and jsonargparse with its
@@ -16,9 +17,9 @@
 #   bash benchmarks/gpu_pretrain_sweep.sh [DEADLINE]   # default 480 s
 #   TINY=1 bash benchmarks/gpu_pretrain_sweep.sh 300    # rehearsal on a CPU: a few small steps
 set -u
-OUT=${OUT:-runs/gpu_sweep/out}
+OUT=${OUT:-runs/gpu_sweep${TINY:+_tiny}/out}
 DEADLINE=${1:-480}
-WORK=runs/gpu_sweep
+WORK=${WORK:-runs/gpu_sweep${TINY:+_tiny}}  # a rehearsal never writes into a real sweep
 mkdir -p "$OUT" "$WORK"
 LOG=$OUT/log.txt
 : >"$LOG"
@@ -43,7 +44,7 @@ if [[ ! -f runs/real/acdc/manifest.json ]]; then
     say "=== shards unpacked at $SECONDS s: $(du -sh runs/real | cut -f1)"
 fi
 
-ARMS=(b48 b256 b256_instance)
+read -r -a ARMS <<<"${ARMS:-b48 b256 b256_instance}"  # ARMS="b48 b256_instance4" to choose
 EXTRA=()
 if [[ -n ${TINY:-} ]]; then  # small and quick, same code path
     cat >"$WORK/tiny.yaml" <<'YAML'
