@@ -189,11 +189,11 @@ def read_package_config(folder: Path) -> dict[str, Any]:
 
 
 def _card_arguments(class_path: str, args: Mapping[str, Any]) -> dict[str, Any]:
-    """args as the class's ``card_arguments`` shows them (all, for a class without one)."""
-    module_name, _, name = class_path.rpartition(".")
+    """args as the class's ``card_arguments`` shows them (all, for a class without one or one
+    that cannot be imported here)."""
     try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
+        cls = _import_class(class_path, Path(CONFIG_NAME))
+    except ValueError:
         return dict(args)
     shown = getattr(cls, "card_arguments", None)
     return shown(dict(args)) if callable(shown) else dict(args)
