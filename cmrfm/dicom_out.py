@@ -47,7 +47,7 @@ TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Accessio
 
 def write_dicom_outputs(
     study: Any,
-    labels: np.ndarray,
+    label_map: np.ndarray,
     volumes: dict[str, Any],
     out: Path,
     num_classes: int,
@@ -55,7 +55,7 @@ def write_dicom_outputs(
 ) -> None:
     """Write seg.dcm (and seg_es.dcm) and sr.dcm for a DICOM study into ``out``.
 
-    study: cmrfm.study.Study, its ``sources`` the frames [slice][frame] read; labels
+    study: cmrfm.study.Study, its ``sources`` the frames [slice][frame] read; label_map
     (S, T, H, W) on the study's grid; volumes: what predict measured (frames, lv, rv, scar).
     Adds the names written to ``volumes["outputs"]`` and, for each file not written, the
     reason to ``volumes["unavailable"]``. Never raises for a study it cannot serve
@@ -68,14 +68,14 @@ def write_dicom_outputs(
         return
     from data_shards.sources.dicom_frames import quiet_pydicom
 
-    phases = _phases(volumes["phases"], labels.shape[1])
+    phases = _phases(volumes["phases"], label_map.shape[1])
     # pydicom's warnings and highdicom's log lines quote values (UIDs) from the headers
     with quiet_pydicom(), _quiet_highdicom():
         missing = missing_references(study.sources)
         if missing:
             unavailable[SEG_FILE] = unavailable[SR_FILE] = missing
             return
-        segs, reason = _try(lambda: make_segs(study.sources, labels, phases, num_classes))
+        segs, reason = _try(lambda: make_segs(study.sources, label_map, phases, num_classes))
         if reason:
             unavailable[SEG_FILE] = reason
         evidence = source_headers(study.sources, phases.values())
@@ -222,22 +222,24 @@ def _valid_time(element: Any) -> bool:
 
 def make_segs(
     sources: Sequence[Sequence[Any]],
-    labels: np.ndarray,
+    label_map: np.ndarray,
     phases: dict[str, int],
     num_classes: int,
 ) -> list[Any]:
-    """One hd.seg.Segmentation per phase ({"ED": t, ...}) of labels (S, T, H, W), in one series,
+    """One hd.seg.Segmentation per phase ({"ED": t, ...}) of label_map (S, T, H, W), in one series,
     with a segment per class of the model found in any of those frames."""
     import highdicom as hd
 
     _check_frame_of_reference(sources, phases.values())
     frames = list(phases.values())
-    classes = [c for c in range(1, num_classes) if c in SEGMENTS and (labels[:, frames] == c).any()]
+    classes = [
+        c for c in range(1, num_classes) if c in SEGMENTS and (label_map[:, frames] == c).any()
+    ]
     if not classes:
         raise Unavailable("no structure segmented at ED or ES: a SEG needs one segment at least")
     series = hd.UID()
     return [
-        make_seg(sources, labels[:, t], t, classes, series, i, f"{phase} (frame {t})")
+        make_seg(sources, label_map[:, t], t, classes, series, i, f"{phase} (frame {t})")
         for i, (phase, t) in enumerate(phases.items(), start=1)
     ]
 

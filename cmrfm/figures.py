@@ -86,26 +86,27 @@ def overlay_figure(
 
 def write_overlay(
     image: np.ndarray,
-    labels: np.ndarray,
+    label_map: np.ndarray,
     spacing: tuple,
     phases: dict,
     path: Path,
     alerts: list[str] | None = None,
 ) -> Path:
     """`cmrfm predict`'s overlay.png: rows ED and ES (one row when they are one frame), one
-    column per slice; image (S, T, H, W) with labels (S, T, H, W) over it, cut to the segmented
+    column per slice; image (S, T, H, W) with label_map (S, T, H, W) over it, cut to the segmented
     region (plus a margin) so the heart fills the tiles. alerts (the failed quality checks) are
     printed in red under the tiles."""
     picked = [("ED", phases["ed"]), ("ES", phases["es"])]
     if phases["ed"] == phases["es"]:  # one frame (or no contraction found): one row
         picked = [("frame", phases["ed"])]
-    ys, xs = _box(labels)
+    ys, xs = _box(label_map)
     shown = image[:, [f for _, f in picked]][:, :, ys, xs]
     window = tuple(float(v) for v in np.percentile(shown, (1, 99)))  # one grey scale for all tiles
     rows = []
     for _, f in picked:
         tiles = [
-            _tile(image[z, f, ys, xs], labels[z, f, ys, xs], window) for z in range(image.shape[0])
+            _tile(image[z, f, ys, xs], label_map[z, f, ys, xs], window)
+            for z in range(image.shape[0])
         ]
         rows.append(np.concatenate(tiles, axis=1))
     sheet = np.concatenate(rows, axis=0)  # (rows h, S w, 3)
@@ -124,7 +125,7 @@ def write_overlay(
     ax.set_xlabel("slice")
     ax.tick_params(length=0)
     names = {LV: "LV", MYO: "MYO", RV: "RV", 4: "infarct", 5: "MVO"}
-    present = [c for c in OVERLAY_COLOURS if (labels == c).any()]
+    present = [c for c in OVERLAY_COLOURS if (label_map == c).any()]
     if present:
         handles = [Patch(color=OVERLAY_COLOURS[c], label=names[c]) for c in present]
         ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.7)
@@ -138,10 +139,10 @@ def write_overlay(
     return path
 
 
-def _box(labels: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
+def _box(label_map: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
     """(rows, columns) around every labelled pixel of the study, widened by ``margin``."""
-    h, w = labels.shape[2:]
-    found = labels.any(axis=(0, 1))
+    h, w = label_map.shape[2:]
+    found = label_map.any(axis=(0, 1))
     if not found.any():
         return slice(0, h), slice(0, w)
     ys, xs = np.nonzero(found)
@@ -153,15 +154,15 @@ def _box(labels: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
 
 
 def _tile(
-    image: np.ndarray, labels: np.ndarray, window: tuple[float, float], alpha: float = 0.45
+    image: np.ndarray, label_map: np.ndarray, window: tuple[float, float], alpha: float = 0.45
 ) -> np.ndarray:
-    """(h, w) image and labels -> (h, w, 3) RGB with coloured, half-transparent labels; the
+    """(h, w) image and label_map -> (h, w, 3) RGB with its classes coloured, half-transparent; the
     image's grey levels ``window`` = (lo, hi) map to black and white."""
     lo, hi = window
     grey = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     for value, colour in OVERLAY_COLOURS.items():
-        mask = labels == value
+        mask = label_map == value
         rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour)
     return rgb
 

@@ -52,21 +52,21 @@ def prepare(study: Study, config: Any) -> Subject:
 
 
 def ventricular_volumes(
-    labels: np.ndarray,
+    label_map: np.ndarray,
     spacing: tuple[float, float, float],
     ed: int | None = None,
     es: int | None = None,
 ) -> dict[str, Any]:
-    """LV/RV EDV, ESV, SV (ml), EF (%) and LV mass (g) from labels (S, T, H, W), the volume
+    """LV/RV EDV, ESV, SV (ml), EF (%) and LV mass (g) from label_map (S, T, H, W), the volume
     curves (ml per frame) and the reason for each index that is None (``unavailable``).
 
     ED and ES default to the frames of largest and smallest LV cavity volume
     (`cmrfm.cycle.choose_phases`); with one frame both are that frame, and SV and EF are
     undefined (None).
     """
-    t = labels.shape[1]
-    lv, rv = volumes_ml(labels, spacing, LV), volumes_ml(labels, spacing, RV)
-    myo = volumes_ml(labels, spacing, MYO)
+    t = label_map.shape[1]
+    lv, rv = volumes_ml(label_map, spacing, LV), volumes_ml(label_map, spacing, RV)
+    myo = volumes_ml(label_map, spacing, MYO)
     chosen = choose_phases(lv, ed, es)  # ValueError for a frame outside the study
     if ed is not None or es is not None:
         rule = "given"
@@ -74,7 +74,7 @@ def ventricular_volumes(
         rule = "one frame: volumes of that frame; SV and EF need a cine"
     else:
         rule = "ED: largest LV cavity volume, ES: smallest"
-    found = clinical_indices(labels, spacing, chosen["ed"], chosen["es"], rv=True)
+    found = clinical_indices(label_map, spacing, chosen["ed"], chosen["es"], rv=True)
     one = t == 1
     unavailable = {}
 
@@ -101,11 +101,11 @@ def ventricular_volumes(
     }
 
 
-def scar_volumes(labels: np.ndarray, spacing: tuple[float, float, float], frame: int) -> dict:
-    """LGE scar at one frame of labels (S, T, H, W): infarct (MVO included) and MVO in ml and as
+def scar_volumes(label_map: np.ndarray, spacing: tuple[float, float, float], frame: int) -> dict:
+    """LGE scar at one frame of label_map (S, T, H, W): infarct (MVO included) and MVO in ml and as
     % of the LV myocardium (`finetune.metrics.scar_extent`)."""
-    infarct, mvo = (float(volumes_ml(labels, spacing, c)[frame]) for c in (INFARCT, MVO))
-    extent = {k: _finite(v) for k, v in scar_extent(labels, frame).items()}
+    infarct, mvo = (float(volumes_ml(label_map, spacing, c)[frame]) for c in (INFARCT, MVO))
+    extent = {k: _finite(v) for k, v in scar_extent(label_map, frame).items()}
     return {"frame": frame, "infarct_ml": infarct + mvo, "mvo_ml": mvo, **extent}
 
 
@@ -248,16 +248,16 @@ def predict(
     from finetune.evaluate import predict_study
 
     _lap(clock, "load_model")
-    pred, entropy = predict_study(  # (S, T, H, W) labels, (S, T) uncertainty
+    pred, entropy = predict_study(  # (S, T, H, W) label map, (S, T) uncertainty
         network, prepared.image, loaded.frames, batch=batch, entropy=True
     )
     _lap(clock, "model")
-    labels = restore_labels(pred, prepared.meta, loaded.num_classes)
+    label_map = restore_labels(pred, prepared.meta, loaded.num_classes)
     _lap(clock, "restore")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seg_path = write_labels(study, labels, out)
-    found = ventricular_volumes(labels, study.spacing, ed, es)
+    seg_path = write_labels(study, label_map, out)
+    found = ventricular_volumes(label_map, study.spacing, ed, es)
     unavailable = found.pop("unavailable")
     cycle, missing = cycle_summary(found["per_frame_ml"]["lv"], study.times, found["phases"])
     volumes = {
@@ -276,16 +276,16 @@ def predict(
         "label_file": seg_path.name,
     }
     if loaded.num_classes > INFARCT:
-        volumes["scar"] = scar_volumes(labels, study.spacing, volumes["phases"]["ed"])
+        volumes["scar"] = scar_volumes(label_map, study.spacing, volumes["phases"]["ed"])
     gaps = study.geometry.get("slice_gaps_mm")
     volumes["quality"] = quality_report(
-        labels, study.spacing, volumes["phases"], volumes, entropy, gaps
+        label_map, study.spacing, volumes["phases"], volumes, entropy, gaps
     )
     alerts = [c["message"] for c in volumes["quality"]["checks"] if c["passed"] is False]
     write_overlay(
-        study.image, labels, study.spacing, volumes["phases"], out / "overlay.png", alerts
+        study.image, label_map, study.spacing, volumes["phases"], out / "overlay.png", alerts
     )
-    if labels.shape[1] > 1:
+    if label_map.shape[1] > 1:
         cycle_figure(volumes["per_frame_ml"], cycle, volumes["phases"], out / "curves.png")
     else:
         unavailable["curves.png"] = "one frame: no curve to plot"
@@ -295,7 +295,7 @@ def predict(
             "canonical view the model was trained on; check the overlay"
         )
     volumes["unavailable"] = unavailable | missing
-    write_dicom_outputs(study, labels, volumes, out, loaded.num_classes, deidentify)  # SEG, SR
+    write_dicom_outputs(study, label_map, volumes, out, loaded.num_classes, deidentify)  # SEG, SR
     _lap(clock, "write")
     volumes["seconds"] = {k: round(v, 3) for k, v in clock.items() if not k.startswith("_")}
     volumes["seconds"]["total"] = round(time.perf_counter() - clock["_start"], 3)

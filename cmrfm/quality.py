@@ -38,25 +38,25 @@ def check(name: str, passed: bool | None, message: str, **evidence: Any) -> dict
 
 
 def quality_report(
-    labels: np.ndarray,
+    label_map: np.ndarray,
     spacing: Sequence[float],
     phases: Mapping[str, int],
     volumes: Mapping[str, Mapping[str, Any]],
     entropy: np.ndarray | None = None,
     slice_gaps_mm: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Every check on labels (S, T, H, W) with spacing (dz, dy, dx) mm, phases {ed, es} (frame indices),
+    """Every check on label_map (S, T, H, W) with spacing (dz, dy, dx) mm, phases {ed, es} (frame indices),
     volumes {"lv": {...}, "rv": {...}} as ventricular_volumes gives them, the model's mean
     normalised entropy per (slice, frame) (S, T) and the gaps between neighbouring slices
     (from DICOM positions) when known. ``passed`` is False when any check failed."""
     ed, es = int(phases["ed"]), int(phases["es"])
     checks = [
-        lv_coverage(labels[:, ed]),
-        slice_alignment(labels[:, ed], spacing),
-        slice_gaps(labels[:, ed]),
+        lv_coverage(label_map[:, ed]),
+        slice_alignment(label_map[:, ed], spacing),
+        slice_gaps(label_map[:, ed]),
         slice_spacing(slice_gaps_mm, float(spacing[0])),
-        myocardium_surrounds_lv(labels, sorted({ed, es})),
-        connected_components(labels, sorted({ed, es})),
+        myocardium_surrounds_lv(label_map, sorted({ed, es})),
+        connected_components(label_map, sorted({ed, es})),
         physiological_ranges(volumes),
         model_uncertainty(entropy),
     ]
@@ -138,19 +138,19 @@ def slice_spacing(gaps_mm: Sequence[float] | None, dz: float) -> dict[str, Any]:
     return check(name, True, "slices evenly spaced", **evidence)
 
 
-def myocardium_surrounds_lv(labels: np.ndarray, frames: Sequence[int]) -> dict[str, Any]:
-    """In most slices with LV cavity (at the given frames of labels (S, T, H, W)), at least
+def myocardium_surrounds_lv(label_map: np.ndarray, frames: Sequence[int]) -> dict[str, Any]:
+    """In most slices with LV cavity (at the given frames of label_map (S, T, H, W)), at least
     MIN_SURROUND of the cavity's rim touches myocardium; otherwise the anatomy is implausible."""
     name = "myocardium_surrounds_lv"
     shares = []
     for t in frames:
-        for z in range(labels.shape[0]):
-            cavity = labels[z, t] == LV
+        for z in range(label_map.shape[0]):
+            cavity = label_map[z, t] == LV
             if not cavity.any():
                 continue
             rim = cavity & ~ndimage.binary_erosion(cavity)
             outside = ndimage.binary_dilation(rim) & ~cavity  # the ring just outside the cavity
-            touching = outside & (labels[z, t] == MYO)
+            touching = outside & (label_map[z, t] == MYO)
             shares.append(touching.sum() / max(int(outside.sum()), 1))
     if not shares:
         return check(name, None, "no LV cavity found", slices=0)
@@ -163,7 +163,7 @@ def myocardium_surrounds_lv(labels: np.ndarray, frames: Sequence[int]) -> dict[s
     return check(name, True, "myocardium surrounds the LV cavity", **evidence)
 
 
-def connected_components(labels: np.ndarray, frames: Sequence[int]) -> dict[str, Any]:
+def connected_components(label_map: np.ndarray, frames: Sequence[int]) -> dict[str, Any]:
     """LV, MYO and RV each one piece in 3D (slices stacked) at the given frames: at least
     MIN_LARGEST of a structure's voxels in its largest 26-connected component."""
     name = "connected_components"
@@ -171,7 +171,7 @@ def connected_components(labels: np.ndarray, frames: Sequence[int]) -> dict[str,
     worst: dict[str, Any] = {}
     for t in frames:
         for label, part in ((LV, "lv"), (MYO, "myo"), (RV, "rv")):
-            mask = labels[:, t] == label
+            mask = label_map[:, t] == label
             total = int(mask.sum())
             if total == 0:
                 continue

@@ -144,8 +144,8 @@ def lps_to_nifti_affine(
 # --- preprocessing and its inverse -------------------------------------------------------------
 
 
-def write_labels(study: Study, labels: np.ndarray, out: Path) -> Path:
-    """``<name>_seg.nii.gz``: labels (S, T, H, W) in the input's array shape and geometry.
+def write_labels(study: Study, label_map: np.ndarray, out: Path) -> Path:
+    """``<name>_seg.nii.gz``: label_map (S, T, H, W) in the input's array shape and geometry.
 
     A NIfTI input's header is copied as it is: pixdim, units, qform and sform with their codes.
     Passing no affine keeps nibabel from rewriting them; an affine would set pixdim from its
@@ -154,7 +154,7 @@ def write_labels(study: Study, labels: np.ndarray, out: Path) -> Path:
     """
     import nibabel as nib
 
-    data = labels.transpose(3, 2, 0, 1).reshape(study.shape)  # (W, H, S, T) = (X, Y, Z, T)
+    data = label_map.transpose(3, 2, 0, 1).reshape(study.shape)  # (W, H, S, T) = (X, Y, Z, T)
     if study.header is not None:
         header = study.header.copy()
         header.set_data_dtype(np.uint8)

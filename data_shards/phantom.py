@@ -1,7 +1,7 @@
 """Deterministic synthetic short-axis cine / LGE phantom of a beating heart (numpy only).
 
 Geometry is drawn in mm per subject from ``np.random.default_rng([seed, index])`` and rasterised
-exactly (no anti-aliasing) on the pixel grid, so labels are exact for every frame:
+exactly (no anti-aliasing) on the pixel grid, so label maps are exact for every frame:
 
 * LV cavity: an ellipse (aspect 0.85-1) shrinking from base to apex like a half ellipsoid;
   its area follows ``1 - EF * c(t)`` where ``c`` is a raised-cosine contraction curve
@@ -12,7 +12,7 @@ exactly (no anti-aliasing) on the pixel grid, so labels are exact for every fram
   ``r_epi + k(t) h(angle)``; ``k`` is solved per slice and frame so the RV area follows its EF.
 
 The field of view is ``size * spacing`` mm; the heart needs about 130 mm, a smaller field of
-view crops it (labels and volumes stay consistent, the achieved EF drifts from the target).
+view crops it (label maps and volumes stay consistent, the achieved EF drifts from the target).
 Meta volumes and EFs are computed from the label maps with :func:`volumes_ml`.
 """
 

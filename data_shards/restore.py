@@ -1,4 +1,4 @@
-"""Undo data_shards.preprocess for a prediction: labels on the model's grid back onto the
+"""Undo data_shards.preprocess for a prediction: a label map on the model's grid back onto the
 study's own grid (the crop, the in-plane resampling, the reorientation), beside preprocess."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 
 def restore_labels(pred: np.ndarray, meta: dict, num_classes: int) -> np.ndarray:
-    """Labels (S, T, size, size) on the model's grid -> (S, T, H, W) on the study's own grid.
+    """Label map (S, T, size, size) on the model's grid -> (S, T, H, W) on the study's own grid.
 
     Undoes, in reverse order, what data_shards.preprocess did: the crop window, the in-plane
     resampling (per-class maps resampled, then argmax) and the reorientation (flips, transpose).
@@ -20,14 +20,14 @@ def restore_labels(pred: np.ndarray, meta: dict, num_classes: int) -> np.ndarray
     crop = meta["crop"]
     window = pred.reshape(s * t, *pred.shape[2:])
     start, resampled = tuple(crop["box"][:2]), tuple(crop["resampled_shape"])
-    labels = _unresample(window, start, resampled, oriented_hw, num_classes)
-    labels = labels.reshape(s, t, *oriented_hw)
+    label_map = _unresample(window, start, resampled, oriented_hw, num_classes)
+    label_map = label_map.reshape(s, t, *oriented_hw)
     axes = {"S": 0, "H": 2, "W": 3}
     for name in plan["flipped"]:  # flips were made after the transpose: undo them first
-        labels = np.flip(labels, axes[name])
+        label_map = np.flip(label_map, axes[name])
     if plan["transposed"]:
-        labels = labels.swapaxes(2, 3)
-    return np.ascontiguousarray(labels)
+        label_map = label_map.swapaxes(2, 3)
+    return np.ascontiguousarray(label_map)
 
 
 def _unresample(
@@ -38,8 +38,8 @@ def _unresample(
     num_classes: int,
     chunk: int = 64,
 ) -> np.ndarray:
-    """(N, size, size) labels of the crop window at ``start`` of the resampled grid -> (N, h, w)
-    native labels: every class's indicator map sampled bilinearly at the native pixel centres
+    """(N, size, size) label maps of the crop window at ``start`` of the resampled grid -> (N, h, w)
+    native label maps: every class's indicator map sampled bilinearly at the native pixel centres
     (MONAI's and torch's convention: native pixel i sits at (i + 0.5) * h' / h - 0.5), then the
     most likely class. Only native pixels near the window are computed; the rest is background.
     """

@@ -265,7 +265,7 @@ def pretrain_dataset(
             or ``[("runs/cine", 0.8), ("runs/lge", 0.2)]``. Several sets need ``resampled``.
         frames: clip length F; windows wrap cyclically, shorter studies repeat frames.
         splits: keep subjects whose ``meta["split"]`` is one of these (pretraining may use val
-            images without labels; test stays out).
+            images without label maps; test stays out).
         shuffle: clip shuffle buffer length; 0 or 1 keeps the stream order.
         resampled: draw shards with replacement forever (bound it with ``epoch_length``), and
             each clip from set i with probability w_i / sum(w). Otherwise one pass in which

@@ -61,7 +61,7 @@ def take_window(array: np.ndarray, z: int, start: int, frames: int) -> np.ndarra
 
 
 def augmentation(seed: int = 0) -> mt.Compose:
-    """Spatial (affine) and intensity augmentation on (T, H, W) clips, labels nearest; its draws
+    """Spatial (affine) and intensity augmentation on (T, H, W) clips, label maps nearest; its draws
     come from ``seed`` (MONAI's transforms otherwise share one generator seeded at import, so
     the same run would augment differently each time).
 
@@ -88,8 +88,8 @@ def augmentation(seed: int = 0) -> mt.Compose:
 
 
 class LabelledClips(Dataset):
-    """Clips (1, frames, H, W) float in [0, 1] with labels (frames, H, W) from labelled subjects;
-    augmented (when ``augment``) with draws from ``seed``."""
+    """Clips (1, frames, H, W) float in [0, 1] with label maps (frames, H, W) from labelled
+    subjects; augmented (when ``augment``) with draws from ``seed``."""
 
     def __init__(self, subjects: Sequence[dict], frames: int, augment: bool, seed: int = 0) -> None:
         self.subjects, self.frames = list(subjects), frames

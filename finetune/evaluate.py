@@ -58,9 +58,9 @@ def predict_study(
     for b in range(0, len(clips), batch):
         x = torch.from_numpy(np.stack(clips[b : b + batch])).float().div(255)[:, None].to(device)
         logits = model(x)  # (B, K, frames, H, W)
-        labels = logits.argmax(dim=1).cpu().numpy().astype(np.uint8)  # (B, frames, H, W)
+        label_maps = logits.argmax(dim=1).cpu().numpy().astype(np.uint8)  # (B, frames, H, W)
         spread = heart_entropy(logits) if entropy else None  # (B, frames)
-        for j, ((z, idx), lab) in enumerate(zip(where[b : b + batch], labels)):
+        for j, ((z, idx), lab) in enumerate(zip(where[b : b + batch], label_maps)):
             for i, f in enumerate(idx):
                 if not done[z, f]:
                     pred[z, f], done[z, f] = lab[i], True
@@ -121,7 +121,7 @@ def score_subject(pred: np.ndarray, subject: dict, num_classes: int) -> dict:
     nan = {index: float("nan") for index in CLINICAL_INDICES}
     truth, predicted = nan, nan
     if spacing is not None and ed != es:
-        # RV indices only where the truth has an RV at all (not for LV-only labels: Sunnybrook).
+        # RV indices only where the truth has an RV at all (not for LV-only label maps: Sunnybrook).
         rv = num_classes > RV and bool((label == RV).any())
         truth = clinical_indices(label, spacing, ed, es, rv=rv)
         predicted = clinical_indices(pred, spacing, ed, es, rv=rv)
@@ -195,7 +195,7 @@ def evaluate_predictions(
 ) -> dict:
     """Score given predictions {subject key: (S, T, H, W) label map} against labelled subjects.
 
-    Subjects without labels are skipped; a labelled subject without a prediction is an error.
+    Subjects without a label map are skipped; a labelled subject without a prediction is an error.
     The summary covers the structures some subject's truth holds (EMIDEC has no RV: its
     dice_mean is over LV, MYO, infarct and MVO). Returns {"summary": {...}, "subjects": [rows]}.
     """

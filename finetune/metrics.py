@@ -30,7 +30,7 @@ def _known(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Dice of each foreground class over one volume: pred, truth (S, H, W) integer labels.
+    """Dice of each foreground class over one volume: pred, truth (S, H, W) integer label maps.
 
     0 for a class predicted where the truth has none; NaN only for a class absent from both.
     Pixels whose truth is IGNORE (e.g. outside a contour-only label) are left out of both.
@@ -123,10 +123,11 @@ def clinical_indices(
 ) -> dict[str, float]:
     """LV and RV EDV, ESV, SV (ml), EF (%) and LV mass (g) from a label map (S, T, H, W).
 
-    LV mass is the myocardial volume at ED x 1.05 g/ml. rv: whether the labels have an RV class
-    at all (False for LV-only labels such as Sunnybrook: RV indices NaN); None decides from this
-    map (RV anywhere in it), which suits ground truth but not a prediction: pass the truth's
-    answer for those. A frame whose pixels are all IGNORE gives NaN for the indices it feeds.
+    LV mass is the myocardial volume at ED x 1.05 g/ml. rv: whether the label map has an RV
+    class at all (False for LV-only label maps such as Sunnybrook's: RV indices NaN); None
+    decides from this map (RV anywhere in it), which suits ground truth but not a prediction:
+    pass the truth's answer for those. A frame whose pixels are all IGNORE gives NaN for the
+    indices it feeds.
     """
     spacing = tuple(float(s) for s in spacing)
     unlabelled = (label == IGNORE).all(axis=(0, 2, 3))  # (T,)

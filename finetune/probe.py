@@ -208,7 +208,7 @@ class SegProbe(Callback):
         head = LinearSegHead(feats.shape[1], num_classes)
         optimizer = torch.optim.Adam(head.parameters(), lr=self.lr)
         generator = torch.Generator().manual_seed(self.seed)
-        # The loss is taken on a grid 4x finer than the tokens' (nearest labels), not at full
+        # The loss is taken on a grid 4x finer than the tokens' (nearest label maps), not at full
         # resolution: upsampling's backward would cost ~10x the rest of the probe on a CPU.
         step = max(1, y.shape[-1] // (4 * feats.shape[-1]))
         y = y[:, ::step, ::step]

@@ -183,9 +183,11 @@ def measure_package(
         load_s[runtime] = time.perf_counter() - start
     image = phantom_study(slices, frames, config["preprocess"], seed)
     clip = int(config["frames"])
-    labels, seconds, cpu = {}, {r: [] for r in RUNTIMES}, {r: [] for r in RUNTIMES}
+    label_maps, seconds, cpu = {}, {r: [] for r in RUNTIMES}, {r: [] for r in RUNTIMES}
     for runtime in RUNTIMES:  # untimed: lazy initialisation, allocations
-        labels[runtime], _ = predict_study(models[runtime], image, clip, batch=batch, entropy=True)
+        label_maps[runtime], _ = predict_study(
+            models[runtime], image, clip, batch=batch, entropy=True
+        )
     for r in range(rounds):
         for runtime in RUNTIMES if r % 2 == 0 else RUNTIMES[::-1]:
             start, cpu_start = time.perf_counter(), time.process_time()
@@ -212,7 +214,7 @@ def measure_package(
             "cpu_s_per_study": cpu_s,
             "ratio": wall / base_wall,
             "ratio_cpu": cpu_s / base_cpu if base_cpu > 0 else None,
-            "agreement": float(np.mean(labels[runtime] == labels["torch"])),
+            "agreement": float(np.mean(label_maps[runtime] == label_maps["torch"])),
         })  # fmt: skip
     return rows
 

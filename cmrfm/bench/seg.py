@@ -2,7 +2,7 @@
 as a ratio in one run.
 
 Every contender is the model ``finetune.system.SegFinetuner`` builds, trained on one synthetic
-batch (clips (B, 1, T, H, W) in [0, 1], labels (B, T, H, W)) that stays in memory, so data
+batch (clips (B, 1, T, H, W) in [0, 1], label maps (B, T, H, W)) that stays in memory, so data
 loading is not measured. A step is what a fine-tuning step computes: forward, the DiceCE frame
 loss (``finetune.system.frame_loss``), backward, an AdamW step over the system's own parameter
 groups (``configure_optimizers``: only what the protocol trains), zero_grad.
@@ -104,7 +104,7 @@ def bench_seg(
         variants: names ``ARCH[-fsN][-lastK|-linear]`` (:func:`variant_args`); None:
             DEFAULT_VARIANTS.
         frames, size, batch, num_classes: the synthetic batch (batch, 1, frames, size, size)
-            and its labels in 0 .. num_classes - 1.
+            and its label maps in 0 .. num_classes - 1.
         steps, rounds: timed steps per contender and round; rounds alternate the order.
         warmup: untimed steps per contender before the first round.
         threads: torch threads (default 1: one core, as the other benches).
@@ -176,7 +176,7 @@ def bench_seg(
 def make_batch(
     batch: int, frames: int, size: int, num_classes: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded clip (B, 1, T, H, W) in [0, 1] and labels (B, T, H, W) in 0 .. K-1."""
+    """A seeded clip (B, 1, T, H, W) in [0, 1] and label maps (B, T, H, W) in 0 .. K-1."""
     generator = torch.Generator().manual_seed(seed)
     clip = torch.rand(batch, 1, frames, size, size, generator=generator)
     label = torch.randint(0, num_classes, (batch, frames, size, size), generator=generator)

@@ -30,7 +30,7 @@ for _acdc, _ours in ACDC_TO_OURS.items():
 SPLIT_GROUPS = {"acdc-patient076": "acdc-patient074"}
 
 INFO_KEYS = {"ED": int, "ES": int, "Group": str, "Height": float, "NbFrame": int, "Weight": float}
-# What a patient converts without: recorded as unknown (None). ED and ES place the labels.
+# What a patient converts without: recorded as unknown (None). ED and ES place the label maps.
 OPTIONAL_INFO = frozenset({"Group", "Height", "Weight"})
 _UNKNOWN = frozenset({"", "na", "n/a", "nan", "none", "unknown", "?"})
 _PATIENT = re.compile(r"patient\d+")
@@ -96,7 +96,7 @@ def read_patient(folder: Path, cine_4d: bool = True) -> Subject:
     if ed == es:
         raise SourceError(folder / "Info.cfg", f"ED and ES are the same frame ({ed})")
 
-    frames, labels = [], []
+    frames, label_maps = [], []
     for frame in (ed, es):
         path = folder / f"{name}_frame{frame:02d}.nii.gz"
         volume = _read_frame(path)
@@ -110,7 +110,7 @@ def read_patient(folder: Path, cine_4d: bool = True) -> Subject:
                 )
             label = _map_labels(gt.data, gt_path)
         frames.append(volume)
-        labels.append(label)
+        label_maps.append(label)
 
     first, second = frames
     if first.data.shape != second.data.shape:
@@ -137,9 +137,9 @@ def read_patient(folder: Path, cine_4d: bool = True) -> Subject:
         at = (0, 1)
         meta |= {"ed": 0, "es": 1, "frames_source": "ed_es"}
     label = None
-    if any(lab is not None for lab in labels):
+    if any(lab is not None for lab in label_maps):
         label = np.full(image.shape, IGNORE, dtype=np.uint8)
-        for t, lab in zip(at, labels, strict=True):
+        for t, lab in zip(at, label_maps, strict=True):
             if lab is not None:
                 label[:, t] = lab[:, 0]
 

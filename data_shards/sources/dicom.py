@@ -12,7 +12,7 @@ or per cardiac phase: :mod:`.dicom_frames` reads the frames, :mod:`.dicom_series
 one (S, T) grid.
 
 Sunnybrook contours (``IM-0001-NNNN-icontour-manual.txt``, NNNN the InstanceNumber, lines ``x y``
-in pixels) become labels when ``contours`` is given or ``root`` is laid out like Sunnybrook.
+in pixels) become label maps when ``contours`` is given or ``root`` is laid out like Sunnybrook.
 
 Nothing that identifies a patient (names, ids, dates, UIDs, institution, ...) reaches a Subject
 or an error message: ids are salted hashes (:mod:`data_shards.privacy`).

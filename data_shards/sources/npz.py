@@ -134,7 +134,7 @@ def read_npz(
             image = image[None]
         spacing = _spacing(path, archive, fallback)
         label = _label(path, archive, image.shape) if "label" in archive.files else None
-        frames = {name: _frame(path, archive, name, image.shape[1]) for name in ("ed", "es")}
+        phase_frames = {name: _frame(path, archive, name, image.shape[1]) for name in ("ed", "es")}
 
     subject_id = f"npz-{path.stem}"
     meta: dict[str, Any] = {
@@ -143,7 +143,7 @@ def read_npz(
         "split_group": subject_id,
         "input_shape": input_shape,
     }
-    meta |= {name: frame for name, frame in frames.items() if frame is not None}
+    meta |= {name: frame for name, frame in phase_frames.items() if frame is not None}
     return Subject(subject_id, image, label, spacing, meta)
 
 
