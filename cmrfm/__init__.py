@@ -1,6 +1,6 @@
 """cmrfm: foundation models for cardiac MRI (command line, demo and report figures)."""
 
-from cmrfm.shipped import CONFIGS, MODELS
+from cmrfm_io.shipped import CONFIGS, MODELS
 
 __all__ = ["CONFIGS", "MODELS", "__version__"]
 __version__ = "0.1.0"

@@ -1,31 +1,11 @@
-"""The files cmrfm ships beside its code: the YAML configs and the released hub folders.
-
-Both live at the top of the repository (``configs/``, ``models/``), where users edit and read
-them. ``cmrfm/configs`` and ``cmrfm/models`` are symlinks to them, so they are the sub-packages
-``cmrfm.configs`` and ``cmrfm.models``: an editable install reads the repository's folders through
-the links, and a wheel holds copies (``[tool.setuptools.package-data]`` in pyproject.toml).
-Either way ``importlib.resources.files("cmrfm.configs")`` and :data:`CONFIGS` find them.
-"""
+"""The config a ``--config`` names: a file, or a shipped config by name from any folder (the
+shipped folders: :mod:`cmrfm_io.shipped`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from foundation.names import CONFIG_NAME
-
-_HERE = Path(__file__).resolve().parent
-
-
-def _shipped(name: str) -> Path:
-    """``cmrfm/NAME``: a wheel's copy, or a checkout's symlink resolved to the repository's folder
-    (which may not exist yet: ``models/`` before a release). Where git could not make the symlink
-    (Windows without symlink support), it wrote a small text file: then the repository's folder."""
-    packaged = _HERE / name
-    return _HERE.parent / name if packaged.is_file() else packaged.resolve()
-
-
-CONFIGS = _shipped("configs")  # the shipped YAML
-MODELS = _shipped("models")  # released hub folders (config.json, model.safetensors, README.md)
+from cmrfm_io.shipped import CONFIGS
 
 
 def config_path(name: str | Path) -> Path:
@@ -64,20 +44,3 @@ def config_args(argv: list[str]) -> list[str]:
         elif i + 1 < len(out):
             out[i + 1] = str(config_path(out[i + 1]))
     return out
-
-
-def model_path(name: str) -> Path:
-    """The released hub folder ``MODELS/NAME``.
-
-    Raises:
-        FileNotFoundError: it is not there (not released yet, or an install without it); the
-            message names the folder and the way around it.
-    """
-    path = MODELS / name
-    if not (path / CONFIG_NAME).is_file():
-        released = sorted(p.parent.name for p in MODELS.glob("*/config.json"))
-        raise FileNotFoundError(
-            f"no released model {name!r} in {MODELS} (released: {', '.join(released) or 'none'}); "
-            "pass --pretrained HUB_FOLDER_OR_CHECKPOINT, or --pretrained none to train from scratch"
-        )
-    return path

@@ -11,7 +11,7 @@ import torch
 from helpers import DATA
 
 from cmrfm.demo import run_demo
-from cmrfm.shipped import model_path
+from foundation.released import model_path
 from data_shards.writer import read_manifest, verify_manifest
 from foundation.checkpoint import read_checkpoint
 from foundation.weights import backbone_state_dict

@@ -1,5 +1,5 @@
 """Shipped configs and released models: found in a checkout, by name from anywhere, and an absent
-model named in one line (the wheel itself: test_wheel.py)."""
+model named in one line (the wheel itself: test_wheel.py). The folders: cmrfm_io.shipped."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import cmrfm.shipped as shipped
+import cmrfm_io.shipped as shipped
 from cmrfm import CONFIGS
 from cmrfm.cli import main
-from cmrfm.shipped import config_args, config_path, model_path
+from cmrfm.shipped import config_args, config_path
+from foundation.released import model_path
 
 REPO = Path(__file__).resolve().parents[2]
 PHANTOM = CONFIGS / "pretrain_mae_phantom.yaml"
@@ -122,8 +123,8 @@ def test_a_checkout_without_symlinks_falls_back_to_the_top_level_folder(
     (package / "configs").write_text("../configs")  # what git writes without symlink support
     (tmp_path / "models").mkdir()
     (package / "models").symlink_to("../models")
-    monkeypatch.setattr(shipped, "_HERE", package)
-    assert shipped._shipped("configs") == tmp_path / "configs"
-    assert shipped._shipped("models") == (tmp_path / "models").resolve()  # the link, resolved
+    monkeypatch.setattr(shipped, "_PACKAGE", package)
+    assert shipped.shipped_folder("configs") == tmp_path / "configs"
+    assert shipped.shipped_folder("models") == (tmp_path / "models").resolve()  # the link, resolved
     (package / "wheel_copy").mkdir()
-    assert shipped._shipped("wheel_copy") == (package / "wheel_copy").resolve()
+    assert shipped.shipped_folder("wheel_copy") == (package / "wheel_copy").resolve()

@@ -95,7 +95,9 @@ def test_the_installed_cmrfm_is_the_wheel_with_its_configs(installed: dict[str, 
 import importlib.resources, json
 from importlib.util import find_spec
 import cmrfm
-from cmrfm.shipped import MODELS, config_path, model_path
+from cmrfm.shipped import config_path
+from cmrfm_io.shipped import MODELS
+from foundation.released import model_path
 try:
     model_path("no-such-model")
     missing = None

@@ -24,7 +24,7 @@ def test_config_rejects_what_cannot_run(tmp_path: Path):
 
 
 def test_weights_default_to_the_release_and_say_so_when_it_is_absent(tmp_path: Path, monkeypatch):
-    from cmrfm import shipped
+    from cmrfm_io import shipped
 
     monkeypatch.setattr(shipped, "MODELS", tmp_path / "models")
     with pytest.raises(ValueError, match=r"no released model 'cmr-unet-small-cine'.*--pretrained"):

@@ -98,7 +98,7 @@ def test_no_pretrained_is_a_fresh_backbone() -> None:
 def test_a_released_model_loads_by_name_and_none_means_random(tmp_path, monkeypatch) -> None:
     # As timm's pretrained tags: a bare name is a released hub folder (models/NAME); "none" and
     # None start from random weights; a name no release has is named with the ones there are.
-    from cmrfm import shipped
+    from cmrfm_io import shipped
 
     model = trained()
     monkeypatch.setattr(shipped, "MODELS", tmp_path / "models")
