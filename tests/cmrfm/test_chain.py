@@ -11,9 +11,9 @@ import torch
 from helpers import DATA
 
 from cmrfm.demo import run_demo
-from foundation.released import model_path
 from data_shards.writer import read_manifest, verify_manifest
 from foundation.checkpoint import read_checkpoint
+from foundation.released import model_path
 from foundation.weights import backbone_state_dict
 
 SHARED_ACDC = DATA / "acdc" / "training"
