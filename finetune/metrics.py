@@ -107,15 +107,15 @@ def hd95_undefined(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dic
 
 
 def lv_ef(
-    label: np.ndarray, spacing: tuple[float, float, float], ed: int, es: int
+    label_map: np.ndarray, spacing: tuple[float, float, float], ed: int, es: int
 ) -> dict[str, float]:
     """LV EDV, ESV (ml) and EF (%) from a label map (S, T, H, W) at frames ed and es."""
-    vols = volumes_ml(label, spacing, cls=LV)
+    vols = volumes_ml(label_map, spacing, cls=LV)
     return {"edv": vols[ed], "esv": vols[es], "ef": ejection_fraction(vols[ed], vols[es])}
 
 
 def clinical_indices(
-    label: np.ndarray,
+    label_map: np.ndarray,
     spacing: Sequence[float],
     ed: int,
     es: int,
@@ -130,16 +130,16 @@ def clinical_indices(
     indices it feeds.
     """
     spacing = tuple(float(s) for s in spacing)
-    unlabelled = (label == IGNORE).all(axis=(0, 2, 3))  # (T,)
+    unlabelled = (label_map == IGNORE).all(axis=(0, 2, 3))  # (T,)
 
     def vols(cls: int) -> np.ndarray:
-        return np.where(unlabelled, np.nan, volumes_ml(label, spacing, cls))
+        return np.where(unlabelled, np.nan, volumes_ml(label_map, spacing, cls))
 
     if rv is None:
-        rv = bool((label == RV).any())
+        rv = bool((label_map == RV).any())
     out: dict[str, float] = {}
     for name, cls, present in (("lv", LV, True), ("rv", RV, rv)):
-        v = vols(cls) if present else np.full(label.shape[1], np.nan)
+        v = vols(cls) if present else np.full(label_map.shape[1], np.nan)
         edv, esv = float(v[ed]), float(v[es])
         out |= {f"{name}_edv": edv, f"{name}_esv": esv, f"{name}_sv": edv - esv}
         out[f"{name}_ef"] = ejection_fraction(edv, esv) if present else float("nan")
@@ -147,11 +147,11 @@ def clinical_indices(
     return {k: out[k] for k in CLINICAL_INDICES}
 
 
-def scar_extent(label: np.ndarray, frame: int) -> dict[str, float]:
+def scar_extent(label_map: np.ndarray, frame: int) -> dict[str, float]:
     """Infarct (MVO included) and MVO as % of the LV myocardium (myo + infarct + MVO) in one
     frame of a label map (S, T, H, W): voxel counts, so no spacing is needed. NaN without
     myocardium (or where the frame is all IGNORE)."""
-    lab = label[:, frame]
+    lab = label_map[:, frame]
     infarct, mvo = int((lab == INFARCT).sum()), int((lab == MVO).sum())
     wall = int((lab == MYO).sum()) + infarct + mvo
     if wall == 0:
