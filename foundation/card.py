@@ -262,7 +262,8 @@ def _fewshot_lines(rows: Sequence[Mapping[str, Any]], metric: str = "dice_mean")
         r = cell.get((method, n))
         if r is None:
             return "–"
-        std = float(r["std"]) if r.get("std") not in (None, "") else float("nan")
+        one_run = str(r.get("runs", "")) == "1"  # summary.csv gives it a std of 0: none shown
+        std = float("nan") if one_run or r.get("std") in (None, "") else float(r["std"])
         return f"{float(r['mean']):.3f}" + ("" if std != std else f" ± {std:.3f}")
 
     where = next(

@@ -486,7 +486,7 @@ def _fewshot_summary(folder: Path) -> Path:
     fewshot.write_text(
         "metric,method,labels,n,mean,std,runs\n"
         "dice_mean,pretrained,1,1,0.5,0.1,3\ndice_mean,unet,1,1,0.4,0.2,3\n"
-        "dice_mean,unet,all,80,0.88,,1\ndice_lv,unet,1,1,0.9,0.0,3\n"
+        "dice_mean,unet,all,80,0.88,0.0,1\ndice_lv,unet,1,1,0.9,0.0,3\n"  # one run: std 0.0
     )
     (folder / "config.json").write_text('{"shards": "runs/real/acdc", "eval_split": "test"}')
     return fewshot
