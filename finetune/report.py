@@ -163,9 +163,7 @@ def markdown(
             for m in present:
                 hit = [c for c in grouped[m] if c[0] == n]
                 mark = " ⚠" if (m, n) in flagged else ""
-                cells.append(
-                    f"{hit[0][2]:.3f} ± {hit[0][3]:.3f} ({hit[0][4]}){mark}" if hit else ""
-                )
+                cells.append(f"{_mean_cell(hit[0][2], hit[0][3], hit[0][4])}{mark}" if hit else "")
             label = f"{n} (all)" if spec == "all" else str(n)
             parts.append(f"| {label} | " + " | ".join(cells) + " |")
         if bad:
@@ -194,9 +192,15 @@ def _margin_table(results: Sequence[dict], metric: str, baseline: str) -> str:
         ]
         diffs = [d for d in diffs if d is not None and np.isfinite(d)]
         if diffs:
-            std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
-            lines.append(f"| {n} | {np.mean(diffs):+.3f} ± {std:.3f} ({len(diffs)}) |")
+            std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
+            lines.append(f"| {n} | {_mean_cell(float(np.mean(diffs)), std, len(diffs), '+')} |")
     return "\n".join(lines)
+
+
+def _mean_cell(mean: float, std: float, runs: int, sign: str = "") -> str:
+    """``mean ± std (runs)``; one run has no spread to show: ``mean (1)``."""
+    spread = "" if runs == 1 else f" ± {std:.3f}"
+    return f"{mean:{sign}.3f}{spread} ({runs})"
 
 
 def plot_curves(out: Path, results: Sequence[dict], metrics: Sequence[str]) -> list[Path]:

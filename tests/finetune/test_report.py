@@ -44,6 +44,13 @@ def test_markdown_pairs_pretrained_and_scratch_by_seed():
     assert "| 1 | +0.100 ± 0.000 (3) |" in text  # the same seed's draw: differences pair up
 
 
+def test_one_run_shows_its_value_without_a_spread():
+    rows = [r for r in _rows() if r["seed"] == 0]  # one seed: as N = all is run
+    text = markdown(rows, "seg", ["dice_mean"], ["pretrained", "scratch"])
+    assert "| 1 | 0.610 (1) | 0.510 (1) |" in text and "| 1 | +0.100 (1) |" in text
+    assert "± 0.000 (1)" not in text
+
+
 def test_pretrained_is_paired_with_the_unet_too_when_scratch_was_not_run():
     rows = [r | {"method": "unet"} if r["method"] == "scratch" else r for r in _rows()]
     rows[-1]["dice_mean"] += 0.06  # unet, N=5, seed 2: one pair differs
