@@ -126,6 +126,7 @@ def main() -> None:
             result["loader"].append({"flags": flags, "result": json.loads(path.read_text())})
     result["load_after"] = os.getloadavg()
     (out / "timings.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "timings.md").write_text(markdown(result))
     print(
         f"-> {out / 'timings.json'}; load before {result['load_before']}, after {result['load_after']}"
     )
@@ -164,6 +165,54 @@ def predict_part(cmrfm: list[str], out: Path, packages: list[Path]) -> dict:
         )
         rows[str(package)] = row
     return rows
+
+
+def markdown(result: dict) -> str:
+    """The figures the README quotes, as tables: seconds per shard folder, predict's own seconds
+    (model, loading it) and wall time per package and study, start-up, loader clips/s."""
+    lines = [
+        f"# README timings, {result['date']} at {result['commit']}",
+        f"1-min load before {result['load_before'][0]:.2f}, after {result['load_after'][0]:.2f}",
+    ]
+    if "shard" in result:
+        lines += ["", "| data | seconds |", "|---|---|"]
+        lines += [f"| {name} | {sec:.1f} |" for name, sec in result["shard"].items()]
+    for package, row in result.get("predict", {}).items():
+        lines += [
+            "",
+            f"predict, `{package}`:",
+            "",
+            "| study | total (model, load) | wall |",
+            "|---|---|---|",
+        ]
+        for study, cell in row.items():
+            if isinstance(cell, dict):
+                sec = cell["seconds"]
+                lines.append(
+                    f"| {study} | {sec['total']:.1f} s ({sec['model']:.1f}, "
+                    f"{sec['load_model']:.1f}) | {cell['wall']:.1f} s |"
+                )
+            else:
+                lines.append(f"| {study} | | {cell:.1f} s |")
+    if "start" in result:
+        lines += ["", "| start-up case | median s |", "|---|---|"]
+        lines += [
+            f"| {r['case']} ({r['timed']}) | {r['median_s']:.2f} |" for r in result["start"]["rows"]
+        ]
+    for run in result.get("loader", []):
+        lines += [
+            "",
+            f"`cmrfm bench loader {' '.join(run['flags'])}`:",
+            "",
+            "| workers | shards clips/s | plain clips/s | ratio |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['workers']} | {r['shards']['clips_per_s']:.0f} | "
+            f"{r['plain']['clips_per_s']:.0f} | {r['ratio']:.2f} |"
+            for r in run["result"]["runs"]
+        ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
