@@ -78,7 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     out = args.out
-    shutil.rmtree(out, ignore_errors=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / "logs").is_dir():
+        sys.exit(f"{out} holds other files: give an empty or new --out (this one is replaced)")
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run of this script
     (out / "logs").mkdir(parents=True)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
