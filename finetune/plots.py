@@ -76,7 +76,8 @@ def _series(table: Mapping[str, Sequence[Sequence]] | Sequence[Mapping], metric:
         grouped: dict[str, list] = {}
         for row in table:
             mean = row.get(f"{metric}_mean", row.get("mean"))
-            std = row.get(f"{metric}_std", row.get("std", 0.0))
+            std = row.get(f"{metric}_std", row.get("std"))
+            std = float("nan") if std in (None, "") else std  # one run: no spread
             if mean is None:
                 raise KeyError(f"result row {dict(row)} has neither {metric}_mean nor mean")
             grouped.setdefault(str(row["method"]), []).append((row["n"], float(mean), float(std)))

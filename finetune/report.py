@@ -100,7 +100,8 @@ def write_report(
 def group_rows(
     rows: Sequence[dict], metric: str
 ) -> dict[str, list[tuple[int, str, float, float, int]]]:
-    """method -> [(n, label spec, mean, std, runs)] of one metric over seeds, sorted by n."""
+    """method -> [(n, label spec, mean, std, runs)] of one metric over seeds, sorted by n; one run
+    has no spread: its std is NaN (written as an empty cell in summary.csv)."""
     cells: dict[tuple[str, int, str], list[float]] = defaultdict(list)
     for r in rows:
         value = r.get(metric)
@@ -108,7 +109,7 @@ def group_rows(
             cells[(r["method"], r["n"], r["labels"])].append(float(value))
     out: dict[str, list] = defaultdict(list)
     for (method, n, spec), values in sorted(cells.items(), key=lambda kv: kv[0][1]):
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
         out[method].append((n, spec, float(np.mean(values)), std, len(values)))
     return dict(out)
 
@@ -137,7 +138,7 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**r, "std": "" if np.isnan(r["std"]) else r["std"]} for r in rows)
 
 
 def markdown(
@@ -198,8 +199,8 @@ def _margin_table(results: Sequence[dict], metric: str, baseline: str) -> str:
 
 
 def _mean_cell(mean: float, std: float, runs: int, sign: str = "") -> str:
-    """``mean ± std (runs)``; one run has no spread to show: ``mean (1)``."""
-    spread = "" if runs == 1 else f" ± {std:.3f}"
+    """``mean ± std (runs)``; a NaN std (one run has no spread) shows as ``mean (1)``."""
+    spread = "" if np.isnan(std) else f" ± {std:.3f}"
     return f"{mean:{sign}.3f}{spread} ({runs})"
 
 

@@ -262,7 +262,8 @@ def _fewshot_lines(rows: Sequence[Mapping[str, Any]], metric: str = "dice_mean")
         r = cell.get((method, n))
         if r is None:
             return "–"
-        one_run = str(r.get("runs", "")) == "1"  # summary.csv gives it a std of 0: none shown
+        # one run has no spread: an empty std (summaries before 2026-12-05 wrote 0 for it)
+        one_run = str(r.get("runs", "")) == "1"
         std = float("nan") if one_run or r.get("std") in (None, "") else float(r["std"])
         return f"{float(r['mean']):.3f}" + ("" if std != std else f" ± {std:.3f}")
 

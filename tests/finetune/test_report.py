@@ -3,6 +3,8 @@ and pretrained-minus-scratch pairs runs by seed."""
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,18 @@ def test_plausible_values_raise_no_flag():
     text = markdown(_rows(), "seg", ["dice_mean"], ["pretrained", "scratch"])
     assert "⚠" not in text
     assert implausible_runs(_rows(), "dice_mean") == []
+
+
+def test_one_run_has_no_std_and_summary_csv_leaves_the_cell_empty(tmp_path):
+    from finetune.report import write_report
+    from finetune.results import write_jsonl
+
+    runs = [r for r in _rows() if r["seed"] == 0 or r["n"] == 5]  # N = 1: one run, N = 5: three
+    write_jsonl(tmp_path / "results.jsonl", runs)
+    write_jsonl(tmp_path / "subjects.jsonl", [])
+    grouped = group_rows([r for r in _rows() if r["seed"] == 0], "dice_mean")
+    assert np.isnan(grouped["pretrained"][0][3])
+    write_report(tmp_path, "seg", ["dice_mean"], ["pretrained", "scratch"])
+    with (tmp_path / "summary.csv").open() as f:
+        std = {(r["method"], r["n"]): r["std"] for r in csv.DictReader(f)}
+    assert std[("pretrained", "1")] == "" and float(std[("pretrained", "5")]) > 0
