@@ -245,7 +245,10 @@ class SegProbe(Callback):
         self._load()  # missing or unlabelled shards stop the run here, before any training
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._probe(trainer, pl_module)  # step 0 of a fresh run: the random initialisation
+        # step 0 of a fresh run (the random initialisation), or a resume at a probe step whose
+        # probe the killed run had not written; a resume between probe steps adds no point
+        if trainer.global_step % self.every_n_steps == 0:
+            self._probe(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any):
         if trainer.global_step % self.every_n_steps == 0:

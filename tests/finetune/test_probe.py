@@ -121,8 +121,8 @@ def shards(make_phantom_shards) -> Path:
     return make_phantom_shards(n=6, slices=2)
 
 
-def make_probe(shards: Path, tap: str | None = None) -> SegProbe:
-    return SegProbe(str(shards), labels=2, every_n_steps=2, steps=20, eval_split="train",
+def make_probe(shards: Path, tap: str | None = None, every: int = 2) -> SegProbe:
+    return SegProbe(str(shards), labels=2, every_n_steps=every, steps=20, eval_split="train",
                     max_eval_subjects=2, tap=tap)  # fmt: skip
 
 
@@ -146,6 +146,13 @@ def test_a_resumed_run_keeps_the_curve_of_its_checkpoint(shards: Path, tmp_path:
     pretrain(shards, tmp_path, 6, probe, ckpt=tmp_path / "step=2.ckpt")
     assert [r["step"] for r in probe.history] == [0, 2, 4, 6]  # 0 and 2 from the checkpoint
     assert [r["step"] for r in read_history(tmp_path / PROBE_CSV)] == [0, 2, 4, 6]
+
+
+def test_a_run_resumed_between_probes_adds_no_point_off_the_grid(shards: Path, tmp_path: Path):
+    pretrain(shards, tmp_path, 2, make_probe(shards, every=4))  # checkpoint at step 2, no probe
+    probe = make_probe(shards, every=4)
+    pretrain(shards, tmp_path, 6, probe, ckpt=tmp_path / "step=2.ckpt")
+    assert [r["step"] for r in probe.history] == [0, 4, 6]  # not 2: a resume is no probe step
 
 
 UNET = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1, "features": 4}
