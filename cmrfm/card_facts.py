@@ -13,6 +13,7 @@ from typing import Any
 
 from cmrfm_io.files import sha256_file
 from data_shards.preprocess import PreprocessConfig
+from finetune.report import scored_on
 from foundation.datasets import detect_datasets
 from foundation.training_checkpoint import TrainingCheckpoint
 from foundation.vit import MODALITIES
@@ -147,16 +148,15 @@ def read_probe_rows(path: Path | None) -> list[dict[str, Any]] | None:
 
 def read_fewshot_rows(path: Path | None) -> list[dict[str, Any]] | None:
     """A few-shot summary.csv's rows, each with the ``dataset`` (its shards folder's name) and
-    ``split`` it was scored on, from the benchmark's config.json beside it ("" when absent)."""
+    ``split`` it was scored on: the row's own (summaries since 2026-12-05), else from the
+    benchmark's config.json beside it ("" when absent)."""
     rows = read_csv_rows(path)
     if rows is None:
         return None
     if not {"metric", "method", "labels", "mean"} <= set(rows[0]):
         raise ValueError(f"{path}: not a few-shot summary.csv (needs metric, method, labels, mean)")
-    config = beside(path, "config.json")
-    setup = json.loads(config.read_text()) if config is not None else {}
-    where = {"dataset": Path(setup.get("shards") or "").name, "split": setup.get("eval_split", "")}
-    return [row | where for row in rows]
+    where = scored_on(Path(path).parent)
+    return [row | {k: v for k, v in where.items() if not row.get(k)} for row in rows]
 
 
 def beside(path: Path, name: str) -> Path | None:

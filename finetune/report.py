@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -83,9 +84,11 @@ def implausible_runs(results: Sequence[dict], metric: str) -> list[tuple[str, fl
 def write_report(
     out: Path, task: str, metrics: Sequence[str], methods: Sequence[str]
 ) -> list[dict]:
-    """summary.csv, summary.md and PNGs in out/; returns the summary rows."""
+    """summary.csv, summary.md and PNGs in out/; returns the summary rows. Each row names the
+    data it was scored on (``dataset``, the shards folder, and ``split``, from out/config.json),
+    so a summary.csv copied elsewhere still says what it measured."""
     results = read_jsonl(out / "results.jsonl")
-    rows = summary_rows(results, metrics)
+    rows = [row | scored_on(out) for row in summary_rows(results, metrics)]
     _write_csv(out / "summary.csv", rows)
     (out / "summary.md").write_text(markdown(results, task, metrics, methods))
     plot_curves(out, results, metrics)
@@ -133,8 +136,17 @@ def summary_rows(results: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
     return rows
 
 
+def scored_on(out: Path) -> dict[str, str]:
+    """The benchmark folder's shards name and evaluation split ("" for a folder without
+    config.json)."""
+    config = out / "config.json"
+    setup = json.loads(config.read_text()) if config.is_file() else {}
+    return {"dataset": Path(setup.get("shards") or "").name, "split": setup.get("eval_split", "")}
+
+
 def _write_csv(path: Path, rows: Sequence[dict]) -> None:
     fields = ["metric", "method", "labels", "n", "mean", "std", "runs", "unit", "implausible"]
+    fields += ["dataset", "split"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

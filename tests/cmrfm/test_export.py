@@ -519,6 +519,18 @@ def test_the_card_shows_the_probe_curve_and_the_few_shot_table(lightning_run, tm
     assert out / "probe.png" in check_hub_folder(out)  # published with the folder
 
 
+def test_a_summary_that_names_its_data_needs_no_config_beside_it(lightning_run, tmp_path):
+    fewshot = tmp_path / "fewshot_seg_acdc.csv"  # as committed under benchmarks/
+    fewshot.write_text(
+        "metric,method,labels,n,mean,std,runs,unit,implausible,dataset,split\n"
+        "dice_mean,pretrained,1,1,0.5,0.1,3,,0,acdc,test\n"
+    )
+    export(lightning_run[0], tmp_path / "hub", fewshot=fewshot)
+    card = (tmp_path / "hub" / CARD_NAME).read_text()
+    [entry] = ModelCard(card).data.to_dict()["model-index"][0]["results"]
+    assert entry["dataset"] == {"name": "acdc (test)", "type": "acdc", "split": "test"}
+
+
 def test_a_released_folder_gains_its_few_shot_table_as_export_would_have_written_it(
     lightning_run, tmp_path, capsys
 ) -> None:

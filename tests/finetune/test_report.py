@@ -90,16 +90,20 @@ def test_plausible_values_raise_no_flag():
     assert implausible_runs(_rows(), "dice_mean") == []
 
 
-def test_one_run_has_no_std_and_summary_csv_leaves_the_cell_empty(tmp_path):
+def test_summary_csv_leaves_one_runs_std_empty_and_names_the_data_scored(tmp_path):
     from finetune.report import write_report
     from finetune.results import write_jsonl
 
     runs = [r for r in _rows() if r["seed"] == 0 or r["n"] == 5]  # N = 1: one run, N = 5: three
     write_jsonl(tmp_path / "results.jsonl", runs)
     write_jsonl(tmp_path / "subjects.jsonl", [])
+    (tmp_path / "config.json").write_text('{"shards": "runs/real/acdc", "eval_split": "test"}')
     grouped = group_rows([r for r in _rows() if r["seed"] == 0], "dice_mean")
     assert np.isnan(grouped["pretrained"][0][3])
     write_report(tmp_path, "seg", ["dice_mean"], ["pretrained", "scratch"])
     with (tmp_path / "summary.csv").open() as f:
-        std = {(r["method"], r["n"]): r["std"] for r in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    std = {(r["method"], r["n"]): r["std"] for r in rows}
     assert std[("pretrained", "1")] == "" and float(std[("pretrained", "5")]) > 0
+    # each row names what it was scored on, so the file says it away from its folder too
+    assert {(r["dataset"], r["split"]) for r in rows} == {("acdc", "test")}
