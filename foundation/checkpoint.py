@@ -7,6 +7,8 @@ the architecture the hyper-parameters record. Loading those weights into a model
 from __future__ import annotations
 
 import inspect
+import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,8 +53,28 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, not a checkpoint, or unsafe pickle content
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: cannot read as a Lightning checkpoint ({first})") from err
+        raise ValueError(
+            f"{path}: cannot read as a Lightning checkpoint ({_why(path, err)})"
+        ) from err
+
+
+def _why(path: Path, err: Exception) -> str:
+    """What is wrong with a file torch.load refused, in words that do not suggest loading it
+    unsafely (torch's own message for a refused pickle advises ``weights_only=False``)."""
+    if not zipfile.is_zipfile(path):  # torch has saved zip archives since 1.6, Lightning too
+        return (
+            "not a PyTorch checkpoint: no zip archive, so a truncated or damaged copy or "
+            "another kind of file"
+        )
+    if isinstance(err, pickle.UnpicklingError):
+        said = [ln for ln in str(err).splitlines() if "WeightsUnpickler error:" in ln]
+        what = said[0].split("error:", 1)[1].split(". Please")[0].strip() if said else ""
+        return (
+            "it holds objects other than tensors and plain values, which cmrfm does not unpickle "
+            "since that could run code" + (f": {what}" if what else "")
+        )
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def restore(cls: type[M], path: Path, **overrides: Any) -> tuple[M, dict[str, Any]]:

@@ -75,6 +75,30 @@ def test_non_checkpoint_file_names_the_file(tmp_path) -> None:
         load_backbone_weights(create_backbone("cmr_vit_test", patch_size=8), path)
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"this is not a checkpoint\n", "not a PyTorch checkpoint"),
+        (None, "not a PyTorch checkpoint"),  # a real checkpoint cut in half
+        (Payload, "objects other than tensors and plain values, which cmrfm does not unpickle"),
+    ],
+)
+def test_an_unreadable_checkpoint_is_described_without_advice_to_load_it_unsafely(
+    tmp_path, content, said
+) -> None:
+    path = tmp_path / "model.ckpt"
+    if content is Payload:
+        save_pretraining_checkpoint(path, payload=Payload())
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(64)}}, path)
+        whole = path.read_bytes()
+        path.write_bytes(content if content is not None else whole[: len(whole) // 2])
+    with pytest.raises(ValueError) as error:
+        read_checkpoint(path)
+    assert str(error.value).startswith(f"{path}: cannot read as a Lightning checkpoint")
+    assert said in str(error.value) and "weights_only" not in str(error.value)
+
+
 def test_missing_checkpoint_raises_file_not_found(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"absent\.ckpt"):
         load_backbone_weights(
