@@ -140,12 +140,24 @@ class FewShotBenchmark:
         # the run's own fields win: a metric dict may hold its own "n" (subjects scored)
         return row | base, _tag_subjects(subjects, base)
 
-    def _system_args(self, run: Run) -> dict[str, Any]:
-        spec = dict(METHODS[self.cfg.task][run.method])
+    def _system_args(self, run: Run, task: str | None = None) -> dict[str, Any]:
+        """The system's constructor arguments for run (a method of ``task``, default the
+        benchmark's): shared model arguments, the method's own, weights if it starts from them."""
+        spec = dict(METHODS[task or self.cfg.task][run.method])
         from_weights = spec.pop("from_weights", False)
         args = {**self.cfg.model, **spec, **self.cfg.method_args.get(run.method, {})}
         args["pretrained"] = self.cfg.pretrained if from_weights else None
         return args
+
+    def check_weights(self) -> None:
+        """Build every network that starts from cfg.pretrained once, before any run: weights that
+        cannot be read or do not fit the configured network are refused now (ValueError naming
+        the file), not when that method's first run comes up, maybe hours in."""
+        from finetune.system import SegFinetuner, SubjectFinetuner
+
+        for task, method in self.cfg.weighted():  # task "seg" for the seg_method's segmenter
+            args = self._system_args(Run(method, "1", 1, 0), task)
+            _ = SegFinetuner(**args) if task == "seg" else SubjectFinetuner(**args, task=task)
 
     def _seg(self, run: Run, drawn: list[dict]) -> tuple[dict, list[dict]]:
         preds, info, system = self._train_segmenter(run, drawn)
@@ -348,6 +360,7 @@ class FewShotBenchmark:
 
     def run(self) -> list[dict]:
         """Every run not yet in results.jsonl, then the summary files; returns the summary rows."""
+        self.check_weights()
         done = self._prepare_out()
         draws = {f"n{r.n}_s{r.seed}": [s["key"] for s in self.draw(r)] for r in self.runs()}
         (self.out / "draws.json").write_text(json.dumps(draws, indent=1) + "\n")

@@ -39,6 +39,9 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         "radiomics": {},
     },
 }
+# Methods that score the segmentation method's (seg_method) label maps: read from seg_from, or
+# that segmenter is trained here.
+SEG_REUSE = ("from_seg", "radiomics")
 DEFAULT_METHODS = {
     "seg": ["pretrained", "scratch", "unet"],
     "ef": ["pretrained", "scratch", "from_seg"],
@@ -111,14 +114,29 @@ class FewShotConfig:
             raise ValueError(f"budget_s must be > 0, got {self.budget_s}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1 (or null for the time budget), got {self.steps}")
-        if any(METHODS[self.task][m].get("from_weights") for m in self.methods):
+        if self.seg_method not in METHODS["seg"]:
+            raise ValueError(
+                f"seg_method {self.seg_method!r} is not a seg method; known: "
+                f"{', '.join(METHODS['seg'])}"
+            )
+        if self.weighted():
             self._check_weights()
         self._check_model_keys()
+
+    def weighted(self) -> list[tuple[str, str]]:
+        """(task, method) of every network here that starts from ``pretrained``: the task's own
+        methods, and the seg_method's segmenter, which from_seg and radiomics train when seg_from
+        is not given or lacks a run's label maps."""
+        own = [(self.task, m) for m in self.methods if METHODS[self.task][m].get("from_weights")]
+        reuses_seg = any(m in SEG_REUSE for m in self.methods)
+        if reuses_seg and METHODS["seg"][self.seg_method].get("from_weights"):
+            own.append(("seg", self.seg_method))
+        return own
 
     def _check_weights(self) -> None:
         """Methods that start from weights get cmrfm's release when none are named; "none" and
         weights that are not there are refused now, not after hours of other runs."""
-        weighted = [m for m in self.methods if METHODS[self.task][m].get("from_weights")]
+        weighted = [m if t == self.task else f"{m} (the seg_method)" for t, m in self.weighted()]
         if self.pretrained in (None, ""):
             self.pretrained = DEFAULT_RELEASE
         if self.pretrained == NO_WEIGHTS:
@@ -154,7 +172,7 @@ class FewShotConfig:
         subject = SubjectFinetuner if self.task != "seg" else SegFinetuner
         given = [("model", self.model, arguments(SegFinetuner, SubjectFinetuner))]
         given += [(f"method_args.{m}", a, arguments(subject)) for m, a in self.method_args.items()
-                  if m in METHODS[self.task] and m not in ("from_seg", "radiomics")]  # fmt: skip
+                  if m in METHODS[self.task] and m not in SEG_REUSE]  # fmt: skip
         for where, args, names in given:
             for key in args:
                 if key not in names:

@@ -86,7 +86,12 @@ def _fewshot(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    bench = FewShotBenchmark(cfg)
+    try:  # shards without labelled subjects, weights that cannot be read or do not fit
+        bench = FewShotBenchmark(cfg)
+        if not args.rescore:
+            bench.check_weights()
+    except ValueError as error:  # the user's to fix before any run: one line, exit 2
+        fail("fewshot", error)
     if args.rescore:
         bench.rescore()
     else:

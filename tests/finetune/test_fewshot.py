@@ -51,6 +51,32 @@ def _config(shards: Path, out: Path, **kw) -> FewShotConfig:
     return FewShotConfig(**(base | kw))
 
 
+def test_weights_that_do_not_fit_are_refused_before_any_run(shards: Path, hub: Path, tmp_path):
+    # hub holds patch-8 weights; the benchmark's network is patch 16: refused at the start,
+    # naming the folder, not when the pretrained method's first run comes up
+    cfg = _config(shards, tmp_path / "out", methods=["unet", "pretrained"], pretrained=str(hub))
+    cfg.model = cfg.model | {"patch_size": 16}
+    bench = FewShotBenchmark(cfg)
+    with pytest.raises(ValueError, match=str(hub.name)):
+        bench.run()
+    assert not (tmp_path / "out" / "results.jsonl").exists()  # not even the unet runs
+
+
+def test_a_checkpoint_that_cannot_be_read_stops_the_command_in_one_line(shards, tmp_path, capsys):
+    from cmrfm.cli import main
+
+    bad = tmp_path / "copied.ckpt"
+    bad.write_bytes(b"PK\x03\x04 half of a zip archive")  # a copy cut short
+    with pytest.raises(SystemExit) as stop:
+        main(["fewshot", "--shards", str(shards), "--methods", "pretrained", "--pretrained",
+              str(bad), "--labels", "1", "--seeds", "1", "--steps", "1", "--eval-split", "test",
+              "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert f"{bad}: cannot read as a Lightning checkpoint (not a PyTorch checkpoint" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluation_split_is_disjoint_from_every_draw(shards: Path, tmp_path: Path):
     bench = FewShotBenchmark(_config(shards, tmp_path, methods=["unet"]))
     eval_keys = {s["key"] for s in bench.eval}
@@ -253,6 +279,9 @@ def test_command_line_flags_reach_the_config(tmp_path: Path, monkeypatch) -> Non
     class Capture:
         def __init__(self, cfg: FewShotConfig) -> None:
             seen.append(cfg)
+
+        def check_weights(self) -> None:
+            pass
 
         def run(self) -> None:
             pass

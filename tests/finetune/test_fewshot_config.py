@@ -21,6 +21,19 @@ def test_config_rejects_what_cannot_run(tmp_path: Path):
         FewShotConfig(methods=["pretrained", "unet"], pretrained="none")
     with pytest.raises(ValueError, match="no such checkpoint or hub folder"):  # before any run
         FewShotConfig(methods=["pretrained"], pretrained=str(tmp_path / "gone.ckpt"))
+    with pytest.raises(ValueError, match="seg_method 'pretrain' is not a seg method"):
+        FewShotConfig(task="cls", methods=["radiomics"], seg_method="pretrain")
+
+
+def test_radiomics_and_from_seg_train_their_segmenter_from_the_weights_it_is_named_for():
+    # the seg_method's segmenter is trained here when seg_from is not given or lacks a run's
+    # label maps: from the release, as its name says, and not from random weights
+    for task, method, seg_from in (("cls", "radiomics", None), ("ef", "from_seg", "runs/seg")):
+        cfg = FewShotConfig(task=task, methods=[method], seg_from=seg_from)
+        assert cfg.weighted() == [("seg", "pretrained")]
+        assert cfg.pretrained == "cmr-unet-small-cine"
+    unet_masks = FewShotConfig(task="cls", methods=["radiomics"], seg_method="unet")
+    assert unet_masks.weighted() == [] and unet_masks.pretrained is None
 
 
 def test_weights_default_to_the_release_and_say_so_when_it_is_absent(tmp_path: Path, monkeypatch):
