@@ -74,6 +74,38 @@ class ResumeError(Exception):
     """``--resume`` or ``--extend-to`` cannot be honoured; the message names the paths and the fix."""
 
 
+class BuildError(Exception):
+    """Building the config's model or data failed with one of our own errors (weights that
+    cannot be read or do not fit, a shard folder that is not there): its message, which names
+    the file, without jsonargparse's wrapping of it."""
+
+
+OUR_PACKAGES = ("cmrfm", "cmrfm_io", "data_shards", "foundation", "finetune", "pretext")
+
+
+def _our_error(error: BaseException) -> BaseException | None:
+    """The first ValueError or FileNotFoundError in error's chain that our packages raised."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        err = todo.pop(0)
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ValueError | FileNotFoundError) and _raised_in(err, OUR_PACKAGES):
+            return err
+        todo += [err.__cause__, err.__context__]
+    return None
+
+
+def _raised_in(error: BaseException, packages: Sequence[str]) -> bool:
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = "" if tb is None else str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module.split(".")[0] in packages
+
+
 def _logs_follow_out(argv: Sequence[str]) -> list[str]:
     """With ``--out DIR``, the config's logger (one ``class_path`` logger: CSV, TensorBoard,
     wandb) writes under DIR too, so one folder holds the run's checkpoints and logs; a
@@ -138,15 +170,21 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     check_argv_keys(args, configs)  # command-line typos too, before LightningCLI's usage dump
     # `cmrfm demo` calls this in-process; LightningCLI would warn that sys.argv differs from args.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    cli = LightningCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-    )
+    try:
+        cli = LightningCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            run=False,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+        )
+    except Exception as error:  # jsonargparse wraps what building the model raised
+        ours = _our_error(error)
+        if ours is None:
+            raise
+        raise BuildError(str(ours)) from error
     cli.trainer.callbacks.extend(log_file_progress())
     use_stream_bar(cli.trainer)
     ckpt = None if resume is None else resume_checkpoint(cli.trainer, resume, extend_to)

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     quiet_third_party()
     if argv and argv[0] in TRAINING:
         from cmrfm.config_keys import ConfigError
-        from cmrfm.train import ResumeError, ShortcutError, run_training
+        from cmrfm.train import BuildError, ResumeError, ShortcutError, run_training
 
         rest = argv[1:]
         if "--help" in rest or "-h" in rest:  # ours first, at once; then Lightning's (slow)
@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             path = run_training(config_args(rest))  # --config NAME: a shipped one too
         except (
+            BuildError,
             ConfigError,
             ResumeError,
             ShortcutError,

@@ -378,6 +378,22 @@ def test_a_missing_shard_folder_is_one_line_naming_it(
     assert error == f"cmrfm {command}: error: {missing}: no such shard folder or shard file\n"
 
 
+def test_weights_that_cannot_be_read_stop_finetune_in_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from cmrfm.cli import main
+
+    bad = tmp_path / "copied.ckpt"
+    bad.write_bytes(b"PK\x03\x04 a checkpoint cut short")
+    with pytest.raises(SystemExit) as exit:
+        main(["finetune", "--config", "finetune_seg_phantom", "--pretrained", str(bad),
+              "--max-steps", "2", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"cmrfm finetune: error: {bad}: cannot read as a Lightning checkpoint")
+    assert error.count("\n") == 1  # not jsonargparse's wrapping of it, nor a traceback
+
+
 def test_extend_to_trains_a_finished_run_on_with_the_schedule_resized(
     phantom: Path, full_run: tuple[Path, Watch], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
