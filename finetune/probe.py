@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -328,36 +329,54 @@ def plot_history(rows: Sequence[dict[str, float]], path: Path) -> None:
 
 def probe_checkpoints(
     checkpoints: Sequence[Path], probe: SegProbe, out: Path, random_init: bool = True
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], list[str]]:
     """The probe of saved pretraining checkpoints, for a run that had none (or to compare probe
     settings): one row per checkpoint at its global step, and with ``random_init`` a step-0 row
     for the same backbone freshly initialised (seeded by the probe's seed). Rows are sorted by
-    step and written to ``out/probe.csv`` and ``out/probe.png`` after each one."""
-    from foundation.architecture import backbone_kind
-    from foundation.checkpoint import recorded_backbone
+    step and written to ``out/probe.csv`` and ``out/probe.png`` after each one. A checkpoint that
+    cannot be read or built is skipped, named with the problem on stderr, and the rest go on.
+    Returns (rows, the skipped checkpoints' messages)."""
     from foundation.registry import create_backbone
-    from foundation.weights import read_backbone_weights
 
     rows: list[dict[str, float]] = []
+    skipped: list[str] = []
     first: tuple[str, dict[str, Any], str | None] | None = None
     for path in checkpoints:
-        weights = read_backbone_weights(path)
-        hparams = read_checkpoint_meta(path)
-        name, kwargs = recorded_backbone(hparams["hyper_parameters"], backbone_kind(weights.state))
-        name = name or weights.architecture
-        if name is None:
-            raise ValueError(f"{path}: its hyper-parameters name no backbone")
-        tap = (hparams["hyper_parameters"].get("objective_kwargs") or {}).get("tap")
-        first = first or (name, kwargs, tap)
-        encoder = create_backbone(name, pretrained=weights, **kwargs)
-        rows.append(_probe_row(probe, encoder, hparams["global_step"], path.name, tap))
+        try:
+            encoder, step, spec = _saved_backbone(Path(path))
+        except (ValueError, KeyError, RuntimeError, OSError) as error:
+            said = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
+            skipped.append(said)
+            print(f"skipped {said}", file=sys.stderr, flush=True)
+            continue
+        first = first or spec
+        rows.append(_probe_row(probe, encoder, step, Path(path).name, spec[2]))
         _write(rows, out)
     if random_init and first is not None:
         torch.manual_seed(probe.seed)
         encoder = create_backbone(first[0], **first[1])
         rows.append(_probe_row(probe, encoder, 0, "random init", first[2]))
         _write(rows, out)
-    return sorted(rows, key=lambda row: row["step"])
+    return sorted(rows, key=lambda row: row["step"]), skipped
+
+
+def _saved_backbone(path: Path) -> tuple[nn.Module, int, tuple[str, dict[str, Any], str | None]]:
+    """(backbone with a pretraining checkpoint's weights, its global step, (registered name,
+    constructor kwargs, the objective's tap)); errors name the file."""
+    from foundation.architecture import backbone_kind
+    from foundation.checkpoint import recorded_backbone
+    from foundation.registry import create_backbone
+    from foundation.weights import read_backbone_weights
+
+    weights = read_backbone_weights(path)
+    hparams = read_checkpoint_meta(path)
+    name, kwargs = recorded_backbone(hparams["hyper_parameters"], backbone_kind(weights.state))
+    name = name or weights.architecture
+    if name is None:
+        raise ValueError(f"{path}: its hyper-parameters name no backbone")
+    tap = (hparams["hyper_parameters"].get("objective_kwargs") or {}).get("tap")
+    encoder = create_backbone(name, pretrained=weights, **kwargs)
+    return encoder, hparams["global_step"], (name, kwargs, tap)
 
 
 def read_checkpoint_meta(path: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from cmrfm import CONFIGS
@@ -146,8 +147,13 @@ def _probe(args: argparse.Namespace) -> None:
     missing = [str(p) for p in args.checkpoints if not p.exists()]
     if missing:
         fail("probe", f"no such checkpoint: {', '.join(missing)}")
-    rows = probe_checkpoints(args.checkpoints, probe, args.out, random_init=not args.no_random)
+    rows, skipped = probe_checkpoints(
+        args.checkpoints, probe, args.out, random_init=not args.no_random
+    )
     print(f"{len(rows)} probes -> {args.out / 'probe.csv'}, {args.out / 'probe.png'}")
+    if skipped:  # each was named as it was skipped; the rest were probed
+        print(f"{len(skipped)} checkpoint(s) skipped", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:

@@ -181,8 +181,8 @@ def test_saved_checkpoints_are_probed_at_their_steps_beside_a_random_start(shard
     )  # fmt: skip
     trainer.fit(system, datamodule=data)
     checkpoints = sorted(tmp_path.glob("step=*.ckpt"), reverse=True)  # any order in
-    rows = probe_checkpoints(checkpoints, make_probe(shards), tmp_path / "probe")
-    assert [r["step"] for r in rows] == [0, 2, 4]
+    rows, skipped = probe_checkpoints(checkpoints, make_probe(shards), tmp_path / "probe")
+    assert [r["step"] for r in rows] == [0, 2, 4] and skipped == []
     written = read_history(tmp_path / "probe" / PROBE_CSV)
     assert [r["dice_mean"] for r in written] == pytest.approx([r["dice_mean"] for r in rows])
     trained = create_backbone("cmr_unet_small", pretrained=tmp_path / "step=4.ckpt", **UNET)
@@ -190,3 +190,24 @@ def test_saved_checkpoints_are_probed_at_their_steps_beside_a_random_start(shard
     on_input = make_probe(shards, tap="input").score(trained)["dice_mean"]
     assert on_input == pytest.approx(rows[-1]["dice_mean"])
     assert make_probe(shards, tap="output").score(trained)["dice_mean"] != pytest.approx(on_input)
+
+
+def test_a_checkpoint_that_cannot_be_read_is_skipped_naming_it_and_the_rest_are_probed(
+    shards, tmp_path, capsys
+):
+    L.seed_everything(0)
+    objective = {"hidden": 8, "proj_dim": 4, "tap": "input"}
+    system = PretrainSystem("cmr_unet_small", UNET, "positional", objective,
+                            lr=1e-3, scale_lr=False, warmup_steps=1)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer.fit(system, datamodule=ClipDataModule(str(shards), frames=1, batch_size=4,
+                                                  epoch_length=8, splits=["train"]))  # fmt: skip
+    good = tmp_path / "good.ckpt"
+    trainer.save_checkpoint(good)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[:1000])  # a copy that stopped early
+    rows, skipped = probe_checkpoints([cut, good], make_probe(shards), tmp_path / "probe", False)
+    assert [r["step"] for r in rows] == [1]  # the good one, after the bad one
+    assert len(skipped) == 1 and skipped[0].startswith(f"{cut}: cannot read")
+    assert f"skipped {cut}" in capsys.readouterr().err
