@@ -133,8 +133,13 @@ def _demo(args: argparse.Namespace) -> None:
         make_plan(args.data, args.quick, args.pretrained)
     except (ValueError, FileNotFoundError) as error:
         fail("demo", error)
-    run_demo(args.out, data=args.data, quick=args.quick, labels=args.labels, seed=args.seed,
-             pretrained=args.pretrained)  # fmt: skip
+    from cmrfm.train import BuildError
+
+    try:
+        run_demo(args.out, data=args.data, quick=args.quick, labels=args.labels, seed=args.seed,
+                 pretrained=args.pretrained)  # fmt: skip
+    except BuildError as error:  # weights that cannot be read or do not fit: named, one line
+        fail("demo", error)
 
 
 def _probe(args: argparse.Namespace) -> None:
