@@ -115,7 +115,12 @@ def _merge_fewshot(folders: list[str], out: str | None) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from finetune.evaluate import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.checkpoint, args.shards, split=args.split, frames=args.frames)
+    try:  # a checkpoint that cannot be read, a split without labelled subjects: named, one line
+        report = evaluate_checkpoint(
+            args.checkpoint, args.shards, split=args.split, frames=args.frames
+        )
+    except ValueError as error:
+        fail("evaluate", error)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     summary = report["summary"]

@@ -64,6 +64,16 @@ def test_evaluate_names_a_missing_checkpoint(tmp_path: Path, capsys: pytest.Capt
     assert "missing.ckpt" in capsys.readouterr().err
 
 
+def test_evaluate_names_a_checkpoint_it_cannot_read_in_one_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "cut.ckpt"
+    bad.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--checkpoint", str(bad), "--shards", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"cmrfm evaluate: error: {bad}: cannot read as a Lightning checkpoint")
+
+
 def test_shard_flags_reach_the_conversion(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import data_shards.convert
     from data_shards.preprocess import CROPS, ORIENTATIONS, PreprocessConfig
