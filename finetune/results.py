@@ -31,10 +31,21 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 
 
 def append_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    """Add rows at the end; after a last line cut by a killed job, on a line of their own (glued
+    to it, the first would be unreadable too and its finished run lost)."""
+    cut = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
     with path.open("a") as f:
+        if cut:
+            f.write("\n")
         for row in rows:
             f.write(json.dumps(row, default=json_default) + "\n")
         f.flush()
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -23,6 +23,14 @@ def test_a_line_cut_by_a_killed_job_is_dropped(tmp_path: Path):
     assert read_jsonl(path) == [{"run": "a"}]
 
 
+def test_a_row_appended_after_a_cut_line_is_kept(tmp_path: Path):
+    # the resumed job's first finished run must not be glued to the killed job's half line
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"run": "a"}) + "\n" + '{"run": "b", "dice')
+    append_jsonl(path, [{"run": "b", "dice": 0.5}])
+    assert read_jsonl(path) == [{"run": "a"}, {"run": "b", "dice": 0.5}]
+
+
 def test_jsonl_rows_are_appended_and_replaced_whole(tmp_path: Path):
     path = tmp_path / "results.jsonl"
     assert read_jsonl(path) == []  # no file yet: no finished runs
