@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -223,6 +224,11 @@ def resume_checkpoint(trainer: L.Trainer, resume: str, extend_to: int | None = N
                 f"checkpoint folder), `--resume last` for this run's newest, or leave out {flag} "
                 "to start a new run"
             )
+        if _damaged(path):
+            raise ResumeError(
+                f"{asked}: {path} is not a complete checkpoint (no zip archive: truncated or "
+                "damaged); give another, or `--resume last` for this run's newest complete one"
+            )
         step = stored_step(path)
     rank_zero_info(f"{asked}: resuming from {path} (step {'unknown' if step is None else step})")
     max_steps = trainer.max_steps
@@ -276,10 +282,26 @@ def newest_checkpoint(
             f"{asked}: no {kind} of this run in {where}; leave out {flag} to start a new run, "
             "or give --resume PATH"
         )
+    damaged = [path for path in found if _damaged(path)]
+    for path in damaged:  # a copy cut short: resuming from it would fail at the first read
+        rank_zero_warn(f"{path}: not a complete checkpoint (no zip archive: truncated or "
+                       "damaged); skipped by --resume last")  # fmt: skip
+    found = [path for path in found if path not in damaged]
+    if not found:
+        raise ResumeError(
+            f"{asked}: every checkpoint of this run is damaged ({', '.join(map(str, damaged))}); "
+            "give --resume PATH of a complete one, or leave out --resume to start a new run"
+        )
     steps = {path: stored_step(path) for path in found}
     return max(
         steps.items(), key=lambda item: (-1 if item[1] is None else item[1], _mtime(item[0]))
     )
+
+
+def _damaged(path: Path) -> bool:
+    """A checkpoint file that is no zip archive (torch.save and Lightning write one): cut short
+    or damaged. A DeepSpeed folder is not checked here."""
+    return path.is_file() and not zipfile.is_zipfile(path)
 
 
 def _same_run(checkpoint: Path, root: Path) -> bool:

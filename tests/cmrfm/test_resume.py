@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cmrfm import CONFIGS
-from cmrfm.train import newest_checkpoint, pop_flag, run_training
+from cmrfm.train import ResumeError, newest_checkpoint, pop_flag, run_training
 from pretext.system import PretrainSystem
 
 CLIP = (1, 4, 16, 16)  # (C, T, H, W): a 2 x 2 x 2 token grid at tubelet 2, patch 8
@@ -352,7 +352,7 @@ def test_resume_last_without_a_checkpoint_is_an_error_before_training(
     assert watch.steps == [] and not list(tmp_path.rglob("*.ckpt"))
 
 
-def test_resume_from_a_missing_path_is_an_error_naming_it(
+def test_resume_from_a_missing_or_damaged_path_is_an_error_naming_it(
     phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     from cmrfm.cli import main
@@ -362,6 +362,12 @@ def test_resume_from_a_missing_path_is_an_error_naming_it(
         main(["pretrain", *run_args(phantom, tmp_path, 6), "--resume", str(missing)])
     assert exit.value.code == 2
     assert f"--resume {missing}: {missing} does not exist" in capsys.readouterr().err
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(SystemExit) as exit:
+        main(["pretrain", *run_args(phantom, tmp_path, 6), "--resume", str(cut)])
+    assert exit.value.code == 2
+    assert f"--resume {cut}: {cut} is not a complete checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
@@ -421,12 +427,9 @@ def test_extend_to_trains_a_finished_run_on_with_the_schedule_resized(
 
 
 def write_checkpoint(path: Path, step: int | None, age: float = 0.0) -> Path:
-    """A stand-in checkpoint holding only its step (None: not a checkpoint), `age` s old."""
+    """A stand-in checkpoint holding only its step (None: no step stored), `age` s old."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if step is None:
-        path.write_bytes(b"not a checkpoint")
-    else:
-        torch.save({"global_step": step}, path)
+    torch.save({} if step is None else {"global_step": step}, path)
     os.utime(path, (time.time() - age, time.time() - age))
     return path
 
@@ -443,7 +446,7 @@ def test_resume_last_picks_the_highest_step_over_every_logger_version(tmp_path: 
     newest = write_checkpoint(versions / "version_1" / "checkpoints" / "last.ckpt", 7, age=30)
     write_checkpoint(versions / "version_1" / "checkpoints" / "epoch=0-step=6.ckpt", 6, age=20)
     write_checkpoint(run / "last.ckpt", 5, age=10)
-    write_checkpoint(versions / "version_1" / "checkpoints" / "broken.ckpt", None)
+    write_checkpoint(versions / "version_1" / "checkpoints" / "no_step.ckpt", None)
     # Another run (another --out) logging into the same folder does not count.
     other = write_checkpoint(versions / "version_2" / "checkpoints" / "last.ckpt", 9)
     (other.parent.parent / "config.yaml").write_text(f"trainer:\n  default_root_dir: {tmp_path}\n")
@@ -459,6 +462,21 @@ def test_resume_last_picks_the_highest_step_over_every_logger_version(tmp_path: 
     write_checkpoint(versions / "version_0" / "checkpoints" / "a.ckpt", None, age=20)
     latest = write_checkpoint(versions / "version_0" / "checkpoints" / "b.ckpt", None, age=10)
     assert newest_checkpoint(trainer) == (latest, None)
+
+
+def test_resume_last_skips_a_checkpoint_cut_short_and_takes_the_newest_complete_one(
+    tmp_path: Path,
+) -> None:
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu",
+                        callbacks=[ModelCheckpoint(tmp_path / "checkpoints")])  # fmt: skip
+    complete = write_checkpoint(tmp_path / "checkpoints" / "epoch=0-step=4.ckpt", 4, age=20)
+    cut = write_checkpoint(tmp_path / "checkpoints" / "epoch=0-step=6.ckpt", 6)
+    cut.write_bytes(cut.read_bytes()[:100])  # a copy that stopped early: highest step by name
+    with pytest.warns(UserWarning, match=rf"{cut.name}: not a complete checkpoint"):
+        assert newest_checkpoint(trainer) == (complete, 4)
+    complete.write_bytes(b"")
+    with pytest.raises(ResumeError, match="every checkpoint of this run is damaged"):
+        newest_checkpoint(trainer)
 
 
 def test_resume_last_of_a_deepspeed_run_takes_checkpoint_folders(tmp_path: Path) -> None:
