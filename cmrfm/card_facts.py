@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from cmrfm_io.files import sha256_file
+from cmrfm_io.files import read_json, sha256_file
 from data_shards.preprocess import PreprocessConfig
 from finetune.report import scored_on
 from foundation.datasets import detect_datasets
@@ -46,7 +46,7 @@ def manifest_summary(path: Path, splits: Sequence[str] | None = None) -> dict[st
     """What the card says about one shard manifest: sha256, source, counts, modalities,
     datasets, and its preprocessing; with the splits training read, the subjects in them (the
     rest, e.g. the test split, were never seen)."""
-    manifest = json.loads(Path(path).read_text())
+    manifest = read_json(path)
     samples = manifest.get("samples", [])
     seen = {s.get("modality") for s in samples}
     used = [s for s in samples if splits is None or s.get("split") in splits]

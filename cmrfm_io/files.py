@@ -67,6 +67,15 @@ def write_json_atomic(
     write_atomic(path, json.dumps(value, indent=indent, default=default) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's value; ValueError naming the file and where it breaks when it is not JSON
+    (a file cut short or edited by hand). FileNotFoundError as open raises it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); a damaged or hand-edited file") from None
+
+
 def usual_permissions(path: str | os.PathLike) -> None:
     """Give a file the mode a plain new file gets (0666 less the umask, usually group- and
     world-readable): safetensors writes its files 0600, unreadable to a lab's shared group."""

@@ -22,6 +22,7 @@ import webdataset as wds
 from rich.console import Console
 from rich.table import Table
 
+from cmrfm_io.files import read_json
 from data_shards.contact_sheet import contact_sheet
 from data_shards.convert import QUARANTINE
 from data_shards.privacy import default_salt, local_inputs
@@ -82,7 +83,7 @@ def inspect_shards(
 def read_quarantine(shards: Path) -> list[dict[str, str]] | None:
     """The folder's ``quarantine.json`` entries, or None when the folder has none."""
     path = Path(shards) / QUARANTINE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _pick_keys(manifest: dict, clips: int, seed: int) -> set[str]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from cmrfm_io.files import json_default, sha256_file, write_atomic
+from cmrfm_io.files import json_default, read_json, sha256_file, write_atomic
 from data_shards.record import Subject
 from data_shards.split import SPLITS, subject_split
 
@@ -244,7 +244,7 @@ def read_manifest(out_dir: Path) -> dict:
         raise FileNotFoundError(
             f"no {MANIFEST} in {Path(out_dir)}: not a shard folder (run `cmrfm shard` to make one)"
         )
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def verify_manifest(out_dir: Path) -> list[str]:

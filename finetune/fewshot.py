@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cmrfm_io.files import read_json
 from data_shards.stream import load_subjects, shard_urls
 from finetune.budget import fit_for_budget
 from finetune.data import LabelledClips, draw_labelled
@@ -112,7 +113,7 @@ class FewShotBenchmark:
         config = asdict(self.cfg)
         saved = self.out / "config.json"
         if saved.exists():
-            before = json.loads(saved.read_text())
+            before = read_json(saved)
             changed = [k for k in SAME_RUN_KEYS if before.get(k) != config.get(k)]
             if changed:
                 raise FileExistsError(
@@ -203,7 +204,7 @@ class FewShotBenchmark:
         from finetune.package import save_finetuned
         from foundation.datasets import detect_datasets
 
-        manifest = json.loads((Path(self.cfg.shards) / "manifest.json").read_text())
+        manifest = read_json(Path(self.cfg.shards) / "manifest.json")
         training = {"method": run.method, "labels": run.n, "seed": run.seed} | {
             "subjects": [s["key"] for s in drawn],
             "steps": info["steps"],

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from cmrfm_io.files import read_json
 from finetune.fewshot_config import HEADLINES
 from finetune.report import write_report
 from finetune.results import read_jsonl, write_jsonl
@@ -28,7 +29,7 @@ def _config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder}: not a few-shot benchmark folder (no config.json)")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def _runs_of(folder: Path, methods: list[str] | None) -> list[dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmrfm_io.files import read_json
 from finetune.results import read_jsonl
 
 # Which per-subject pair each task's agreement plot shows, and its units.
@@ -140,7 +140,7 @@ def scored_on(out: Path) -> dict[str, str]:
     """The benchmark folder's shards name and evaluation split ("" for a folder without
     config.json)."""
     config = out / "config.json"
-    setup = json.loads(config.read_text()) if config.is_file() else {}
+    setup = read_json(config) if config.is_file() else {}
     return {"dataset": Path(setup.get("shards") or "").name, "split": setup.get("eval_split", "")}
 
 

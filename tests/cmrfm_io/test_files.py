@@ -172,3 +172,17 @@ def test_usual_permissions_follow_the_umask(tmp_path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_json_file_cut_short_is_named_with_where_it_breaks(tmp_path: Path) -> None:
+    from cmrfm_io.files import read_json
+    from data_shards.shard_io import shard_urls
+
+    path = tmp_path / "manifest.json"
+    path.write_text('{"shards": [{"name": "shard-000000.tar", "sam')
+    with pytest.raises(ValueError, match=rf"{path}: not valid JSON \(Unterminated string .*line 1"):
+        read_json(path)
+    with pytest.raises(ValueError, match=rf"{path}: not valid JSON"):  # what every reader meets
+        shard_urls(tmp_path)
+    path.write_text('{"shards": []}\n')
+    assert read_json(path) == {"shards": []}
