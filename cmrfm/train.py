@@ -76,9 +76,19 @@ class ResumeError(Exception):
 
 
 class BuildError(Exception):
-    """Building the config's model or data failed with one of our own errors (weights that
-    cannot be read or do not fit, a shard folder that is not there): its message, which names
-    the file, without jsonargparse's wrapping of it."""
+    """Building or setting up the config's model or data failed, before any training, with one
+    of our own errors (weights that cannot be read or do not fit, more labels asked than the
+    shards hold): its message, which names the file or setting, without the wrapping of it."""
+
+
+class _TrainingStarted(L.Callback):
+    """Whether fit got past setup into training: an error before it is a setting to fix (one
+    line); one after it keeps its traceback."""
+
+    started = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = True
 
 
 OUR_PACKAGES = ("cmrfm", "cmrfm_io", "data_shards", "foundation", "finetune", "pretext")
@@ -189,7 +199,15 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     cli.trainer.callbacks.extend(log_file_progress())
     use_stream_bar(cli.trainer)
     ckpt = None if resume is None else resume_checkpoint(cli.trainer, resume, extend_to)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    started = _TrainingStarted()
+    cli.trainer.callbacks.append(started)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    except Exception as error:  # before training: data or model setup refused, e.g. --labels
+        ours = None if started.started else _our_error(error)
+        if ours is None:
+            raise
+        raise BuildError(str(ours)) from error
     _finish_wandb()
     root = Path(cli.trainer.default_root_dir)
     last = root / "last.ckpt"

@@ -20,15 +20,21 @@ from data_shards.record import IGNORE
 from data_shards.stream import load_subjects, shard_urls
 
 
-def draw_labelled(subjects: Sequence[dict], n: int, seed: int) -> list[dict]:
+def draw_labelled(
+    subjects: Sequence[dict], n: int, seed: int, source: str | None = None
+) -> list[dict]:
     """n subjects with labels, drawn by seed and stratified by diagnosis group (round-robin).
 
     The same (subjects, n, seed) always gives the same draw, and draws for smaller n are prefixes
-    of draws for larger n, so methods compared at N labels see the same studies.
+    of draws for larger n, so methods compared at N labels see the same studies. source: the
+    shards the subjects came from, named when n cannot be drawn.
     """
     labelled = sorted((s for s in subjects if s["label"] is not None), key=lambda s: s["key"])
     if n < 1 or n > len(labelled):
-        raise ValueError(f"labels={n} but {len(labelled)} labelled training subjects are available")
+        where = f"{source}: " if source else ""
+        raise ValueError(
+            f"{where}labels={n} but {len(labelled)} labelled training subjects are available"
+        )
     rng = np.random.default_rng(seed)
     by_group: dict[str, list[dict]] = defaultdict(list)
     for i in rng.permutation(len(labelled)):
@@ -157,7 +163,7 @@ class _DrawnSubjectsData(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.subjects:
             train = load_subjects(shard_urls(self.shards), splits=["train"])
-            self.subjects = draw_labelled(train, self.labels, self.seed)
+            self.subjects = draw_labelled(train, self.labels, self.seed, str(self.shards))
 
     def sampled(self, dataset: Dataset) -> DataLoader:
         """dataset in a :func:`sampled_loader` with this module's seed, epoch_length, batch_size."""

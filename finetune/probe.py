@@ -138,7 +138,7 @@ class SegProbe(Callback):
             return
         urls = shard_urls(self.shards)
         train = load_subjects(urls, splits=[self.train_split])
-        self._train = draw_labelled(train, self.labels, self.seed)
+        self._train = draw_labelled(train, self.labels, self.seed, str(self.shards))
         held = [s for s in load_subjects(urls, splits=[self.eval_split]) if s["label"] is not None]
         if not held:
             raise ValueError(f"{self.shards}: no labelled subject in split {self.eval_split!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -398,6 +399,22 @@ def test_weights_that_cannot_be_read_stop_finetune_in_one_line_naming_the_file(
     error = capsys.readouterr().err
     assert error.startswith(f"cmrfm finetune: error: {bad}: cannot read as a Lightning checkpoint")
     assert error.count("\n") == 1  # not jsonargparse's wrapping of it, nor a traceback
+
+
+def test_more_labels_than_the_shards_hold_stop_finetune_in_one_line_naming_them(
+    phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from cmrfm.cli import main
+
+    with pytest.raises(SystemExit) as exit:  # refused in the data's setup, before any step
+        main(["finetune", "--config", "finetune_seg_phantom", "--shards", str(phantom),
+              "--labels", "50", "--max-steps", "2", "--out", str(tmp_path / "out")])  # fmt: skip
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and re.fullmatch(
+        rf"cmrfm finetune: error: {phantom}: labels=50 but \d labelled training subjects are "
+        r"available\n", error.splitlines(keepends=True)[-1]
+    )  # fmt: skip
 
 
 def test_extend_to_trains_a_finished_run_on_with_the_schedule_resized(
