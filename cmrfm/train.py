@@ -6,7 +6,6 @@ import os
 import re
 import sys
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from cmrfm.config_keys import check_argv_keys, check_config_keys
+from foundation.checkpoint import cut_short
 from foundation.progress import log_file_progress, use_stream_bar
 from foundation.released import NO_WEIGHTS
 
@@ -242,7 +242,7 @@ def resume_checkpoint(trainer: L.Trainer, resume: str, extend_to: int | None = N
                 f"checkpoint folder), `--resume last` for this run's newest, or leave out {flag} "
                 "to start a new run"
             )
-        if _damaged(path):
+        if cut_short(path):
             raise ResumeError(
                 f"{asked}: {path} is not a complete checkpoint (no zip archive: truncated or "
                 "damaged); give another, or `--resume last` for this run's newest complete one"
@@ -300,7 +300,7 @@ def newest_checkpoint(
             f"{asked}: no {kind} of this run in {where}; leave out {flag} to start a new run, "
             "or give --resume PATH"
         )
-    damaged = [path for path in found if _damaged(path)]
+    damaged = [path for path in found if cut_short(path)]
     for path in damaged:  # a copy cut short: resuming from it would fail at the first read
         rank_zero_warn(f"{path}: not a complete checkpoint (no zip archive: truncated or "
                        "damaged); skipped by --resume last")  # fmt: skip
@@ -314,12 +314,6 @@ def newest_checkpoint(
     return max(
         steps.items(), key=lambda item: (-1 if item[1] is None else item[1], _mtime(item[0]))
     )
-
-
-def _damaged(path: Path) -> bool:
-    """A checkpoint file that is no zip archive (torch.save and Lightning write one): cut short
-    or damaged. A DeepSpeed folder is not checked here."""
-    return path.is_file() and not zipfile.is_zipfile(path)
 
 
 def _same_run(checkpoint: Path, root: Path) -> bool:

@@ -58,10 +58,16 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         ) from err
 
 
+def cut_short(path: Path) -> bool:
+    """A checkpoint file that is no zip archive (torch has saved zip archives since 1.6,
+    Lightning too): a copy cut short, damaged, or another kind of file."""
+    return Path(path).is_file() and not zipfile.is_zipfile(path)
+
+
 def _why(path: Path, err: Exception) -> str:
     """What is wrong with a file torch.load refused, in words that do not suggest loading it
     unsafely (torch's own message for a refused pickle advises ``weights_only=False``)."""
-    if not zipfile.is_zipfile(path):  # torch has saved zip archives since 1.6, Lightning too
+    if cut_short(path):
         return (
             "not a PyTorch checkpoint: no zip archive, so a truncated or damaged copy or "
             "another kind of file"
