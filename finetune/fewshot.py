@@ -77,6 +77,7 @@ class FewShotBenchmark:
             raise ValueError(f"{cfg.shards}: no labelled subjects in split {cfg.eval_split!r}")
         self._check_disjoint()
         self.labelled = [s for s in self.train if s["label"] is not None]
+        self._weights_checked = False
 
     def _check_disjoint(self) -> None:
         """The evaluation split shares no subject (nor a subject's split group) with training."""
@@ -156,9 +157,12 @@ class FewShotBenchmark:
         the file), not when that method's first run comes up, maybe hours in."""
         from finetune.system import SegFinetuner, SubjectFinetuner
 
+        if self._weights_checked:
+            return
         for task, method in self.cfg.weighted():  # task "seg" for the seg_method's segmenter
             args = self._system_args(Run(method, "1", 1, 0), task)
             _ = SegFinetuner(**args) if task == "seg" else SubjectFinetuner(**args, task=task)
+        self._weights_checked = True
 
     def _seg(self, run: Run, drawn: list[dict]) -> tuple[dict, list[dict]]:
         preds, info, system = self._train_segmenter(run, drawn)
