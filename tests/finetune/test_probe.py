@@ -168,18 +168,23 @@ def test_a_dense_backbone_is_probed_on_its_tapped_deep_map_of_the_first_frame(ta
     assert torch.equal(feats, deep[:, 0])
 
 
-def test_saved_checkpoints_are_probed_at_their_steps_beside_a_random_start(shards, tmp_path):
+def pretrain_positional(shards: Path, out: Path, steps: int) -> None:
+    """A few steps of the U-Net route's pretext, step=N.ckpt every 2 steps in out."""
     L.seed_everything(0)
     objective = {"hidden": 8, "proj_dim": 4, "tap": "input"}
     system = PretrainSystem("cmr_unet_small", UNET, "positional", objective,
                             lr=1e-3, scale_lr=False, warmup_steps=1)  # fmt: skip
     data = ClipDataModule(str(shards), frames=1, batch_size=4, epoch_length=64, splits=["train"])
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=4, default_root_dir=tmp_path, enable_progress_bar=False,
+        accelerator="cpu", max_steps=steps, default_root_dir=out, enable_progress_bar=False,
         logger=False, enable_model_summary=False,
-        callbacks=[ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=2, save_top_k=-1)],
+        callbacks=[ModelCheckpoint(out, "{step}", every_n_train_steps=2, save_top_k=-1)],
     )  # fmt: skip
     trainer.fit(system, datamodule=data)
+
+
+def test_saved_checkpoints_are_probed_at_their_steps_beside_a_random_start(shards, tmp_path):
+    pretrain_positional(shards, tmp_path, 4)
     checkpoints = sorted(tmp_path.glob("step=*.ckpt"), reverse=True)  # any order in
     rows, skipped = probe_checkpoints(checkpoints, make_probe(shards), tmp_path / "probe")
     assert [r["step"] for r in rows] == [0, 2, 4] and skipped == []
@@ -195,19 +200,11 @@ def test_saved_checkpoints_are_probed_at_their_steps_beside_a_random_start(shard
 def test_a_checkpoint_that_cannot_be_read_is_skipped_naming_it_and_the_rest_are_probed(
     shards, tmp_path, capsys
 ):
-    L.seed_everything(0)
-    objective = {"hidden": 8, "proj_dim": 4, "tap": "input"}
-    system = PretrainSystem("cmr_unet_small", UNET, "positional", objective,
-                            lr=1e-3, scale_lr=False, warmup_steps=1)  # fmt: skip
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
-    trainer.fit(system, datamodule=ClipDataModule(str(shards), frames=1, batch_size=4,
-                                                  epoch_length=8, splits=["train"]))  # fmt: skip
-    good = tmp_path / "good.ckpt"
-    trainer.save_checkpoint(good)
+    pretrain_positional(shards, tmp_path, 2)
+    good = tmp_path / "step=2.ckpt"
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(good.read_bytes()[:1000])  # a copy that stopped early
     rows, skipped = probe_checkpoints([cut, good], make_probe(shards), tmp_path / "probe", False)
-    assert [r["step"] for r in rows] == [1]  # the good one, after the bad one
+    assert [r["step"] for r in rows] == [2]  # the good one, after the bad one
     assert len(skipped) == 1 and skipped[0].startswith(f"{cut}: cannot read")
     assert f"skipped {cut}" in capsys.readouterr().err
