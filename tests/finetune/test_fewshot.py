@@ -90,12 +90,18 @@ def test_the_header_states_the_budget_each_run_gets(shards: Path, tmp_path: Path
     assert stepped._budget_words() == "25 steps"
 
 
-def test_segmentation_benchmark_end_to_end_and_resume(shards: Path, hub: Path, tmp_path: Path):
+def test_segmentation_benchmark_end_to_end_and_resume(
+    shards: Path, hub: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
     cfg = _config(shards, tmp_path, methods=["pretrained", "unet"], pretrained=str(hub))
     bench = FewShotBenchmark(cfg)
     summary = bench.run()
     results = read_jsonl(tmp_path / "results.jsonl")
     assert len(results) == 2 * 2 * 2  # methods x labels x seeds
+    said = capsys.readouterr().out  # a line per finished run, for a log under nohup
+    for i, r in enumerate(results, 1):
+        assert f"{r['run']}: dice_mean {r['dice_mean']:.3f}, {r['steps']} steps in " in said
+        assert f"({i}/8)" in said
     # the same labelled subjects for every method at each (N, seed)
     by_cell: dict = {}
     for r in results:
