@@ -1,6 +1,6 @@
 """The few-shot benchmark: every method gets the same draws, evaluation is disjoint, results
-resume and rescore (its config: tests/finetune/test_fewshot_config.py; summaries:
-tests/finetune/test_report.py)."""
+resume and rescore; its EF and diagnosis tasks (finetune/fewshot_subject.py) end to end here too
+(its config: tests/finetune/test_fewshot_config.py; summaries: tests/finetune/test_report.py)."""
 
 from __future__ import annotations
 
