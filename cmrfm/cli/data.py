@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from cmrfm.cli.args import MIN_SIZE, _percentile, _Percentiles, _size, _spacing
-from cmrfm.cli.errors import UsageError
+from cmrfm.cli.errors import UsageError, fail
 
 # Bytes per output voxel while a study converts: a float32 working copy, the uint8 image, the uint8
 # label.
@@ -155,9 +155,12 @@ def add_shard(sub: argparse._SubParsersAction) -> None:
 def _inspect(args: argparse.Namespace) -> None:
     from data_shards.inspect import inspect_shards
 
-    summary = inspect_shards(
-        args.shards, args.out, clips=args.clips, frames=args.frames, seed=args.seed
-    )
+    try:
+        summary = inspect_shards(
+            args.shards, args.out, clips=args.clips, frames=args.frames, seed=args.seed
+        )
+    except ValueError as error:  # a manifest that is not JSON: named, with where it breaks
+        fail("inspect", error)
     if summary["problems"]:
         raise SystemExit(1)  # a corrupt folder must fail scripts that inspect before training
 

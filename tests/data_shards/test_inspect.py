@@ -79,6 +79,18 @@ def test_corrupt_shard_is_reported_and_fails_the_command(shards: Path, tmp_path:
     assert any(shard.name in p and "sha256" in p for p in summary["problems"])
 
 
+def test_a_manifest_cut_short_is_named_in_one_line(shards: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    manifest = copy / "manifest.json"
+    manifest.write_text(manifest.read_text()[:200])  # a copy that stopped early
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", str(copy), "--clips", "1", "--frames", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"cmrfm inspect: error: {manifest}: not valid JSON (")
+
+
 def test_quarantine_reasons_are_counted_and_listed(shards: Path) -> None:
     quarantine = [
         {"input": f"input-00000000000{i}", "position": i + 1, "reason": "no spacing"}
