@@ -157,6 +157,10 @@ def _probe(args: argparse.Namespace) -> None:
     missing = [str(p) for p in args.checkpoints if not p.exists()]
     if missing:
         fail("probe", f"no such checkpoint: {', '.join(missing)}")
+    try:  # the shards are read now: damaged or unlabelled ones stop here, before any checkpoint
+        _ = probe.subjects
+    except ValueError as error:
+        fail("probe", error)
     rows, skipped = probe_checkpoints(
         args.checkpoints, probe, args.out, random_init=not args.no_random
     )

@@ -208,3 +208,19 @@ def test_a_checkpoint_that_cannot_be_read_is_skipped_naming_it_and_the_rest_are_
     assert [r["step"] for r in rows] == [2]  # the good one, after the bad one
     assert len(skipped) == 1 and skipped[0].startswith(f"{cut}: cannot read")
     assert f"skipped {cut}" in capsys.readouterr().err
+
+
+def test_cmrfm_probe_reads_the_shards_first_and_names_a_damaged_manifest(shards, tmp_path, capsys):
+    import shutil
+
+    from cmrfm.cli import main
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    (copy / "manifest.json").write_text('{"shards": [')  # a copy cut short
+    (tmp_path / "a.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit) as stop:
+        main(["probe", str(tmp_path / "a.ckpt"), "--shards", str(copy), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"cmrfm probe: error: {copy / 'manifest.json'}: not valid JSON")
