@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import linecache
 import os
 import re
 import sys
@@ -18,7 +19,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from cmrfm.config_keys import check_argv_keys, check_config_keys
-from foundation.checkpoint import cut_short
+from foundation.checkpoint import damaged_checkpoint
 from foundation.progress import log_file_progress, use_stream_bar
 from foundation.released import NO_WEIGHTS
 
@@ -82,12 +83,12 @@ class BuildError(Exception):
 
 
 class _TrainingStarted(L.Callback):
-    """Whether fit got past setup into training: an error before it is a setting to fix (one
-    line); one after it keeps its traceback."""
+    """Whether fit got past setting up the data and model (and restoring a checkpoint): an error
+    before that is a setting to fix (one line); one after it keeps its traceback."""
 
     started = False
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = True
 
 
@@ -95,26 +96,29 @@ OUR_PACKAGES = ("cmrfm", "cmrfm_io", "data_shards", "foundation", "finetune", "p
 
 
 def _our_error(error: BaseException) -> BaseException | None:
-    """The first ValueError or FileNotFoundError in error's chain that our packages raised."""
+    """The first ValueError or FileNotFoundError that a ``raise`` statement of our packages
+    raised, following explicit causes only (jsonargparse raises its wrapper ``from`` it): a bug
+    such as a failed unpacking, or an error met while handling one of ours, is not it."""
     seen: set[int] = set()
-    todo: list[BaseException | None] = [error]
-    while todo:
-        err = todo.pop(0)
-        if err is None or id(err) in seen:
-            continue
+    err: BaseException | None = error
+    while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, ValueError | FileNotFoundError) and _raised_in(err, OUR_PACKAGES):
+        if isinstance(err, ValueError | FileNotFoundError) and _raised_by_us(err):
             return err
-        todo += [err.__cause__, err.__context__]
+        err = err.__cause__
     return None
 
 
-def _raised_in(error: BaseException, packages: Sequence[str]) -> bool:
+def _raised_by_us(error: BaseException) -> bool:
+    """Whether the innermost frame of error's traceback is a ``raise`` in one of our packages."""
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    module = "" if tb is None else str(tb.tb_frame.f_globals.get("__name__", ""))
-    return module.split(".")[0] in packages
+    if tb is None:
+        return False
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
+    return module.split(".")[0] in OUR_PACKAGES and line.startswith("raise ")
 
 
 def _logs_follow_out(argv: Sequence[str]) -> list[str]:
@@ -200,7 +204,7 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     use_stream_bar(cli.trainer)
     ckpt = None if resume is None else resume_checkpoint(cli.trainer, resume, extend_to)
     started = _TrainingStarted()
-    cli.trainer.callbacks.append(started)
+    cli.trainer.callbacks.insert(0, started)
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     except Exception as error:  # before training: data or model setup refused, e.g. --labels
@@ -242,7 +246,7 @@ def resume_checkpoint(trainer: L.Trainer, resume: str, extend_to: int | None = N
                 f"checkpoint folder), `--resume last` for this run's newest, or leave out {flag} "
                 "to start a new run"
             )
-        if cut_short(path):
+        if damaged_checkpoint(path):
             raise ResumeError(
                 f"{asked}: {path} is not a complete checkpoint (no zip archive: truncated or "
                 "damaged); give another, or `--resume last` for this run's newest complete one"
@@ -300,7 +304,7 @@ def newest_checkpoint(
             f"{asked}: no {kind} of this run in {where}; leave out {flag} to start a new run, "
             "or give --resume PATH"
         )
-    damaged = [path for path in found if cut_short(path)]
+    damaged = [path for path in found if damaged_checkpoint(path)]
     for path in damaged:  # a copy cut short: resuming from it would fail at the first read
         rank_zero_warn(f"{path}: not a complete checkpoint (no zip archive: truncated or "
                        "damaged); skipped by --resume last")  # fmt: skip

@@ -58,16 +58,25 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         ) from err
 
 
-def cut_short(path: Path) -> bool:
+def damaged_checkpoint(path: Path) -> bool:
     """A checkpoint file that is no zip archive (torch has saved zip archives since 1.6,
-    Lightning too): a copy cut short, damaged, or another kind of file."""
-    return Path(path).is_file() and not zipfile.is_zipfile(path)
+    Lightning too): a copy cut short, damaged, or another kind of file. One that cannot be
+    opened (permissions) is not called so: its error says why."""
+    if not Path(path).is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return not zipfile.is_zipfile(f)
+    except OSError:
+        return False
 
 
 def _why(path: Path, err: Exception) -> str:
     """What is wrong with a file torch.load refused, in words that do not suggest loading it
     unsafely (torch's own message for a refused pickle advises ``weights_only=False``)."""
-    if cut_short(path):
+    if isinstance(err, OSError):  # e.g. a lab-mate's file without read permission
+        return err.strerror or str(err)
+    if damaged_checkpoint(path):
         return (
             "not a PyTorch checkpoint: no zip archive, so a truncated or damaged copy or "
             "another kind of file"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import NoReturn
 
@@ -12,7 +13,9 @@ class UsageError(Exception):
 
 def fail(command: str, error: object) -> NoReturn:
     """A user's error: one line on stderr naming the command, exit 2 (argparse's code for bad
-    usage), no traceback."""
+    usage), no traceback; with CMRFM_DEBUG=1, an exception given is raised with its traceback."""
+    if os.environ.get("CMRFM_DEBUG") and isinstance(error, BaseException):
+        raise error
     print(f"cmrfm {command}: error: {error}", file=sys.stderr)
     raise SystemExit(2)
 

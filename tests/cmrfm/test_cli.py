@@ -74,6 +74,14 @@ def test_evaluate_names_a_checkpoint_it_cannot_read_in_one_line(tmp_path: Path, 
     assert err.startswith(f"cmrfm evaluate: error: {bad}: cannot read as a Lightning checkpoint")
 
 
+def test_cmrfm_debug_raises_a_one_line_error_with_its_traceback(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("CMRFM_DEBUG", "1")
+    bad = tmp_path / "cut.ckpt"
+    bad.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError, match="cannot read as a Lightning checkpoint"):
+        main(["evaluate", "--checkpoint", str(bad), "--shards", str(tmp_path)])
+
+
 def test_shard_flags_reach_the_conversion(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import data_shards.convert
     from data_shards.preprocess import CROPS, ORIENTATIONS, PreprocessConfig

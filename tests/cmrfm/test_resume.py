@@ -511,3 +511,38 @@ def test_resume_last_of_a_deepspeed_run_takes_checkpoint_folders(tmp_path: Path)
     write_checkpoint(tmp_path / "last.ckpt", 5)  # consolidated weights: DeepSpeed cannot resume it
     last = folder(tmp_path / "last-zero", 5)
     assert newest_checkpoint(trainer) == (last, 5)
+
+
+def _caught(make) -> BaseException:
+    try:
+        make()
+    except Exception as error:
+        return error
+    raise AssertionError("nothing raised")
+
+
+def test_only_errors_our_code_raises_on_purpose_become_one_line(tmp_path: Path) -> None:
+    from cmrfm.train import _our_error
+    from finetune.data import draw_labelled
+    from finetune.probe import read_history
+
+    ours = _caught(lambda: draw_labelled([], 1, 0))  # a `raise ValueError(...)` of ours
+    assert _our_error(ours) is ours
+
+    def wrapped() -> None:  # as jsonargparse wraps what building the model raised
+        try:
+            draw_labelled([], 1, 0)
+        except ValueError as error:
+            raise ValueError("Does not validate against any of the Union subtypes") from error
+
+    assert str(_our_error(_caught(wrapped))).startswith("labels=1 but 0 labelled")
+
+    def crash_while_handling() -> None:  # e.g. out of memory inside an except block of ours
+        try:
+            draw_labelled([], 1, 0)
+        except ValueError:
+            raise RuntimeError("out of memory")  # noqa: B904 - the context is the point
+
+    assert _our_error(_caught(crash_while_handling)) is None
+    (tmp_path / "probe.csv").write_text("step,dice_mean\nabc,0.5\n")  # int("abc") in our code
+    assert _our_error(_caught(lambda: read_history(tmp_path / "probe.csv"))) is None

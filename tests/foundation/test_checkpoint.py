@@ -99,6 +99,18 @@ def test_an_unreadable_checkpoint_is_described_without_advice_to_load_it_unsafel
     assert said in str(error.value) and "weights_only" not in str(error.value)
 
 
+def test_a_checkpoint_that_cannot_be_opened_is_not_called_damaged(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "labmate.ckpt"
+    torch.save({"state_dict": {}}, path)
+
+    def refuse(*args, **kwargs):  # a lab-mate's 0600 file (as root, no permission test can fail)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(ValueError, match=r"labmate\.ckpt: cannot read .* \(Permission denied\)$"):
+        read_checkpoint(path)
+
+
 def test_missing_checkpoint_raises_file_not_found(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"absent\.ckpt"):
         load_backbone_weights(
