@@ -28,7 +28,14 @@ from cmrfm_io.files import read_json
 from data_shards.stream import load_subjects, shard_urls
 from finetune.budget import fit_for_budget
 from finetune.data import LabelledClips, draw_labelled
-from finetune.fewshot_config import HEADLINES, METHODS, SAME_RUN_KEYS, FewShotConfig, load_config
+from finetune.fewshot_config import (
+    HEADLINES,
+    METHODS,
+    SAME_RUN_KEYS,
+    SEG_REUSE,
+    FewShotConfig,
+    load_config,
+)
 from finetune.fewshot_subject import SubjectTasks
 from finetune.report import write_report
 from finetune.results import (
@@ -38,6 +45,7 @@ from finetune.results import (
     save_predictions,
     write_jsonl,
 )
+from foundation.released import DEFAULT_RELEASE, NO_WEIGHTS
 
 # load_config: `cmrfm fewshot` (cmrfm/cli/train.py) imports it from here.
 __all__ = ["FewShotBenchmark", "Run", "load_config"]
@@ -145,9 +153,14 @@ class FewShotBenchmark(SubjectTasks):
     def _system_args(self, run: Run, task: str | None = None) -> dict[str, Any]:
         """The system's constructor arguments for run (a method of ``task``, default the
         benchmark's): shared model arguments, the method's own, weights if it starts from them."""
-        spec = dict(METHODS[task or self.cfg.task][run.method])
+        task = task or self.cfg.task
+        spec = dict(METHODS[task][run.method])
         from_weights = spec.pop("from_weights", False)
-        args = {**self.cfg.model, **spec, **self.cfg.method_args.get(run.method, {})}
+        # method_args name the benchmark's own methods: an ef benchmark's "pretrained" arguments
+        # are its subject model's, not those of the "pretrained" segmenter from_seg trains
+        other = task != self.cfg.task and run.method in METHODS[self.cfg.task]
+        own = {} if other else self.cfg.method_args.get(run.method, {})
+        args = {**self.cfg.model, **spec, **own}
         args["pretrained"] = self.cfg.pretrained if from_weights else None
         return args
 
@@ -159,10 +172,36 @@ class FewShotBenchmark(SubjectTasks):
 
         if self._weights_checked:
             return
-        for task, method in self.cfg.weighted():  # task "seg" for the seg_method's segmenter
+        built = self.cfg.weighted()  # task "seg" for the seg_method's segmenter
+        if self._seg_gaps():  # seg_from lacks some label maps: that segmenter is trained here
+            built.append(("seg", self.cfg.seg_method))
+        for task, method in dict.fromkeys(built):
             args = self._system_args(Run(method, "1", 1, 0), task)
             _ = SegFinetuner(**args) if task == "seg" else SubjectFinetuner(**args, task=task)
         self._weights_checked = True
+
+    def _seg_gaps(self) -> list[Path]:
+        """The seg_from label maps that from_seg or radiomics runs need and that are missing,
+        when the seg_method starts from weights; refused when no weights are given."""
+        cfg = self.cfg
+        if not cfg.seg_from or not any(m in SEG_REUSE for m in cfg.methods):
+            return []
+        if not METHODS["seg"][cfg.seg_method].get("from_weights"):
+            return []
+        folder = Path(cfg.seg_from) / "predictions"
+        needed = {
+            f"{cfg.seg_method}_n{r.n}_s{r.seed}" for r in self.runs() if r.method in SEG_REUSE
+        }
+        gaps = sorted(
+            folder / f"{name}.npz" for name in needed if not (folder / f"{name}.npz").exists()
+        )
+        if gaps and cfg.pretrained in (None, "", NO_WEIGHTS):
+            raise ValueError(
+                f"{folder}: no label maps for {', '.join(p.stem for p in gaps)}; training them here "
+                f"starts {cfg.seg_method} from weights: give --pretrained (e.g. {DEFAULT_RELEASE}), "
+                "or run the segmentation benchmark into seg_from first"
+            )
+        return gaps
 
     def _seg(self, run: Run, drawn: list[dict]) -> tuple[dict, list[dict]]:
         preds, info, system = self._train_segmenter(run, drawn)
@@ -179,7 +218,7 @@ class FewShotBenchmark(SubjectTasks):
         from finetune.system import SegFinetuner
 
         L.seed_everything(run.seed, workers=True, verbose=False)
-        system = SegFinetuner(**self._system_args(run))
+        system = SegFinetuner(**self._system_args(run, "seg"))
         dataset = LabelledClips(drawn, self.cfg.frames, augment=True, seed=run.seed)
         info = fit_for_budget(
             system, dataset, self.cfg.batch_size, self.cfg.budget_s, run.seed, self.cfg.steps
@@ -212,7 +251,7 @@ class FewShotBenchmark(SubjectTasks):
         training = {"method": run.method, "labels": run.n, "seed": run.seed} | {
             "subjects": [s["key"] for s in drawn],
             "steps": info["steps"],
-            "pretrained": self._system_args(run).get("pretrained"),
+            "pretrained": self._system_args(run, "seg").get("pretrained"),
         }
         return save_finetuned(
             system,
@@ -245,13 +284,9 @@ class FewShotBenchmark(SubjectTasks):
             if path.exists():
                 return load_predictions(path)
             self.console.print(f"[yellow]{path} missing: training {seg_run.name} here")
-        task, self.cfg.task = self.cfg.task, "seg"
-        try:
-            preds, info, system = self._train_segmenter(seg_run, drawn)
-            if self._keeps_model(seg_run):
-                self._save_model(system, seg_run, drawn, info)
-        finally:
-            self.cfg.task = task
+        preds, info, system = self._train_segmenter(seg_run, drawn)
+        if self._keeps_model(seg_run):
+            self._save_model(system, seg_run, drawn, info)
         return preds
 
     # ---- the whole benchmark

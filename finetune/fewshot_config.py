@@ -126,12 +126,17 @@ class FewShotConfig:
     def weighted(self) -> list[tuple[str, str]]:
         """(task, method) of every network here that starts from ``pretrained``: the task's own
         methods, and the seg_method's segmenter, which from_seg and radiomics train when seg_from
-        is not given or lacks a run's label maps."""
+        is not given (a seg_from lacking some runs' label maps: FewShotBenchmark.check_weights)."""
         own = [(self.task, m) for m in self.methods if METHODS[self.task][m].get("from_weights")]
-        reuses_seg = any(m in SEG_REUSE for m in self.methods)
-        if reuses_seg and METHODS["seg"][self.seg_method].get("from_weights"):
+        if self.trains_seg_here():
             own.append(("seg", self.seg_method))
         return own
+
+    def trains_seg_here(self) -> bool:
+        """Whether from_seg or radiomics train the seg_method's segmenter (no seg_from), and it
+        starts from weights."""
+        reuses_seg = any(m in SEG_REUSE for m in self.methods) and not self.seg_from
+        return reuses_seg and bool(METHODS["seg"][self.seg_method].get("from_weights"))
 
     def _check_weights(self) -> None:
         """Methods that start from weights get cmrfm's release when none are named; "none" and
@@ -140,9 +145,10 @@ class FewShotConfig:
         if self.pretrained in (None, ""):
             self.pretrained = DEFAULT_RELEASE
         if self.pretrained == NO_WEIGHTS:
+            free = [m for m, spec in METHODS[self.task].items() if not spec.get("from_weights")]
             raise ValueError(
                 f"methods {', '.join(weighted)} start from pretrained weights and --pretrained "
-                "none gives none: leave them out (e.g. --methods scratch,unet) or name weights"
+                f"none gives none: leave them out (e.g. --methods {','.join(free)}) or name weights"
             )
         try:
             path = resolve_pretrained(self.pretrained)

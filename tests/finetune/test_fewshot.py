@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune.fewshot import FewShotBenchmark
+from finetune.fewshot import FewShotBenchmark, Run
 from finetune.fewshot_config import FewShotConfig
 from finetune.results import read_jsonl
 from foundation.hub import save_pretrained
@@ -188,6 +188,38 @@ def _with_groups(bench: FewShotBenchmark) -> FewShotBenchmark:
     for i, s in enumerate(bench.train + bench.eval):
         s["meta"]["group"] = groups[i % len(groups)]
     return bench
+
+
+def test_a_gap_in_seg_from_needs_the_weights_its_segmenter_starts_from(shards: Path, tmp_path):
+    seg_from = tmp_path / "seg"
+    (seg_from / "predictions").mkdir(parents=True)
+    cfg = _config(shards, tmp_path / "ef", task="ef", methods=["scratch", "from_seg"],
+                  labels=["1"], seeds=1, seg_from=str(seg_from), pretrained="none")  # fmt: skip
+    with pytest.raises(ValueError, match=r"no label maps for pretrained_n1_s0; training them"):
+        FewShotBenchmark(cfg).check_weights()  # refused before any run, not at from_seg's turn
+    np.savez(seg_from / "predictions" / "pretrained_n1_s0.npz", x=np.zeros(1))
+    FewShotBenchmark(cfg).check_weights()  # every label map there: no weights needed
+
+
+def test_the_subject_models_method_args_do_not_reach_the_segmenter_from_seg_trains(
+    shards: Path, hub: Path, tmp_path: Path
+):
+    # "pretrained" names both the ef method (a subject model with a `hidden` width) and the
+    # segmenter from_seg trains here; the ef benchmark's method_args are its subject model's
+    cfg = _config(shards, tmp_path, task="ef", methods=["pretrained", "from_seg"], labels=["1"],
+                  seeds=1, pretrained=str(hub), model=TEST_MODEL,
+                  method_args={"pretrained": {"hidden": 16}})  # fmt: skip
+    bench = FewShotBenchmark(cfg)
+    bench.check_weights()  # builds both; the segmenter would refuse `hidden`
+    segmenter = bench._system_args(Run("pretrained", "1", 1, 0), "seg")  # what from_seg trains
+    assert "hidden" not in segmenter and segmenter["pretrained"] == str(hub)
+    assert bench._system_args(Run("pretrained", "1", 1, 0))["hidden"] == 16
+
+
+def test_radiomics_trains_its_pretrained_segmenter_from_the_release_by_default(shards, tmp_path):
+    bench = FewShotBenchmark(_config(shards, tmp_path, task="cls", methods=["radiomics"]))
+    segmenter = bench._system_args(Run("pretrained", "1", 1, 0), "seg")  # _train_segmenter's
+    assert segmenter["pretrained"] == "cmr-unet-small-cine"  # not None: random weights
 
 
 def test_ef_benchmark_regresses_and_reuses_segmentation(shards: Path, hub: Path, tmp_path: Path):
