@@ -13,7 +13,7 @@ from typing import Any
 
 from cmrfm_io.files import read_json, sha256_file
 from data_shards.preprocess import PreprocessConfig
-from finetune.report import scored_on
+from finetune.report import evaluated_on
 from foundation.datasets import detect_datasets
 from foundation.training_checkpoint import TrainingCheckpoint
 from foundation.vit import MODALITIES
@@ -155,7 +155,7 @@ def read_fewshot_rows(path: Path | None) -> list[dict[str, Any]] | None:
         return None
     if not {"metric", "method", "labels", "mean"} <= set(rows[0]):
         raise ValueError(f"{path}: not a few-shot summary.csv (needs metric, method, labels, mean)")
-    where = scored_on(Path(path).parent)
+    where = evaluated_on(Path(path).parent)
     return [row | {k: v for k, v in where.items() if not row.get(k)} for row in rows]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from cmrfm_io.constructor import constructor_arguments
-from cmrfm_io.files import sha256_file, usual_permissions
+from cmrfm_io.files import read_json, sha256_file, usual_permissions
 from data_shards.preprocess import PreprocessConfig
 from data_shards.record import LABEL_NAMES
 from foundation.card import metrics_lines
@@ -163,10 +163,7 @@ def read_package_config(folder: Path) -> dict[str, Any]:
             "with `cmrfm export FINETUNE_CKPT OUT`)"
         )
     path = folder / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    config = read_json(path)  # ValueError naming the file when it is not JSON
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
         hint = " (a backbone folder: fine-tune it first)" if found == "cmrfm-backbone" else ""

@@ -88,7 +88,7 @@ def write_report(
     data it was scored on (``dataset``, the shards folder, and ``split``, from out/config.json),
     so a summary.csv copied elsewhere still says what it measured."""
     results = read_jsonl(out / "results.jsonl")
-    rows = [row | scored_on(out) for row in summary_rows(results, metrics)]
+    rows = [row | evaluated_on(out) for row in summary_rows(results, metrics)]
     _write_csv(out / "summary.csv", rows)
     (out / "summary.md").write_text(markdown(results, task, metrics, methods))
     plot_curves(out, results, metrics)
@@ -136,7 +136,7 @@ def summary_rows(results: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
     return rows
 
 
-def scored_on(out: Path) -> dict[str, str]:
+def evaluated_on(out: Path) -> dict[str, str]:
     """The benchmark folder's shards name and evaluation split ("" for a folder without
     config.json)."""
     config = out / "config.json"

@@ -12,7 +12,7 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from cmrfm_io.files import sha256_file
+from cmrfm_io.files import read_json, sha256_file
 from foundation.architecture import ARCH_ARGS, BackboneWeights, check_agree, inferred_architecture
 from foundation.names import CONFIG_NAME, FORMAT, FORMAT_VERSION, SHA256_KEY, WEIGHTS_NAME
 from foundation.vit import AXES, MODALITIES
@@ -22,14 +22,12 @@ def read_config(folder: Path) -> dict[str, Any]:
     """A hub folder's config.json, checked for the fields loading needs."""
     path = Path(folder) / CONFIG_NAME
     try:
-        config = json.loads(path.read_text())
+        config = read_json(path)  # ValueError naming the file when it is not JSON
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path}: missing; a cmrfm hub folder holds {CONFIG_NAME} (the architecture and the "
             f"sha256 of {WEIGHTS_NAME}) next to its weights: export or download the whole folder"
         ) from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
     if config.get("format") != FORMAT:
         raise ValueError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
     if config.get("format_version", 0) > FORMAT_VERSION:

@@ -164,7 +164,8 @@ def _probe(args: argparse.Namespace) -> None:
     rows, skipped = probe_checkpoints(
         args.checkpoints, probe, args.out, random_init=not args.no_random
     )
-    print(f"{len(rows)} probes -> {args.out / 'probe.csv'}, {args.out / 'probe.png'}")
+    if rows:
+        print(f"{len(rows)} probes -> {args.out / 'probe.csv'}, {args.out / 'probe.png'}")
     if skipped:  # each was named as it was skipped; the rest were probed
         print(f"{len(skipped)} checkpoint(s) skipped", file=sys.stderr)
         raise SystemExit(1)

@@ -148,6 +148,21 @@ def test_a_resumed_run_keeps_the_curve_of_its_checkpoint(shards: Path, tmp_path:
     assert [r["step"] for r in read_history(tmp_path / PROBE_CSV)] == [0, 2, 4, 6]
 
 
+def test_a_resume_at_a_probe_step_whose_probe_was_lost_probes_it(shards: Path, tmp_path: Path):
+    pretrain(shards, tmp_path, 2, make_probe(shards))
+    ckpt = torch.load(tmp_path / "step=2.ckpt", weights_only=True)
+    [key] = [k for k in ckpt["callbacks"] if "SegProbe" in k]
+    before = ckpt["callbacks"][key]["history"]
+    lost = before[:1]  # as if killed after step 2's checkpoint, before its probe
+    ckpt["callbacks"][key]["history"] = lost
+    torch.save(ckpt, tmp_path / "lost.ckpt")
+    probe = make_probe(shards)
+    pretrain(shards, tmp_path / "resumed", 4, probe, ckpt=tmp_path / "lost.ckpt")
+    assert [r["step"] for r in probe.history] == [0, 2, 4]
+    same_weights = pytest.approx(before[1]["dice_mean"])
+    assert probe.history[1]["dice_mean"] == same_weights
+
+
 def test_a_run_resumed_between_probes_adds_no_point_off_the_grid(shards: Path, tmp_path: Path):
     pretrain(shards, tmp_path, 2, make_probe(shards, every=4))  # checkpoint at step 2, no probe
     probe = make_probe(shards, every=4)
