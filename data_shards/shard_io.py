@@ -81,7 +81,10 @@ def shard_urls(shards: ShardSet) -> list[str]:
         _check_protocol(text)
         if text.endswith(MANIFEST):
             with fsspec.open(text, "rt") as stream:
-                manifest = json.load(stream)
+                try:
+                    manifest = json.load(stream)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{text}: not valid JSON ({err})") from None
             base = text.rsplit("/", 1)[0]
             return [f"{base}/{shard['name']}" for shard in manifest["shards"]]
         return list(braceexpand(text))

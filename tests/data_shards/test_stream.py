@@ -445,6 +445,17 @@ def test_fsspec_manifest_url(shards: Path) -> None:
         memory.rm(root, recursive=True)
 
 
+def test_a_remote_manifest_that_is_not_json_is_named() -> None:
+    memory = fsspec.filesystem("memory")
+    url = "memory://cmrfm-test-cut/manifest.json"
+    memory.pipe(url, b'{"shards": [')  # an upload cut short
+    try:
+        with pytest.raises(ValueError, match=rf"{url}: not valid JSON \("):
+            shard_urls(url)
+    finally:
+        memory.rm("memory://cmrfm-test-cut", recursive=True)
+
+
 def test_unknown_url_scheme_is_an_error_up_front() -> None:
     with pytest.raises(ValueError, match="nosuchscheme"):
         pretrain_dataset("nosuchscheme://bucket/shard-000000.tar", frames=2)
