@@ -128,11 +128,11 @@ class FewShotConfig:
         methods, and the seg_method's segmenter, which from_seg and radiomics train when seg_from
         is not given (a seg_from lacking some runs' label maps: FewShotBenchmark.check_weights)."""
         own = [(self.task, m) for m in self.methods if METHODS[self.task][m].get("from_weights")]
-        if self.trains_seg_here():
+        if self._trains_seg_here():
             own.append(("seg", self.seg_method))
         return own
 
-    def trains_seg_here(self) -> bool:
+    def _trains_seg_here(self) -> bool:
         """Whether from_seg or radiomics train the seg_method's segmenter (no seg_from), and it
         starts from weights."""
         reuses_seg = any(m in SEG_REUSE for m in self.methods) and not self.seg_from
@@ -145,7 +145,8 @@ class FewShotConfig:
         if self.pretrained in (None, ""):
             self.pretrained = DEFAULT_RELEASE
         if self.pretrained == NO_WEIGHTS:
-            free = [m for m, spec in METHODS[self.task].items() if not spec.get("from_weights")]
+            free = [m for m, spec in METHODS[self.task].items()
+                    if not spec.get("from_weights") and m not in SEG_REUSE]  # fmt: skip
             raise ValueError(
                 f"methods {', '.join(weighted)} start from pretrained weights and --pretrained "
                 f"none gives none: leave them out (e.g. --methods {','.join(free)}) or name weights"
