@@ -60,9 +60,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def damaged_checkpoint(path: Path) -> bool:
     """A checkpoint file that is no zip archive (torch has saved zip archives since 1.6,
-    Lightning too): a copy cut short, damaged, or another kind of file. One that cannot be
-    opened (permissions) is not called so: its error says why."""
-    if not Path(path).is_file():
+    Lightning too): a copy cut short, damaged, or another kind of file; a DeepSpeed checkpoint
+    folder with such a ``*.pt`` under its ``latest`` tag. One that cannot be opened
+    (permissions) is not called so: its error says why."""
+    path = Path(path)
+    if path.is_dir():  # DeepSpeed: <folder>/<tag in `latest`>/*_states.pt
+        tag = path / "latest"
+        tag = tag.read_text().strip() if tag.is_file() else "checkpoint"
+        return any(damaged_checkpoint(part) for part in (path / tag).glob("*.pt"))
+    if not path.is_file():
         return False
     try:
         with open(path, "rb") as f:

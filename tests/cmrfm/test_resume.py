@@ -511,6 +511,10 @@ def test_resume_last_of_a_deepspeed_run_takes_checkpoint_folders(tmp_path: Path)
     write_checkpoint(tmp_path / "last.ckpt", 5)  # consolidated weights: DeepSpeed cannot resume it
     last = folder(tmp_path / "last-zero", 5)
     assert newest_checkpoint(trainer) == (last, 5)
+    optim = last / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    optim.write_bytes(b"PK\x03\x04 cut short")  # one rank's part of the newest, copied short
+    with pytest.warns(UserWarning, match="last-zero: not a complete checkpoint"):
+        assert newest_checkpoint(trainer) == (tmp_path / "checkpoints" / "epoch=0-step=4.ckpt", 4)
 
 
 def _caught(make) -> BaseException:
