@@ -154,13 +154,15 @@ def add_shard(sub: argparse._SubParsersAction) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     from data_shards.inspect import inspect_shards
+    from data_shards.writer import read_manifest
 
-    try:
-        summary = inspect_shards(
-            args.shards, args.out, clips=args.clips, frames=args.frames, seed=args.seed
-        )
-    except ValueError as error:  # a manifest that is not JSON: named, with where it breaks
+    try:  # a manifest that is not JSON: named, with where it breaks
+        read_manifest(args.shards)
+    except ValueError as error:
         fail("inspect", error)
+    summary = inspect_shards(
+        args.shards, args.out, clips=args.clips, frames=args.frames, seed=args.seed
+    )
     if summary["problems"]:
         raise SystemExit(1)  # a corrupt folder must fail scripts that inspect before training
 
