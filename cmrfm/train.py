@@ -19,9 +19,9 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from cmrfm.config_keys import check_argv_keys, check_config_keys
-from foundation.checkpoint import damaged_checkpoint
 from foundation.progress import log_file_progress, use_stream_bar
 from foundation.released import NO_WEIGHTS
+from foundation.training_checkpoint import damaged_checkpoint
 
 # Short flags users expect, rewritten to the LightningCLI keys they stand for.
 ALIASES = {

@@ -58,16 +58,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         ) from err
 
 
-def damaged_checkpoint(path: Path) -> bool:
+def cut_file(path: Path) -> bool:
     """A checkpoint file that is no zip archive (torch has saved zip archives since 1.6,
-    Lightning too): a copy cut short, damaged, or another kind of file; a DeepSpeed checkpoint
-    folder with such a ``*.pt`` under its ``latest`` tag. One that cannot be opened
-    (permissions) is not called so: its error says why."""
+    Lightning too): a copy cut short, damaged, or another kind of file. One that cannot be
+    opened (permissions) is not called so: its error says why."""
     path = Path(path)
-    if path.is_dir():  # DeepSpeed: <folder>/<tag in `latest`>/*_states.pt
-        tag = path / "latest"
-        tag = tag.read_text().strip() if tag.is_file() else "checkpoint"
-        return any(damaged_checkpoint(part) for part in (path / tag).glob("*.pt"))
     if not path.is_file():
         return False
     try:
@@ -82,7 +77,7 @@ def _why(path: Path, err: Exception) -> str:
     unsafely (torch's own message for a refused pickle advises ``weights_only=False``)."""
     if isinstance(err, OSError):  # e.g. a lab-mate's file without read permission
         return err.strerror or str(err)
-    if damaged_checkpoint(path):
+    if cut_file(path):
         return (
             "not a PyTorch checkpoint: no zip archive, so a truncated or damaged copy or "
             "another kind of file"

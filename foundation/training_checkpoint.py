@@ -16,9 +16,7 @@ from typing import Any
 
 import torch
 
-from foundation.checkpoint import (
-    read_checkpoint,
-)
+from foundation.checkpoint import cut_file, read_checkpoint
 
 
 @dataclass
@@ -62,6 +60,19 @@ def _zero_tag_folder(path: Path) -> tuple[Path, str]:
         f"{path}: a folder, but not a DeepSpeed checkpoint (no 'latest' file and "
         f"{len(tags)} tag folders with *_model_states.pt)"
     )
+
+
+def damaged_checkpoint(path: Path) -> bool:
+    """A checkpoint file cut short or damaged (:func:`foundation.checkpoint.cut_file`), or a
+    DeepSpeed checkpoint folder with such a ``*.pt`` part in its tag folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return cut_file(path)
+    try:
+        ds_dir, tag = _zero_tag_folder(path)
+    except (FileNotFoundError, OSError):  # no DeepSpeed folder: reading it will say so
+        return False
+    return any(cut_file(part) for part in (ds_dir / tag).glob("*.pt"))
 
 
 @contextlib.contextmanager
