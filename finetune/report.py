@@ -88,7 +88,8 @@ def write_report(
     data it was scored on (``dataset``, the shards folder, and ``split``, from out/config.json),
     so a summary.csv copied elsewhere still says what it measured."""
     results = read_jsonl(out / "results.jsonl")
-    rows = [row | evaluated_on(out) for row in summary_rows(results, metrics)]
+    where = evaluated_on(out)
+    rows = [row | where for row in summary_rows(results, metrics)]
     _write_csv(out / "summary.csv", rows)
     (out / "summary.md").write_text(markdown(results, task, metrics, methods))
     plot_curves(out, results, metrics)
