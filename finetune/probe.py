@@ -368,6 +368,13 @@ def _saved_backbone(path: Path) -> tuple[nn.Module, int, tuple[str, dict[str, An
     from foundation.registry import create_backbone
     from foundation.weights import read_backbone_weights
 
+    if path.is_dir():
+        raise ValueError(
+            f"{path}: a folder; the probe takes pretraining checkpoint files (.ckpt), which record "
+            "the step and the objective's tap (a hub folder records neither; convert a DeepSpeed "
+            "folder with lightning.pytorch.utilities.deepspeed."
+            "convert_zero_checkpoint_to_fp32_state_dict)"
+        )
     weights = read_backbone_weights(path)
     hparams = read_checkpoint_meta(path)
     name, kwargs = recorded_backbone(hparams["hyper_parameters"], backbone_kind(weights.state))

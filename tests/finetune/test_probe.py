@@ -219,9 +219,14 @@ def test_a_checkpoint_that_cannot_be_read_is_skipped_naming_it_and_the_rest_are_
     good = tmp_path / "step=2.ckpt"
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(good.read_bytes()[:1000])  # a copy that stopped early
-    rows, skipped = probe_checkpoints([cut, good], make_probe(shards), tmp_path / "probe", False)
-    assert [r["step"] for r in rows] == [2]  # the good one, after the bad one
-    assert len(skipped) == 1 and skipped[0].startswith(f"{cut}: cannot read")
+    hub = tmp_path / "hub"  # a hub folder: no step, no objective tap
+    hub.mkdir()
+    (hub / "config.json").write_text("{}")
+    rows, skipped = probe_checkpoints([cut, hub, good], make_probe(shards), tmp_path / "probe",
+                                      False)  # fmt: skip
+    assert [r["step"] for r in rows] == [2]  # the good one, after the bad ones
+    assert len(skipped) == 2 and skipped[0].startswith(f"{cut}: cannot read")
+    assert skipped[1].startswith(f"{hub}: a folder; the probe takes pretraining checkpoint files")
     assert f"skipped {cut}" in capsys.readouterr().err
 
 
