@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from cmrfm.config_keys import check_argv_keys, check_config_keys
 from foundation.progress import log_file_progress, use_stream_bar
 from foundation.released import NO_WEIGHTS
-from foundation.training_checkpoint import damaged_checkpoint
+from foundation.training_checkpoint import damaged_checkpoint, zero_tag_folder
 
 # Short flags users expect, rewritten to the LightningCLI keys they stand for.
 ALIASES = {
@@ -95,7 +95,7 @@ class _TrainingStarted(L.Callback):
 OUR_PACKAGES = ("cmrfm", "cmrfm_io", "data_shards", "foundation", "finetune", "pretext")
 
 
-def _our_error(error: BaseException) -> BaseException | None:
+def our_error(error: BaseException) -> BaseException | None:
     """The first ValueError or FileNotFoundError that a ``raise`` statement of our packages
     raised, following explicit causes only (jsonargparse raises its wrapper ``from`` it): a bug
     such as a failed unpacking, or an error met while handling one of ours, is not it."""
@@ -196,7 +196,7 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
             save_config_kwargs={"overwrite": True},
         )
     except Exception as error:  # jsonargparse wraps what building the model raised
-        ours = _our_error(error)
+        ours = our_error(error)
         if ours is None:
             raise
         raise BuildError(str(ours)) from error
@@ -208,7 +208,7 @@ def run_training(argv: Sequence[str], aliases: dict[str, list[str]] | None = Non
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
     except Exception as error:  # before training: data or model setup refused, e.g. --labels
-        ours = None if started.started else _our_error(error)
+        ours = None if started.started else our_error(error)
         if ours is None:
             raise
         raise BuildError(str(ours)) from error
@@ -338,10 +338,12 @@ def stored_step(path: Path) -> int | None:
     """The global step saved in a checkpoint file or DeepSpeed folder (its ``step=N`` name when
     the file cannot be read); None when neither tells."""
     source = path
-    if path.is_dir():  # DeepSpeed: <folder>/<tag in `latest`>/*model_states.pt hold the step
-        tag = path / "latest"
-        tag = tag.read_text().strip() if tag.is_file() else "checkpoint"
-        source = next(iter(sorted((path / tag).glob("*model_states.pt"))), path)
+    if path.is_dir():  # DeepSpeed: <folder>/<tag>/*model_states.pt hold the step
+        try:
+            ds_dir, tag = zero_tag_folder(path)
+            source = next(iter(sorted((ds_dir / tag).glob("*model_states.pt"))), path)
+        except OSError:  # not a DeepSpeed folder: only its name can tell
+            pass
     try:
         # mmap: the tensors are not read, so this stays cheap for a ViT-L checkpoint
         state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)

@@ -46,7 +46,7 @@ def read_training_checkpoint(path: Path) -> TrainingCheckpoint:
     return TrainingCheckpoint(path, "Lightning checkpoint", state, ckpt)
 
 
-def _zero_tag_folder(path: Path) -> tuple[Path, str]:
+def zero_tag_folder(path: Path) -> tuple[Path, str]:
     """(DeepSpeed checkpoint dir, tag) of a Lightning ZeRO folder or of its tag folder."""
     if any(path.glob("*_model_states.pt")):
         return path.parent, path.name
@@ -69,7 +69,7 @@ def damaged_checkpoint(path: Path) -> bool:
     if not path.is_dir():
         return cut_file(path)
     try:
-        ds_dir, tag = _zero_tag_folder(path)
+        ds_dir, tag = zero_tag_folder(path)
     except (FileNotFoundError, OSError):  # no DeepSpeed folder: reading it will say so
         return False
     return any(cut_file(part) for part in (ds_dir / tag).glob("*.pt"))
@@ -99,7 +99,7 @@ def _weights_only_loads() -> Iterator[None]:
 def _read_zero_folder(path: Path) -> TrainingCheckpoint:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    ds_dir, tag = _zero_tag_folder(path)
+    ds_dir, tag = zero_tag_folder(path)
     tag_dir = ds_dir / tag
     # Lightning keeps its own state (hyper_parameters, global_step) in rank 0's model states.
     client_file = next(

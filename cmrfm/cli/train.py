@@ -113,14 +113,18 @@ def _merge_fewshot(folders: list[str], out: str | None) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from cmrfm.train import our_error
     from finetune.evaluate import evaluate_checkpoint
 
     try:  # a checkpoint that cannot be read, a split without labelled subjects: named, one line
         report = evaluate_checkpoint(
             args.checkpoint, args.shards, split=args.split, frames=args.frames
         )
-    except ValueError as error:
-        fail("evaluate", error)
+    except (ValueError, FileNotFoundError) as error:
+        ours = our_error(error)  # what our code refused on purpose; a bug keeps its traceback
+        if ours is None:
+            raise
+        fail("evaluate", ours)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     summary = report["summary"]

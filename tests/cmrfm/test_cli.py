@@ -74,6 +74,17 @@ def test_evaluate_names_a_checkpoint_it_cannot_read_in_one_line(tmp_path: Path, 
     assert err.startswith(f"cmrfm evaluate: error: {bad}: cannot read as a Lightning checkpoint")
 
 
+def test_evaluate_keeps_the_traceback_of_an_error_our_code_did_not_raise(tmp_path, monkeypatch):
+    import finetune.evaluate
+
+    def crash(*args, **kwargs):
+        return int("not a number")  # a bug, not a refusal: its traceback is what helps
+
+    monkeypatch.setattr(finetune.evaluate, "evaluate_checkpoint", crash)
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        main(["evaluate", "--checkpoint", str(tmp_path / "a.ckpt"), "--shards", str(tmp_path)])
+
+
 def test_cmrfm_debug_raises_a_one_line_error_with_its_traceback(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("CMRFM_DEBUG", "1")
     bad = tmp_path / "cut.ckpt"

@@ -526,12 +526,12 @@ def _caught(make) -> BaseException:
 
 
 def test_only_errors_our_code_raises_on_purpose_become_one_line(tmp_path: Path) -> None:
-    from cmrfm.train import _our_error
+    from cmrfm.train import our_error
     from finetune.data import draw_labelled
     from finetune.probe import read_history
 
     ours = _caught(lambda: draw_labelled([], 1, 0))  # a `raise ValueError(...)` of ours
-    assert _our_error(ours) is ours
+    assert our_error(ours) is ours
 
     def wrapped() -> None:  # as jsonargparse wraps what building the model raised
         try:
@@ -539,7 +539,7 @@ def test_only_errors_our_code_raises_on_purpose_become_one_line(tmp_path: Path) 
         except ValueError as error:
             raise ValueError("Does not validate against any of the Union subtypes") from error
 
-    assert str(_our_error(_caught(wrapped))).startswith("labels=1 but 0 labelled")
+    assert str(our_error(_caught(wrapped))).startswith("labels=1 but 0 labelled")
 
     def crash_while_handling() -> None:  # e.g. out of memory inside an except block of ours
         try:
@@ -547,6 +547,23 @@ def test_only_errors_our_code_raises_on_purpose_become_one_line(tmp_path: Path) 
         except ValueError:
             raise RuntimeError("out of memory")  # noqa: B904 - the context is the point
 
-    assert _our_error(_caught(crash_while_handling)) is None
+    assert our_error(_caught(crash_while_handling)) is None
     (tmp_path / "probe.csv").write_text("step,dice_mean\nabc,0.5\n")  # int("abc") in our code
-    assert _our_error(_caught(lambda: read_history(tmp_path / "probe.csv"))) is None
+    assert our_error(_caught(lambda: read_history(tmp_path / "probe.csv"))) is None
+
+
+def test_stored_step_reads_a_deepspeed_folder_without_latest_and_its_tag_folder(
+    tmp_path: Path,
+) -> None:
+    from cmrfm.train import stored_step
+
+    run = tmp_path / "epoch=0-step=3.ckpt"  # the name says 3, the stored step 7
+    part = write_checkpoint(run / "global_step7" / "mp_rank_00_model_states.pt", 7)
+    assert stored_step(run) == 7  # no `latest` file: its one tag folder
+    assert stored_step(part.parent) == 7  # the tag folder itself
+    (run / "global_step9").mkdir()  # a second tag, but empty: still one with model states
+    assert stored_step(run) == 7
+    write_checkpoint(run / "global_step9" / "mp_rank_00_model_states.pt", 9)
+    assert stored_step(run) == 3  # two tags and no `latest`: only the name tells
+    (run / "latest").write_text("global_step9")
+    assert stored_step(run) == 9
