@@ -226,8 +226,15 @@ def export(
     if datasets:
         data["datasets"] = dataset_names([*data["datasets"], *datasets])
     probe_rows = read_probe_rows(probe)
+    from finetune.package import base_model
+
+    training = training_facts(ckpt)
+    hparams = training.get("hyper_parameters") or {}
+    start = base_model(hparams.get("pretrained"), hparams.get("backbone"))
+    if start is not None:  # pretraining continued from other weights: the card names them
+        training["started_from"] = start
     save_pretrained(
-        model, out, preprocess=pre, data=data, training=training_facts(ckpt), metrics=metrics,
+        model, out, preprocess=pre, data=data, training=training, metrics=metrics,
         probe=probe_rows, fewshot=read_fewshot_rows(fewshot),
         probe_plot=beside(probe, PROBE_PLOT) if probe is not None else None,
     )  # fmt: skip

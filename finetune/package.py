@@ -16,7 +16,7 @@ from cmrfm_io.constructor import constructor_arguments
 from cmrfm_io.files import read_json, sha256_file, usual_permissions
 from data_shards.preprocess import PreprocessConfig
 from data_shards.record import LABEL_NAMES
-from foundation.card import metrics_lines
+from foundation.card import metrics_lines, weights_origin
 from foundation.datasets import SYNTHETIC, dataset_lines, dataset_names, licence, write_licence
 from foundation.names import CONFIG_NAME, SHA256_KEY, WEIGHTS_NAME
 from foundation.released import resolve_pretrained
@@ -272,11 +272,7 @@ def _table(rows: Mapping[str, Any], head: tuple[str, str]) -> list[str]:
 def _started_from(base: Mapping[str, Any] | None) -> str:
     if base is None:
         return "Fine-tuned from scratch (no pretrained weights)."
-    sha = f"sha256 `{base['sha256']}`" if base.get("sha256") else "sha256 not recorded"
-    return (
-        f"Fine-tuned from pretrained weights: `{base['source']}` ({base.get('kind', 'not found')}"
-        f", {base.get('architecture') or 'architecture not recorded'}, {sha})."
-    )
+    return f"Fine-tuned from pretrained weights: {weights_origin(base)}."
 
 
 def card_text(

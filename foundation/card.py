@@ -117,12 +117,14 @@ def card_text(
     objective = training.get("objective")
     seen = ", ".join(datasets) if datasets else "unidentified data"
     unet = "channels" in args  # foundation.unet.CardiacUNet
+    start = training.get("started_from")  # pretraining continued from other weights
+    origin = f", continuing from {weights_origin(start)}" if start else ""
     lines = [
         _front_matter(datasets, objective, unet, fewshot, f"{arch} (cmrfm)"),
         f"# {arch}: a cardiac MRI backbone (cmrfm)",
         "",
         f"{_network(args)} pretrained with **{objective or 'an unrecorded objective'}** for "
-        f"**{training.get('steps', 'an unrecorded number of')} steps** on {seen}.",
+        f"**{training.get('steps', 'an unrecorded number of')} steps** on {seen}{origin}.",
         "",
         "## How to use",
         "",
@@ -175,7 +177,8 @@ def card_text(
     else:
         lines.append("No data manifest was recorded for this model.")
     lines += ["", "## Objective and training", ""]
-    facts = [(k, v) for k, v in training.items() if k != "hyper_parameters"]
+    facts = [(k, weights_origin(v) if k == "started_from" else v)
+             for k, v in training.items() if k != "hyper_parameters"]  # fmt: skip
     lines += _table(facts, ("item", "value")) if facts else ["Not recorded."]
     if training.get("hyper_parameters"):
         hparams = json.dumps(training["hyper_parameters"], indent=1, sort_keys=True, default=str)
@@ -190,6 +193,14 @@ def card_text(
     lines += ["## Intended use", "", INTENDED_USE, "", "## Limitations", ""]
     lines += _limitations(datasets, pre, embeddings=not unet)
     return "\n".join(lines) + "\n"
+
+
+def weights_origin(base: Mapping[str, Any]) -> str:
+    """Where a model's training started (finetune.package.base_model's record), for a card:
+    `source` (kind, architecture, sha256)."""
+    sha = f"sha256 `{base['sha256']}`" if base.get("sha256") else "sha256 not recorded"
+    arch = base.get("architecture") or "architecture not recorded"
+    return f"`{base['source']}` ({base.get('kind', 'not found')}, {arch}, {sha})"
 
 
 _VIT_USAGE = (

@@ -519,6 +519,23 @@ def test_the_card_shows_the_probe_curve_and_the_few_shot_table(lightning_run, tm
     assert out / "probe.png" in check_hub_folder(out)  # published with the folder
 
 
+def test_the_card_of_continued_pretraining_names_the_weights_it_started_from(
+    lightning_run, tmp_path
+):
+    first = tmp_path / "first"
+    export(lightning_run[0], first)
+    assert "continuing from" not in (first / CARD_NAME).read_text()  # from random init
+    ckpt = torch.load(lightning_run[0], map_location="cpu", weights_only=False)
+    ckpt["hyper_parameters"]["pretrained"] = str(first)  # PretrainSystem(pretrained=...)
+    torch.save(ckpt, tmp_path / "continued.ckpt")
+    export(tmp_path / "continued.ckpt", tmp_path / "hub")
+    card = (tmp_path / "hub" / CARD_NAME).read_text()
+    sha = json.loads((first / CONFIG_NAME).read_text())["weights_sha256"]
+    origin = f"`{first}` (hub folder, cmr_vit_test, sha256 `{sha}`)"
+    assert f"steps** on ACDC, EMIDEC, continuing from {origin}." in card
+    assert f"| started_from | {origin} |" in card
+
+
 def test_a_summary_that_names_its_data_needs_no_config_beside_it(lightning_run, tmp_path):
     fewshot = tmp_path / "fewshot_seg_acdc.csv"  # as committed under benchmarks/
     fewshot.write_text(
