@@ -1,7 +1,8 @@
 """Paired comparison of two few-shot folders' ``pretrained`` runs (issue 12's checkpoint choice):
 for each N, the mean Dice of each and the mean difference B - A over seeds run in both.
 
-`python benchmarks/issue12/compare_val.py runs/issue12/val/release runs/issue12/val/end`
+`python benchmarks/issue12/compare_val.py runs/issue12/val/release runs/issue12/val/end [--bar 0.01]`
+With ``--bar``, the exit status says whether B beat A by at least that at every N (0) or not (1).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ def runs(folder: Path) -> dict[tuple[int, int], float]:
     return {(r["n"], r["seed"]): r[METRIC] for r in rows if r["method"] == "pretrained"}
 
 
-def compare(a: Path, b: Path) -> str:
-    """One line per N: A's and B's mean over paired seeds and their paired difference."""
+def compare(a: Path, b: Path) -> tuple[str, dict[int, float]]:
+    """One line per N (A's and B's mean over paired seeds and their paired difference), and
+    {N: mean difference B - A}."""
     ra, rb = runs(a), runs(b)
     lines = [f"{METRIC}, pretrained runs paired by seed: A = {a}, B = {b}"]
+    gains: dict[int, float] = {}
     for n in sorted({n for n, _ in ra}):
         seeds = sorted(s for m, s in ra if m == n and (n, s) in rb)
         if not seeds:
@@ -32,15 +35,27 @@ def compare(a: Path, b: Path) -> str:
         xa = [ra[n, s] for s in seeds]
         xb = [rb[n, s] for s in seeds]
         diff = [y - x for x, y in zip(xa, xb, strict=True)]
+        gains[n] = mean(diff)
         per_seed = ", ".join(f"{d:+.3f}" for d in diff)
         lines.append(
             f"N = {n}: A {mean(xa):.3f}, B {mean(xb):.3f}, B - A {mean(diff):+.3f} "
             f"(seeds {seeds}: {per_seed})"
         )
-    return "\n".join(lines)
+    return "\n".join(lines), gains
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    bar = None
+    if "--bar" in args:
+        at = args.index("--bar")
+        bar = float(args[at + 1])
+        del args[at : at + 2]
+    if len(args) != 2:
         sys.exit(__doc__)
-    print(compare(Path(sys.argv[1]), Path(sys.argv[2])))
+    text, gains = compare(Path(args[0]), Path(args[1]))
+    print(text)
+    if bar is not None:
+        passed = bool(gains) and all(g >= bar for g in gains.values())
+        print(f"B - A >= {bar} at every N: {'yes' if passed else 'no'}")
+        sys.exit(0 if passed else 1)

@@ -37,4 +37,4 @@ val() {  # NAME WEIGHTS
 }
 val release models/cmr-unet-small-cine
 val end "$OUT/last.ckpt"
-.venv/bin/python benchmarks/issue12/compare_val.py "$VAL/release" "$VAL/end" | tee "$VAL/compare.txt"
+.venv/bin/python benchmarks/issue12/compare_val.py "$VAL/release" "$VAL/end" --bar 0.01 | tee "$VAL/compare.txt"
