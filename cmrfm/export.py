@@ -209,6 +209,8 @@ def export(
     Returns:
         A summary: out, architecture, checkpoint kind, steps, datasets, manifest hashes.
     """
+    from finetune.package import base_model  # the weights pretraining continued from, if any
+
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty; pass --overwrite to replace it")
@@ -226,8 +228,6 @@ def export(
     if datasets:
         data["datasets"] = dataset_names([*data["datasets"], *datasets])
     probe_rows = read_probe_rows(probe)
-    from finetune.package import base_model
-
     training = training_facts(ckpt)
     hparams = training.get("hyper_parameters") or {}
     start = base_model(hparams.get("pretrained"), hparams.get("backbone"))
