@@ -6,13 +6,8 @@
 # Every phase resumes: run it again after a restart.
 # `nohup nice -n 10 bash benchmarks/issue12/scratch_lge.sh > runs/issue12/scratch_lge.log 2>&1 &`
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export PYTHONPATH=$PWD  # this tree's code, also from a worktree (with .venv and runs linked)
-export OMP_NUM_THREADS=${THREADS:-2}
-CMRFM=(.venv/bin/python -m cmrfm)
+source "$(dirname "$0")/common.sh"
 OUT=runs/pretrain_unet_cpu_lge
-VAL=runs/issue12/val
-mkdir -p "$VAL"
 
 if [ ! -f "$OUT/last.ckpt" ]; then  # the campaign writes OUT/last.ckpt when it finishes
   resume=()
@@ -21,14 +16,6 @@ if [ ! -f "$OUT/last.ckpt" ]; then  # the campaign writes OUT/last.ckpt when it 
     --config benchmarks/issue12/pretrain_with_lge.yaml --out "$OUT" "${resume[@]}"
 fi
 
-val() {  # NAME WEIGHTS
-  "${CMRFM[@]}" fewshot --config configs/fewshot_seg_unet_acdc.yaml --labels 5,10 --seeds 3 \
-    --methods pretrained --steps 1000 --eval-split val --pretrained "$2" \
-    --out "$VAL/$1" --threads "$OMP_NUM_THREADS"
-}
-compare() {  # NAME [--bar B]: against the release, paired by seed
-  .venv/bin/python benchmarks/issue12/compare_val.py "$VAL/release" "$VAL/$1" "${@:2}" | tee "$VAL/compare_$1.txt"
-}
 val release models/cmr-unet-small-cine
 val scratch_end "$OUT/last.ckpt"
 # The rule set before the runs: test runs only for +0.01 over the release on val at N = 5 and 10.

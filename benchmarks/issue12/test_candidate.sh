@@ -7,10 +7,7 @@
 # e.g. NAME=scratch_end CKPT=runs/pretrain_unet_cpu_lge/last.ckpt PROBE_CSV=runs/pretrain_unet_cpu_lge/probe.csv
 # Every phase resumes: run it again after a restart.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export PYTHONPATH=$PWD  # this tree's code, also from a worktree (with .venv and runs linked)
-export OMP_NUM_THREADS=${THREADS:-2}
-CMRFM=(.venv/bin/python -m cmrfm)
+source "$(dirname "$0")/common.sh"
 NAME=$1 CKPT=$2 PROBE=$3
 HUB=runs/issue12/export/$NAME
 TEST=runs/issue12/test/$NAME
