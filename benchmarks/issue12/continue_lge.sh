@@ -7,13 +7,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=runs/pretrain_unet_cpu_lge_cont
 
-if [ ! -f "$OUT/last.ckpt" ]; then  # the campaign writes OUT/last.ckpt when it finishes
-  resume=()
-  if compgen -G "$OUT/logs/version_*/checkpoints/*.ckpt" > /dev/null; then resume=(--resume last); fi
-  "${CMRFM[@]}" pretrain --config configs/pretrain_unet_cpu.yaml \
-    --config benchmarks/issue12/pretrain_with_lge.yaml \
-    --config benchmarks/issue12/continue_with_lge.yaml --out "$OUT" "${resume[@]}"
-fi
+campaign "$OUT" configs/pretrain_unet_cpu.yaml benchmarks/issue12/pretrain_with_lge.yaml \
+  benchmarks/issue12/continue_with_lge.yaml
 
 val release models/cmr-unet-small-cine
 val end "$OUT/last.ckpt"

@@ -9,12 +9,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=runs/pretrain_unet_cpu_lge
 
-if [ ! -f "$OUT/last.ckpt" ]; then  # the campaign writes OUT/last.ckpt when it finishes
-  resume=()
-  if compgen -G "$OUT/logs/version_*/checkpoints/*.ckpt" > /dev/null; then resume=(--resume last); fi
-  "${CMRFM[@]}" pretrain --config configs/pretrain_unet_cpu.yaml \
-    --config benchmarks/issue12/pretrain_with_lge.yaml --out "$OUT" "${resume[@]}"
-fi
+campaign "$OUT" configs/pretrain_unet_cpu.yaml benchmarks/issue12/pretrain_with_lge.yaml
 
 val release models/cmr-unet-small-cine
 val scratch_end "$OUT/last.ckpt"
