@@ -38,7 +38,7 @@ def compare(a: Path, b: Path) -> tuple[str, dict[int, float]]:
         gains[n] = mean(diff)
         per_seed = ", ".join(f"{d:+.3f}" for d in diff)
         lines.append(
-            f"N = {n}: A {mean(xa):.3f}, B {mean(xb):.3f}, B - A {mean(diff):+.3f} "
+            f"N = {n}: A {mean(xa):.3f}, B {mean(xb):.3f}, B - A {gains[n]:+.3f} "
             f"(seeds {seeds}: {per_seed})"
         )
     return "\n".join(lines), gains
